@@ -1,0 +1,1 @@
+"""Sense: Modbus, SNMP and MQTT collectors that turn devices into validated reading batches."""

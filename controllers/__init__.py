@@ -1,0 +1,1 @@
+"""Decide and act: the power-capping controller and its safety rules."""

@@ -1,0 +1,1 @@
+"""Show: Grafana dashboards as code and reports."""

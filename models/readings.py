@@ -1,0 +1,286 @@
+"""Reading schema: metrics with units and valid ranges, quality flags, and columnar batches.
+
+A metric is ``measurement.field`` (``power.power_w``), which is exactly where it lands in
+InfluxDB. A *series* is a metric plus its tags (``site``, ``level``, ``id``...). Series are
+interned once in a ``SeriesRegistry`` when a read plan is built; a ``ReadingBatch`` is then
+four numpy columns — ``ts_ns`` (int64), ``series`` (int32), ``value`` (float64),
+``quality`` (uint8) — and never one Python object per value.
+
+Valid ranges are absolute (``lo``/``hi``) or relative to the rating of the entity the
+series belongs to (``hi_rated``: a rack's power may read up to 1.2 x its rated power).
+"""
+
+from __future__ import annotations
+
+import enum
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import numpy as np
+from numpy.typing import NDArray
+
+
+class Quality(enum.IntFlag):
+    """Quality of a stored value (bit flags; 0 is good)."""
+
+    GOOD = 0
+    UNCERTAIN = 1  # the device flagged the value as uncertain
+    STALE = 2  # carried forward from an earlier poll
+    ESTIMATED = 4  # computed rather than measured (e.g. sum of children)
+    COUNTER_RESET = 8  # first value after a counter reset or wrap
+    SIMULATED = 16  # produced by the digital twin's in-process path, not a protocol
+
+
+class Reason(enum.IntEnum):
+    """Why a value was rejected (0 means accepted)."""
+
+    OK = 0
+    NOT_FINITE = 1  # NaN or infinity
+    BELOW_RANGE = 2
+    ABOVE_RANGE = 3
+    STUCK = 4  # identical for longer than the metric allows
+    COUNTER_DECREASE = 5  # a counter went backwards without a recognised reset
+    DEVICE_BAD = 6  # the device itself marked the value bad
+    DECODE = 7  # the raw bytes / payload could not be decoded
+    NOT_IMPLEMENTED = 8  # the device's "not implemented" sentinel (e.g. SunSpec 0x8000)
+
+
+Kind = Literal["gauge", "counter", "state"]
+
+
+@dataclass(frozen=True, slots=True)
+class Metric:
+    """One field of one measurement, with its unit and valid range."""
+
+    measurement: str
+    field: str
+    unit: str
+    kind: Kind
+    lo: float
+    hi: float
+    hi_rated: float | None = None  # upper bound as a multiple of the entity's rating
+    description: str = ""
+
+    @property
+    def name(self) -> str:
+        """``measurement.field``."""
+        return f"{self.measurement}.{self.field}"
+
+    def bounds(self, rating: float | None) -> tuple[float, float]:
+        """Valid ``(lo, hi)`` for an entity with ``rating`` (same unit as the metric)."""
+        hi = self.hi
+        if self.hi_rated is not None and rating is not None and np.isfinite(rating):
+            hi = min(hi, self.hi_rated * rating)
+        return self.lo, hi
+
+
+_INF = float("inf")
+_METRICS: dict[str, Metric] = {}
+
+
+def register_metric(m: Metric) -> Metric:
+    """Add a metric to the schema (idempotent for an identical definition)."""
+    old = _METRICS.get(m.name)
+    if old is not None and old != m:
+        raise ValueError(f"metric {m.name} already registered differently")
+    _METRICS[m.name] = m
+    return m
+
+
+def metric(name: str) -> Metric:
+    """Look up a registered metric by ``measurement.field``."""
+    try:
+        return _METRICS[name]
+    except KeyError:
+        raise KeyError(f"unknown metric {name!r}") from None
+
+
+def metrics() -> Mapping[str, Metric]:
+    """All registered metrics."""
+    return dict(_METRICS)
+
+
+for _m in (
+    # power: every metered point of the power chain (tags: site, level, id[, phase, outlet])
+    Metric("power", "power_w", "W", "gauge", 0.0, 5e9, 1.2, "active power"),
+    Metric("power", "apparent_power_va", "VA", "gauge", 0.0, 6e9, 1.5, "apparent power"),
+    Metric("power", "energy_wh", "Wh", "counter", 0.0, 1.8e19, None, "imported active energy"),
+    Metric("power", "current_a", "A", "gauge", 0.0, 2e5, None, "RMS current"),
+    Metric("power", "voltage_v", "V", "gauge", 0.0, 40e3, None, "RMS voltage"),
+    Metric("power", "power_factor", "1", "gauge", -1.0, 1.0, None, "power factor"),
+    Metric("power", "frequency_hz", "Hz", "gauge", 40.0, 70.0, None, "AC frequency"),
+    Metric("power", "load_pct", "%", "gauge", 0.0, 200.0, None, "load relative to rating"),
+    # ups (tags: site, id)
+    Metric("ups", "battery_charge_pct", "%", "gauge", 0.0, 100.0, None, "battery charge"),
+    Metric("ups", "battery_runtime_s", "s", "gauge", 0.0, 1e6, None, "estimated runtime"),
+    Metric("ups", "on_battery", "1", "state", 0.0, 1.0, None, "1 while on battery"),
+    # cooling: CDU loops (tags: site, loop[, device])
+    Metric("cooling", "supply_c", "degC", "gauge", -10.0, 100.0, None, "supply temperature"),
+    Metric("cooling", "return_c", "degC", "gauge", -10.0, 110.0, None, "return temperature"),
+    Metric("cooling", "flow_lpm", "L/min", "gauge", 0.0, 1e5, None, "coolant flow"),
+    Metric("cooling", "dp_kpa", "kPa", "gauge", -50.0, 2000.0, None, "differential pressure"),
+    Metric("cooling", "heat_w", "W", "gauge", 0.0, 5e8, 1.5, "heat removed"),
+    Metric("cooling", "capacity_w", "W", "gauge", 0.0, 5e8, 2.0, "heat the loop can remove now"),
+    Metric("cooling", "pumps_running", "1", "state", 0.0, 16.0, None, "pumps running"),
+    Metric("cooling", "leak", "1", "state", 0.0, 1.0, None, "1 when a leak is detected"),
+    Metric("cooling", "inlet_c", "degC", "gauge", -10.0, 100.0, None, "rack coolant inlet temperature"),
+    # grid (tags: site)
+    Metric("grid", "limit_w", "W", "gauge", 0.0, 5e9, None, "interconnect limit"),
+    Metric("grid", "dr_target_w", "W", "gauge", 0.0, 5e9, None, "demand-response target (0 if none)"),
+    Metric("grid", "dr_active", "1", "state", 0.0, 1.0, None, "1 while a DR event is in force"),
+    Metric("grid", "frequency_hz", "Hz", "gauge", 40.0, 70.0, None, "grid frequency"),
+    Metric("grid", "price_per_mwh", "currency/MWh", "gauge", -5e3, 2e4, None, "energy price"),
+    Metric("grid", "carbon_g_per_kwh", "gCO2/kWh", "gauge", 0.0, 3000.0, None, "carbon intensity"),
+    # site: facility totals (tags: site)
+    Metric("site", "facility_w", "W", "gauge", 0.0, 5e9, None, "facility power at the interconnect"),
+    Metric("site", "it_w", "W", "gauge", 0.0, 5e9, None, "IT power"),
+    Metric("site", "pue", "1", "gauge", 1.0, 5.0, None, "power usage effectiveness"),
+):
+    register_metric(_m)
+
+
+Tags = tuple[tuple[str, str], ...]
+
+
+class SeriesKey(NamedTuple):
+    """A metric plus its sorted tags."""
+
+    metric: str
+    tags: Tags
+
+
+class SeriesRegistry:
+    """Interns series keys to dense int32 ids and keeps their valid ranges."""
+
+    def __init__(self) -> None:
+        self._ids: dict[SeriesKey, int] = {}
+        self._keys: list[SeriesKey] = []
+        self._lo: list[float] = []
+        self._hi: list[float] = []
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def id(self, metric_name: str, rating: float | None = None, **tags: str) -> int:
+        """Id of the series ``metric_name`` + ``tags``; ``rating`` sets its relative range."""
+        key = SeriesKey(metric_name, tuple(sorted((k, str(v)) for k, v in tags.items())))
+        sid = self._ids.get(key)
+        if sid is not None:
+            return sid
+        m = metric(metric_name)
+        lo, hi = m.bounds(rating)
+        with self._lock:
+            sid = self._ids.get(key)
+            if sid is None:
+                sid = len(self._keys)
+                self._keys.append(key)
+                self._lo.append(lo)
+                self._hi.append(hi)
+                self._ids[key] = sid
+        return sid
+
+    def key(self, sid: int) -> SeriesKey:
+        """The key of series ``sid``."""
+        return self._keys[sid]
+
+    def keys(self) -> Sequence[SeriesKey]:
+        """All keys, indexed by id."""
+        return self._keys
+
+    def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Valid ``(lo, hi)`` of every series, indexed by id."""
+        return np.asarray(self._lo, np.float64), np.asarray(self._hi, np.float64)
+
+
+REGISTRY = SeriesRegistry()  # the process-wide default
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class ReadingBatch:
+    """Columnar readings; all four columns have the same length."""
+
+    ts_ns: NDArray[np.int64]
+    series: NDArray[np.int32]
+    value: NDArray[np.float64]
+    quality: NDArray[np.uint8]
+    registry: SeriesRegistry = REGISTRY
+
+    def __post_init__(self) -> None:
+        n = self.ts_ns.shape[0]
+        if not (self.series.shape[0] == self.value.shape[0] == self.quality.shape[0] == n):
+            raise ValueError("ReadingBatch columns differ in length")
+
+    def __len__(self) -> int:
+        return int(self.ts_ns.shape[0])
+
+    @classmethod
+    def empty(cls, registry: SeriesRegistry = REGISTRY) -> ReadingBatch:
+        """A batch with no readings."""
+        return cls(np.empty(0, np.int64), np.empty(0, np.int32), np.empty(0, np.float64),
+                   np.empty(0, np.uint8), registry)
+
+    @classmethod
+    def of(cls, ts_ns: int | NDArray[np.int64], series: Sequence[int] | NDArray[np.int32],
+           value: Sequence[float] | NDArray[np.float64], quality: int | NDArray[np.uint8] = 0,
+           registry: SeriesRegistry = REGISTRY) -> ReadingBatch:
+        """Build a batch, broadcasting a scalar timestamp or quality."""
+        s = np.asarray(series, np.int32)
+        v = np.asarray(value, np.float64)
+        t = np.broadcast_to(np.asarray(ts_ns, np.int64), s.shape).copy()
+        q = np.broadcast_to(np.asarray(quality, np.uint8), s.shape).copy()
+        return cls(t, s, v, q, registry)
+
+    @staticmethod
+    def concat(batches: Iterable[ReadingBatch]) -> ReadingBatch:
+        """Concatenate batches that share one registry."""
+        bs = [b for b in batches if len(b)]
+        if not bs:
+            return ReadingBatch.empty()
+        reg = bs[0].registry
+        if any(b.registry is not reg for b in bs):
+            raise ValueError("cannot concatenate batches from different registries")
+        return ReadingBatch(np.concatenate([b.ts_ns for b in bs]),
+                            np.concatenate([b.series for b in bs]),
+                            np.concatenate([b.value for b in bs]),
+                            np.concatenate([b.quality for b in bs]), reg)
+
+    def select(self, mask: NDArray[np.bool_]) -> ReadingBatch:
+        """The readings where ``mask`` is true."""
+        return ReadingBatch(self.ts_ns[mask], self.series[mask], self.value[mask],
+                            self.quality[mask], self.registry)
+
+    def to_frame(self) -> object:
+        """A pandas DataFrame with one column per tag (pandas imported lazily)."""
+        import pandas as pd
+
+        keys = self.registry.keys()
+        uniq, inv = np.unique(self.series, return_inverse=True)
+        tag_names = sorted({k for sid in uniq for k, _ in keys[int(sid)].tags})
+        metric_per = np.array([keys[int(s)].metric for s in uniq], dtype=object)
+        cols: dict[str, object] = {
+            "time": pd.to_datetime(self.ts_ns, unit="ns", utc=True),
+            "metric": pd.Categorical(metric_per[inv]),
+        }
+        for t in tag_names:
+            per = np.array([dict(keys[int(s)].tags).get(t) for s in uniq], dtype=object)
+            cols[t] = per[inv]
+        cols["value"] = self.value
+        cols["quality"] = self.quality
+        return pd.DataFrame(cols)
+
+
+def check_ranges(batch: ReadingBatch) -> NDArray[np.uint8]:
+    """Per reading: ``Reason.OK`` or why its value is outside its series' valid range."""
+    lo, hi = batch.registry.bounds()
+    v = batch.value
+    reasons = np.zeros(len(batch), np.uint8)
+    if not len(batch):
+        return reasons
+    s_lo, s_hi = lo[batch.series], hi[batch.series]
+    reasons[v > s_hi] = Reason.ABOVE_RANGE
+    reasons[v < s_lo] = Reason.BELOW_RANGE
+    reasons[~np.isfinite(v)] = Reason.NOT_FINITE
+    return reasons
