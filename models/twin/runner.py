@@ -1,0 +1,165 @@
+"""Run the twin: step the simulation in site time and serve it over real protocols.
+
+The simulation always advances in fixed steps (deterministic for a seed); the runner only
+decides *how many* steps to take to catch up with the injected clock, so a ``--speed 20``
+demo and a real-time run follow the same physics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from models.clock import NS_PER_S, Clock
+from models.site import SiteConfig
+from models.topology import Topology, build_topology
+from models.twin.devices import bms_messages, grid_messages, inventory
+from models.twin.servers import (
+    SNMP_V3_AUTH_KEY,
+    SNMP_V3_PRIV_KEY,
+    SNMP_V3_USER,
+    ModbusDeviceServer,
+    MqttPublisher,
+    SnmpAgent,
+)
+from models.twin.sim import TwinSim
+
+log = logging.getLogger("powerplane.twin")
+
+GRID_PERIOD_S = 1.0
+BMS_PERIOD_S = 5.0
+TICK_WALL_S = 0.02
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """Where one twin device listens, and how to address it."""
+
+    device: str
+    protocol: str  # modbus | snmp | mqtt
+    model: str
+    level: str
+    entity: str
+    host: str
+    port: int
+    unit: int | None = None  # Modbus device id
+    community: str | None = None  # SNMP v2c community / v3 context
+    topic: str | None = None  # MQTT topic filter
+
+    def url(self) -> str:
+        """A URL an operator can paste into a client."""
+        if self.protocol == "modbus":
+            return f"modbus://{self.host}:{self.port}/{self.unit}"
+        if self.protocol == "snmp":
+            return f"snmp://{self.community}@{self.host}:{self.port}"
+        return f"mqtt://{self.host}:{self.port}/{self.topic}"
+
+
+class Twin:
+    """The digital twin of a site, served on loopback (or any ``host``)."""
+
+    def __init__(self, site: SiteConfig, clock: Clock, *, topo: Topology | None = None,
+                 host: str = "127.0.0.1", mqtt: tuple[str, int] | None = None,
+                 seed: int | None = None, serve: bool = True, snmp_port: int = 0) -> None:
+        self.site = site
+        self.topo = topo if topo is not None else build_topology(site)
+        self.clock = clock
+        self.host = host
+        self.sim = TwinSim(site, self.topo, start_ns=clock.now_ns(), seed=seed)
+        self.devices = inventory(site, self.topo)
+        self.serve = serve
+        self.modbus: dict[str, ModbusDeviceServer] = {}
+        self.snmp: SnmpAgent | None = None
+        self._snmp_port = snmp_port
+        self._mqtt_addr = mqtt
+        self.mqtt: MqttPublisher | None = None
+        self._next_grid_ns = 0
+        self._next_bms_ns = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start every server (Modbus, SNMP, MQTT publisher)."""
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        if not self.serve:
+            return
+        for dev in self.devices:
+            if dev.protocol == "modbus":
+                srv = ModbusDeviceServer(self.sim, dev, self.host)
+                await srv.start()
+                self.modbus[dev.name] = srv
+        snmp_devs = [d for d in self.devices if d.protocol == "snmp"]
+        if snmp_devs:
+            self.snmp = SnmpAgent(self.sim, snmp_devs, self.host, self._snmp_port)
+            await self.snmp.start()
+        if self._mqtt_addr is not None:
+            self.mqtt = MqttPublisher(*self._mqtt_addr, client_id=f"powerplane-twin-{self.site.site.name}")
+            self.mqtt.start()
+
+    def tick(self) -> int:
+        """Catch the simulation up with the clock and publish what is due; return steps taken."""
+        n = self.sim.advance_to(self.clock.now_ns())
+        now = self.sim.now_ns
+        if self.mqtt is not None:
+            if now >= self._next_grid_ns:
+                self.mqtt.publish(grid_messages(self.sim))
+                self._next_grid_ns = now + int(GRID_PERIOD_S * NS_PER_S)
+            if now >= self._next_bms_ns:
+                self.mqtt.publish(bms_messages(self.sim))
+                self._next_bms_ns = now + int(BMS_PERIOD_S * NS_PER_S)
+        return n
+
+    async def run(self, until_ns: int | None = None) -> None:
+        """Tick until ``until_ns`` of site time (forever if None)."""
+        while until_ns is None or self.sim.now_ns < until_ns:
+            self.tick()
+            await asyncio.sleep(TICK_WALL_S)
+
+    def run_in_background(self) -> asyncio.Task[None]:
+        """Start ``run()`` as a task."""
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="twin")
+        return self._task
+
+    async def stop(self) -> None:
+        """Stop ticking and every server."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for srv in self.modbus.values():
+            await srv.stop()
+        if self.snmp is not None:
+            await self.snmp.stop()
+        if self.mqtt is not None:
+            self.mqtt.stop()
+
+    def endpoints(self) -> list[Endpoint]:
+        """Every endpoint the twin serves."""
+        out = []
+        for dev in self.devices:
+            if dev.protocol == "modbus" and dev.name in self.modbus:
+                out.append(Endpoint(dev.name, "modbus", dev.model, dev.level, dev.entity, self.host,
+                                    self.modbus[dev.name].port, unit=1))
+            elif dev.protocol == "snmp" and self.snmp is not None:
+                out.append(Endpoint(dev.name, "snmp", dev.model, dev.level, dev.entity, self.host,
+                                    self.snmp.port, community=dev.name))
+        if self.mqtt is not None:
+            site = self.site.site.name
+            for model, topic in (("grid-json", f"grid/{site}/#"), ("bms-json", "BMS/v1/PUB/Value/#")):
+                out.append(Endpoint(f"mqtt-{model}", "mqtt", model, "site", site, self.mqtt.host,
+                                    self.mqtt.port, topic=topic))
+        return out
+
+    def write_endpoints(self, path: str | Path) -> None:
+        """Write the endpoint inventory as JSON (collectors can be configured from it)."""
+        doc = {
+            "site": self.site.site.name,
+            "snmp_v3": {"user": SNMP_V3_USER, "auth_protocol": "SHA", "auth_key": SNMP_V3_AUTH_KEY,
+                        "priv_protocol": "AES", "priv_key": SNMP_V3_PRIV_KEY},
+            "endpoints": [asdict(e) for e in self.endpoints()],
+        }
+        Path(path).write_text(json.dumps(doc, indent=2) + "\n")
