@@ -1,0 +1,262 @@
+"""The ``powerplane`` command line.
+
+Every command is a ``(configure, run)`` pair in ``COMMANDS``; ``main`` turns every
+``PowerplaneError`` into a clear message and its exit status (2 for configuration errors),
+so no traceback reaches an operator unless ``--debug`` asks for one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from rich.console import Console
+
+from models.errors import ConfigError, PowerplaneError
+
+Handler = Callable[[argparse.Namespace, Console], int]
+
+
+def _positive(kind: type = float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            v = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return v  # type: ignore[no-any-return]
+    return parse
+
+
+# ---- config check -----------------------------------------------------------------------
+
+def cmd_config_check(args: argparse.Namespace, console: Console) -> int:
+    """Validate a site file and print what it describes."""
+    from models.site import load_site
+    from models.topology import build_topology
+
+    t0 = time.perf_counter()
+    site = load_site(args.file)
+    topo = build_topology(site)
+    ms = (time.perf_counter() - t0) * 1e3
+    s = topo.summary()
+    console.print(f"[green]ok[/green] {args.file}: site {site.site.name}: {s['feeds']} feeds, {s['ups']} UPS, "
+                  f"{s['halls']} halls, {s['rows']} rows, {s['racks']} racks ({s['rack_limit_mw']:,.1f} MW), "
+                  f"{s['gpus']:,} GPUs, {s['loops']} loops, {s['jobs']} jobs (loaded in {ms:,.0f} ms)",
+                  highlight=False)
+    return 0
+
+
+# ---- site generate / show ---------------------------------------------------------------
+
+def cmd_site_generate(args: argparse.Namespace, console: Console) -> int:
+    """Write a large valid site file."""
+    from models.generate import generate_site
+    from models.site import load_site
+
+    text = generate_site(args.racks, name=args.name, seed=args.seed)
+    out = Path(args.out)
+    try:
+        out.write_text(text)
+    except OSError as exc:
+        raise ConfigError(out, [("", f"cannot write: {exc.strerror}")]) from None
+    load_site(out)  # what we write must load
+    console.print(f"wrote {out}: {args.racks} racks, {args.racks * 576:,} GPUs", highlight=False)
+    return 0
+
+
+def cmd_site_show(args: argparse.Namespace, console: Console) -> int:
+    """Print the topology of a site and how long its arrays take to build."""
+    import tomllib
+
+    from models.site import load_site
+    from models.topology import LEVELS, build_topology
+
+    t0 = time.perf_counter()
+    raw = tomllib.loads(Path(args.file).read_text()) if Path(args.file).is_file() else None
+    t1 = time.perf_counter()
+    site = load_site(args.file, data=raw)
+    t2 = time.perf_counter()
+    topo = build_topology(site)
+    t3 = time.perf_counter()
+    info = {"site": site.site.name, **topo.summary(),
+            "parse_ms": round((t1 - t0) * 1e3, 1), "validate_ms": round((t2 - t1) * 1e3, 1),
+            "topology_ms": round((t3 - t2) * 1e3, 1)}
+    if args.json:
+        print(json.dumps(info))
+        return 0
+    for k, v in info.items():
+        console.print(f"{k:>14}: {v:,}" if isinstance(v, int | float) else f"{k:>14}: {v}", highlight=False)
+    for lv, name in enumerate(LEVELS):
+        lim = topo.node_limit_w[topo.level_slice(lv)]
+        finite = lim[lim < float("inf")]
+        total = f"{finite.sum() / 1e6:,.1f} MW of limits" if finite.size else "no limits"
+        console.print(f"{name:>14}: {topo.count(lv):,} ({total})", highlight=False)
+    return 0
+
+
+# ---- twin -------------------------------------------------------------------------------
+
+def cmd_twin(args: argparse.Namespace, console: Console) -> int:
+    """Run the digital twin and print where each endpoint listens."""
+    return asyncio.run(_twin(args, console))
+
+
+async def _twin(args: argparse.Namespace, console: Console) -> int:
+    from rich.table import Table
+
+    from models.clock import NS_PER_S, ScaledClock
+    from models.site import load_site
+    from models.twin.runner import Twin
+    from powerplane.broker import start_broker
+
+    site = load_site(args.site)
+    start_ns = int(site.twin.start.timestamp() * NS_PER_S) if site.twin.start else None
+    clock = ScaledClock(args.speed, start_ns)
+    broker = await start_broker(args.mqtt) if not args.no_mqtt else None
+    twin = Twin(site, clock, host=args.host, mqtt=(broker.host, broker.port) if broker else None,
+                seed=args.seed, snmp_port=args.snmp_port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await twin.start()
+        twin.run_in_background()
+        title = f"powerplane twin · {site.site.name} · x{args.speed:g} · seed {twin.sim.seed}"
+        rows = [(e.device, e.protocol, e.model, f"{e.level} {e.entity}", e.url()) for e in twin.endpoints()]
+        if console.is_terminal:
+            tab = Table(title=title)
+            for col in ("device", "protocol", "model", "measures", "endpoint"):
+                tab.add_column(col)
+            for row in rows:
+                tab.add_row(*row)
+            console.print(tab)
+        else:  # piped: one endpoint per line, whole URLs, easy to grep and parse
+            console.print(title, highlight=False)
+            for row in rows:
+                console.print("\t".join(row), highlight=False, markup=False)
+        if broker is not None:
+            console.print(f"MQTT: {broker.describe()}")
+        console.print("SNMP v2c: community = device name; v3: user powerplane, SHA/AES, "
+                      "keys powerplane-auth/powerplane-priv, context = device name", highlight=False)
+        if args.endpoints_out:
+            twin.write_endpoints(args.endpoints_out)
+            console.print(f"endpoints written to {args.endpoints_out}")
+        if args.duration:
+            timeout = args.duration / args.speed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout)
+        else:
+            await stop.wait()
+    finally:
+        await twin.stop()
+        if broker is not None:
+            await broker.stop()
+    return 0
+
+
+# ---- demo -------------------------------------------------------------------------------
+
+def cmd_demo(args: argparse.Namespace, console: Console) -> int:
+    """Run the whole control plane against the twin."""
+    from powerplane.demo import DemoOptions, run_demo
+
+    opts = DemoOptions(site=Path(args.site), duration_s=args.duration, speed=args.speed, seed=args.seed,
+                       mqtt_url=args.mqtt, live=False if args.no_live else None)
+    return asyncio.run(run_demo(opts, console))
+
+
+# ---- parser -----------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command."""
+    from powerplane.demo import DEFAULT_SITE
+
+    p = argparse.ArgumentParser(prog="powerplane", description="Power and cooling control plane for AI datacenters.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    d = sub.add_parser("demo", help="run the control plane against the digital twin")
+    d.add_argument("--site", default=str(DEFAULT_SITE), help="site file (default: the demo hall)")
+    d.add_argument("--duration", type=_positive(float), default=780.0, help="simulated seconds (default 780)")
+    d.add_argument("--speed", type=_positive(float), default=20.0, help="simulated seconds per second (default 20)")
+    d.add_argument("--seed", type=int, default=None, help="twin seed (default: the site's)")
+    d.add_argument("--mqtt", default=None, metavar="URL", help="use this MQTT broker (mqtt://host:port)")
+    d.add_argument("--no-live", action="store_true", help="print log lines instead of the live view")
+    d.set_defaults(handler=cmd_demo)
+
+    t = sub.add_parser("twin", help="run the digital twin and serve it over Modbus, SNMP and MQTT")
+    t.add_argument("--site", required=True, help="site file")
+    t.add_argument("--speed", type=_positive(float), default=1.0)
+    t.add_argument("--seed", type=int, default=None)
+    t.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    t.add_argument("--snmp-port", type=int, default=0, help="UDP port of the SNMP agent (default: free port)")
+    t.add_argument("--mqtt", default=None, metavar="URL", help="publish to this broker (default: start one)")
+    t.add_argument("--no-mqtt", action="store_true", help="do not publish MQTT")
+    t.add_argument("--duration", type=_positive(float), default=None, help="stop after this many simulated s")
+    t.add_argument("--endpoints-out", default=None, metavar="FILE", help="write the endpoints as JSON")
+    t.set_defaults(handler=cmd_twin)
+
+    c = sub.add_parser("config", help="configuration files")
+    csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    cc = csub.add_parser("check", help="validate a site file")
+    cc.add_argument("file")
+    cc.set_defaults(handler=cmd_config_check)
+
+    s = sub.add_parser("site", help="site files")
+    ssub = s.add_subparsers(dest="site_command", required=True, metavar="ACTION")
+    sg = ssub.add_parser("generate", help="write a large valid site (benchmarks, soak runs)")
+    sg.add_argument("--racks", type=_positive(int), required=True)
+    sg.add_argument("--out", required=True, metavar="FILE")
+    sg.add_argument("--name", default="generated")
+    sg.add_argument("--seed", type=int, default=1)
+    sg.set_defaults(handler=cmd_site_generate)
+    ss = ssub.add_parser("show", help="print a site's topology and build time")
+    ss.add_argument("file")
+    ss.add_argument("--json", action="store_true")
+    ss.set_defaults(handler=cmd_site_show)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``powerplane`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # soft_wrap: never break an operator's message (a path, a key) across lines.
+    console = Console(stderr=False, soft_wrap=True)
+    err = Console(stderr=True, soft_wrap=True)
+    try:
+        return int(args.handler(args, console))
+    except ConfigError as exc:
+        err.print(f"[bold red]configuration error[/bold red]\n{exc.render()}", highlight=False)
+        return exc.exit_code
+    except PowerplaneError as exc:
+        if args.debug:
+            raise
+        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        err.print("interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        err.print(f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc} "
+                  "(run with --debug for the traceback)", highlight=False)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
