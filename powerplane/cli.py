@@ -225,7 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     ss.add_argument("file")
     ss.add_argument("--json", action="store_true")
     ss.set_defaults(handler=cmd_site_show)
+
+    for register in command_registrars():
+        register(sub)
     return p
+
+
+Registrar = Callable[["argparse._SubParsersAction[argparse.ArgumentParser]"], None]
+
+
+def command_registrars() -> tuple[Registrar, ...]:
+    """Commands contributed by other packages: each module's ``register(subparsers)``.
+
+    Explicit on purpose (no plugin discovery by import side effects): add one line here.
+    """
+    return ()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

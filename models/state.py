@@ -1,0 +1,182 @@
+"""The latest known state of a site, fed by reading batches: what the controller reads.
+
+Readings reach the state through their series tags, by this convention (collectors emit
+it, the store keeps it, the controller relies on it):
+
+    power.<field>   tags level=<feed|ups|hall|row|rack|pdu|node>, id=<topology id>
+    cooling.<field> tag  loop=<loop id>
+    site.<field>    (no entity tag)        grid.<field>   (no entity tag)
+
+Series with further tags (``phase``, ``outlet``, ``device`` sub-points...) are details, not
+entity totals, and are ignored here. Every slot keeps its value and the timestamp of the
+reading, so a consumer can tell fresh from stale; an older reading never overwrites a
+newer one. Demand-response events are structured, not scalar, and arrive through
+``add_dr_event``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.typing import NDArray
+
+from models.grid import DemandResponseEvent, GridSignals
+from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
+from models.topology import L_NODE, L_PDU, LEVELS, Topology
+
+LOOP_FIELDS = ("supply_c", "return_c", "flow_lpm", "dp_kpa", "heat_w", "capacity_w", "pumps_running", "leak")
+SITE_FIELDS = ("facility_w", "it_w", "pue")
+GRID_FIELDS = ("limit_w", "dr_target_w", "dr_active", "frequency_hz", "price_per_mwh", "carbon_g_per_kwh")
+
+_UNRESOLVED = -2
+_IGNORED = -1
+# Readings flagged with these bits are kept in the store but must not drive control.
+_UNUSABLE = Quality.UNCERTAIN | Quality.STALE
+
+
+class SiteState:
+    """Latest value and timestamp of every entity series of one site."""
+
+    def __init__(self, topo: Topology, registry: SeriesRegistry = REGISTRY) -> None:
+        self.topo = topo
+        self.registry = registry
+        n, k = topo.n_nodes, topo.n_loops
+        self._loop_off = n
+        self._site_off = n + k * len(LOOP_FIELDS)
+        self._grid_off = self._site_off + len(SITE_FIELDS)
+        size = self._grid_off + len(GRID_FIELDS)
+        self.values = np.full(size, np.nan)
+        self.ts_ns = np.zeros(size, np.int64)
+        self._route = np.full(0, _UNRESOLVED, np.int64)
+        self._node_ix: dict[tuple[str, str], int] = {
+            (LEVELS[lv], ident): int(topo.level_offset[lv]) + i
+            for lv in range(L_PDU) for i, ident in enumerate(topo.level_ids[lv])
+        }
+        self._deep_levels_indexed: set[int] = set()
+        self._loop_ix = {lid: i for i, lid in enumerate(topo.loop_ids)}
+        self.dr_events: dict[str, DemandResponseEvent] = {}
+        self.ingested = 0
+        self.ignored = 0
+
+    # ---- views (zero-copy) -----------------------------------------------------------------
+    @property
+    def node_power_w(self) -> NDArray[np.float64]:
+        """Measured power of every power node (NaN where never measured)."""
+        return self.values[: self.topo.n_nodes]
+
+    @property
+    def node_power_ts_ns(self) -> NDArray[np.int64]:
+        """Timestamp of each node's latest power reading (0 where never measured)."""
+        return self.ts_ns[: self.topo.n_nodes]
+
+    def loop(self, field: str) -> NDArray[np.float64]:
+        """Latest ``cooling.<field>`` of every loop."""
+        f = LOOP_FIELDS.index(field)
+        k = self.topo.n_loops
+        return self.values[self._loop_off + f * k: self._loop_off + (f + 1) * k]
+
+    def loop_ts_ns(self, field: str) -> NDArray[np.int64]:
+        """Timestamps of ``loop(field)``."""
+        f = LOOP_FIELDS.index(field)
+        k = self.topo.n_loops
+        return self.ts_ns[self._loop_off + f * k: self._loop_off + (f + 1) * k]
+
+    def site(self, field: str) -> tuple[float, int]:
+        """Latest ``site.<field>`` and its timestamp."""
+        i = self._site_off + SITE_FIELDS.index(field)
+        return float(self.values[i]), int(self.ts_ns[i])
+
+    def grid(self, field: str) -> tuple[float, int]:
+        """Latest ``grid.<field>`` and its timestamp."""
+        i = self._grid_off + GRID_FIELDS.index(field)
+        return float(self.values[i]), int(self.ts_ns[i])
+
+    # ---- ingest --------------------------------------------------------------------------------
+    def _resolve(self, sid: int) -> int:
+        key = self.registry.key(sid)
+        tags = dict(key.tags)
+        measurement, _, field = key.metric.partition(".")
+        extra = set(tags) - {"site", "level", "id", "loop", "device"}
+        if extra:
+            return _IGNORED
+        if measurement == "power" and field == "power_w" and "level" in tags and "id" in tags:
+            level = tags["level"]
+            if level not in LEVELS:
+                return _IGNORED
+            lv = LEVELS.index(level)
+            if lv >= L_PDU and lv not in self._deep_levels_indexed:
+                # PDU and server ids are derived names; index them only if such series appear.
+                sl = self.topo.level_slice(lv)
+                for j, ident in enumerate(self.topo.ids(lv)):
+                    self._node_ix[(level, ident)] = sl.start + j
+                self._deep_levels_indexed.add(lv)
+            return self._node_ix.get((level, tags["id"]), _IGNORED)
+        if measurement == "cooling" and field in LOOP_FIELDS and "loop" in tags:
+            k = self._loop_ix.get(tags["loop"])
+            if k is None:
+                return _IGNORED
+            return self._loop_off + LOOP_FIELDS.index(field) * self.topo.n_loops + k
+        if measurement == "site" and field in SITE_FIELDS:
+            return self._site_off + SITE_FIELDS.index(field)
+        if measurement == "grid" and field in GRID_FIELDS:
+            return self._grid_off + GRID_FIELDS.index(field)
+        return _IGNORED
+
+    def ingest(self, batch: ReadingBatch) -> int:
+        """Apply a batch (newest reading per slot wins); return how many readings were used."""
+        if batch.registry is not self.registry:
+            raise ValueError("batch comes from another series registry")
+        if not len(batch):
+            return 0
+        top = int(batch.series.max()) + 1
+        if top > self._route.shape[0]:
+            grown = np.full(max(top, 2 * self._route.shape[0]), _UNRESOLVED, np.int64)
+            grown[: self._route.shape[0]] = self._route
+            self._route = grown
+        for sid in np.unique(batch.series[self._route[batch.series] == _UNRESOLVED]):
+            self._route[sid] = self._resolve(int(sid))
+        slot = self._route[batch.series]
+        usable = (slot >= 0) & np.isfinite(batch.value) & ((batch.quality & _UNUSABLE) == 0)
+        self.ignored += int((~usable).sum())
+        if not usable.any():
+            return 0
+        slot, ts, val = slot[usable], batch.ts_ns[usable], batch.value[usable]
+        # Newest per slot: sort by (slot, ts) and keep the last of each slot.
+        order = np.lexsort((ts, slot))
+        slot, ts, val = slot[order], ts[order], val[order]
+        last = np.ones(slot.shape[0], bool)
+        last[:-1] = slot[1:] != slot[:-1]
+        slot, ts, val = slot[last], ts[last], val[last]
+        newer = ts >= self.ts_ns[slot]
+        self.values[slot[newer]] = val[newer]
+        self.ts_ns[slot[newer]] = ts[newer]
+        used = int(usable.sum())
+        self.ingested += used
+        return used
+
+    def add_dr_event(self, event: DemandResponseEvent) -> None:
+        """Record (or update) a demand-response event."""
+        self.dr_events[event.id] = event
+
+    # ---- derived -----------------------------------------------------------------------------
+    def grid_signals(self, now_ns: int) -> GridSignals:
+        """The grid as last heard: limit, frequency, price, carbon and every DR event."""
+        limit, _ = self.grid("limit_w")
+        return GridSignals(
+            ts_ns=now_ns,
+            limit_w=limit if math.isfinite(limit) else math.inf,
+            frequency_hz=self.grid("frequency_hz")[0],
+            price_per_mwh=self.grid("price_per_mwh")[0],
+            carbon_g_per_kwh=self.grid("carbon_g_per_kwh")[0],
+            events=tuple(e for e in self.dr_events.values() if e.end_ns > now_ns),
+        )
+
+    def age_s(self, ts_ns: NDArray[np.int64], now_ns: int) -> NDArray[np.float64]:
+        """Age in seconds of readings stamped ``ts_ns`` (inf for never seen)."""
+        age = (now_ns - ts_ns.astype(np.float64)) / 1e9
+        return np.where(ts_ns > 0, age, np.inf)
+
+    def server_power_known(self) -> bool:
+        """True when any server-level (node) power has been measured."""
+        return bool(np.isfinite(self.node_power_w[self.topo.level_slice(L_NODE)]).any())
