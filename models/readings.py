@@ -137,6 +137,29 @@ for _m in (
     Metric("site", "facility_w", "W", "gauge", 0.0, 5e9, None, "facility power at the interconnect"),
     Metric("site", "it_w", "W", "gauge", 0.0, 5e9, None, "IT power"),
     Metric("site", "pue", "1", "gauge", 1.0, 5.0, None, "power usage effectiveness"),
+    # caps: what a cap plan grants, per entity (tags: site, level=<power level|loop|job|site>, id)
+    Metric("caps", "cap_w", "W", "gauge", 0.0, 5e9, None, "sum of GPU caps under the entity"),
+    Metric("caps", "demand_w", "W", "gauge", 0.0, 5e9, None, "predicted GPU demand under the entity"),
+    Metric("caps", "cut_w", "W", "gauge", 0.0, 5e9, None, "demand not granted (demand - cap, >= 0)"),
+    Metric("caps", "load_w", "W", "gauge", 0.0, 5e9, None, "planned load at the entity (its own units)"),
+    Metric("caps", "limit_w", "W", "gauge", 0.0, 5e9, None, "the entity's limit in force (after margin)"),
+    Metric("caps", "headroom_w", "W", "gauge", -5e9, 5e9, None, "limit - planned load"),
+    Metric("caps", "binding", "1", "state", 0.0, 1.0, None, "1 if the entity's constraint binds"),
+    Metric("caps", "gpus_capped", "1", "gauge", 0.0, 1e8, None, "GPUs capped below their demand"),
+    Metric("caps", "solve_ms", "ms", "gauge", 0.0, 1e6, None, "solver time of the plan"),
+    # collector: per-device health (tags: site, device, protocol)
+    Metric("collector", "up", "1", "state", 0.0, 1.0, None, "1 if the last poll succeeded"),
+    Metric("collector", "latency_s", "s", "gauge", 0.0, 3600.0, None, "duration of the last poll"),
+    Metric("collector", "consecutive_failures", "1", "gauge", 0.0, 1e9, None, "failed polls in a row"),
+    Metric("collector", "last_success_s", "s", "gauge", 0.0, 1e11, None, "time of the last success (epoch s)"),
+    Metric("collector", "readings", "1", "counter", 0.0, 1e18, None, "readings accepted"),
+    Metric("collector", "rejected", "1", "counter", 0.0, 1e18, None, "readings rejected (any reason)"),
+    Metric("collector", "messages_bad", "1", "counter", 0.0, 1e18, None, "malformed messages skipped"),
+    # store: the writer's own health (tags: site, sink)
+    Metric("store", "written_points", "1", "counter", 0.0, 1e18, None, "points acknowledged by the server"),
+    Metric("store", "spooled_points", "1", "gauge", 0.0, 1e18, None, "points waiting in the durable spool"),
+    Metric("store", "rejected_points", "1", "counter", 0.0, 1e18, None, "points the server refused (4xx)"),
+    Metric("store", "dropped_points", "1", "counter", 0.0, 1e18, None, "points dropped at the spool bound"),
 ):
     register_metric(_m)
 
