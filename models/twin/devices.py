@@ -104,6 +104,30 @@ def _feed_voltage(sim: TwinSim) -> float:
     return sim.site.feeds[0].voltage_v
 
 
+@dataclass(frozen=True)
+class _ThreePhase:
+    """What a three-phase meter measures for a total active power."""
+
+    power_w: float
+    v_ln: float
+    p: tuple[float, float, float]  # per phase, W
+    i: tuple[float, float, float]  # per phase, A
+    va: float
+    var: float
+
+    @property
+    def v_ll(self) -> float:
+        return self.v_ln * math.sqrt(3.0)
+
+
+def _three_phase(sim: TwinSim, power_w: float, salt: int) -> _ThreePhase:
+    v_ln = _v_ln(sim, _feed_voltage(sim))
+    p = _phases(power_w, salt)
+    i = (p[0] / (v_ln * PF), p[1] / (v_ln * PF), p[2] / (v_ln * PF))
+    va = power_w / PF
+    return _ThreePhase(power_w, v_ln, p, i, va, math.sqrt(max(va * va - power_w * power_w, 0.0)))
+
+
 # ---------------------------------------------------------------------------------------
 # Modbus encoders. Each returns an Image; the server serves its registers as holding registers.
 
@@ -129,12 +153,9 @@ def encode_sunspec_203(sim: TwinSim, dev: DeviceSpec, base: int = 40000) -> Imag
     m = base + 70
     img.put_words(m, [203, 105])
     p = m + 2
-    power = sim.facility_w
-    v_ln = _v_ln(sim, _feed_voltage(sim))
-    pa, pb, pc = _phases(power, 1)
-    ia, ib, ic = (x / (v_ln * PF) for x in (pa, pb, pc))
-    va = power / PF
-    var = math.sqrt(max(va * va - power * power, 0.0))
+    m3 = _three_phase(sim, sim.facility_w, 1)
+    power, v_ln, va, var = m3.power_w, m3.v_ln, m3.va, m3.var
+    (pa, pb, pc), (ia, ib, ic) = m3.p, m3.i
     a_sf, v_sf, hz_sf, w_sf, pf_sf, wh_sf = 0, -1, -2, 3, -1, 3
     for off, val in ((0, ia + ib + ic), (1, ia), (2, ib), (3, ic)):
         img.put(p + off, _sf_value(val, a_sf), "int16")
@@ -142,9 +163,8 @@ def encode_sunspec_203(sim: TwinSim, dev: DeviceSpec, base: int = 40000) -> Imag
     img.put(p + 5, _sf_value(v_ln, v_sf), "int16")
     for off in (6, 7, 8):
         img.put(p + off, _sf_value(v_ln, v_sf), "int16")
-    v_ll = v_ln * math.sqrt(3.0)
     for off in (9, 10, 11, 12):
-        img.put(p + off, _sf_value(v_ll, v_sf), "int16")
+        img.put(p + off, _sf_value(m3.v_ll, v_sf), "int16")
     img.put(p + 13, v_sf, "int16")
     img.put(p + 14, _sf_value(sim.frequency_hz, hz_sf), "int16")
     img.put(p + 15, hz_sf, "int16")
@@ -185,13 +205,9 @@ def encode_sunspec_213(sim: TwinSim, dev: DeviceSpec, base: int = 0) -> Image:
     m = base + 70
     img.put_words(m, [213, 124])
     p = m + 2
-    power = float(sim.node_power_w[dev.index])
-    v_ln = _v_ln(sim, _feed_voltage(sim))
-    pa, pb, pc = _phases(power, dev.index)
-    ia, ib, ic = (x / (v_ln * PF) for x in (pa, pb, pc))
-    va = power / PF
-    var = math.sqrt(max(va * va - power * power, 0.0))
-    v_ll = v_ln * math.sqrt(3.0)
+    m3 = _three_phase(sim, float(sim.node_power_w[dev.index]), dev.index)
+    power, v_ln, v_ll, va, var = m3.power_w, m3.v_ln, m3.v_ll, m3.va, m3.var
+    (pa, pb, pc), (ia, ib, ic) = m3.p, m3.i
     vals = [ia + ib + ic, ia, ib, ic, v_ln, v_ln, v_ln, v_ln, v_ll, v_ll, v_ll, v_ll,
             sim.frequency_hz, power, pa, pb, pc, va, va / 3, va / 3, va / 3, var, var / 3, var / 3,
             var / 3, PF * 100, PF * 100, PF * 100, PF * 100]
@@ -212,11 +228,9 @@ GENERIC_METER_BASE = 3000
 def encode_generic_meter(sim: TwinSim, dev: DeviceSpec) -> Image:
     """A generic three-phase meter: float32 ABCD in kW/V/A from 3000, int64 Wh at 3204."""
     img = Image(GENERIC_METER_BASE, 212)
-    power = float(sim.node_power_w[dev.index])
-    v_ln = _v_ln(sim, sim.site.feeds[0].voltage_v)
-    pa, pb, pc = _phases(power, dev.index + 7)
-    ia, ib, ic = (x / (v_ln * PF) for x in (pa, pb, pc))
-    v_ll = v_ln * math.sqrt(3.0)
+    m3 = _three_phase(sim, float(sim.node_power_w[dev.index]), dev.index + 7)
+    power, v_ln, v_ll = m3.power_w, m3.v_ln, m3.v_ll
+    (pa, pb, pc), (ia, ib, ic) = m3.p, m3.i
     f32 = {
         3000: ia, 3002: ib, 3004: ic, 3010: (ia + ib + ic) / 3,
         3020: v_ll, 3022: v_ll, 3024: v_ll, 3026: v_ll,
