@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import email.utils
 import gzip
+import json
 import logging
 import random
 import re
@@ -150,6 +151,19 @@ class V1Transport(Transport):
 _LINE_NO = re.compile(r"line[s()]*:?\s*(\d+)")
 _CONFLICT = re.compile(r'field "([^"]+)" on measurement "([^"]+)"')
 _DROPPED = re.compile(r"dropped=(\d+)")
+
+
+def error_message(body: str) -> str:
+    """The error text of a server's answer: InfluxDB wraps it in JSON (``error`` or ``message``)."""
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return body.strip()
+    if isinstance(doc, dict):
+        for key in ("error", "message"):
+            if isinstance(doc.get(key), str):
+                return str(doc[key]).strip()
+    return body.strip()
 
 
 def offending_line(payload: bytes, message: str) -> str | None:
@@ -352,12 +366,13 @@ class InfluxSink:
         return self._retry_delay(r)
 
     def _reject(self, payload: bytes, points: int, r: Response) -> tuple[int, int]:
-        line = offending_line(payload, r.body)
-        m = _DROPPED.search(r.body)
-        partial = "partial write" in r.body
+        text = error_message(r.body)
+        line = offending_line(payload, text)
+        m = _DROPPED.search(text)
+        partial = "partial write" in text
         rejected = int(m.group(1)) if (m and partial) else points
         rejected = min(rejected, points)
-        msg = f"HTTP {r.status}: {r.body.strip()[:500]}" + (f" (line: {line})" if line else "")
+        msg = f"HTTP {r.status}: {text[:500]}" + (f" (line: {line})" if line else "")
         with self._cv:
             self._last_error = msg
         log.error("%s rejected %d of %d points, not retried: %s", self.url, rejected, points, msg)
@@ -369,7 +384,7 @@ class InfluxSink:
             self._failures += 1
             n = self._failures
             what = "unreachable" if r.status == 0 else f"HTTP {r.status}"
-            self._last_error = f"{self.url} {what}: {r.body.strip()[:300]}"
+            self._last_error = f"{self.url} {what}: {error_message(r.body)[:300]}"
         (log.error if n == 1 else log.debug)("%s; %d points spooled, retrying", self._last_error,
                                              self.spool.pending_points)
         if r.retry_after_s is not None:
