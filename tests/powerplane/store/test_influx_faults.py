@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from models.events import Event
-from models.readings import ReadingBatch, SeriesRegistry
+from models.readings import SeriesRegistry
 from powerplane.store.influx import InfluxSink, parse_retry_after
 from tests.powerplane.store.conftest import vm_export
 from tests.powerplane.store.faultproxy import FaultProxy, Rule
