@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 
 from powerplane.store.analytics import (
-    dr_compliance,
     downsample,
+    dr_compliance,
     energy,
     energy_kwh,
     energy_kwh_by,
