@@ -313,3 +313,15 @@ def test_service_commands_exist_in_the_cli() -> None:
     for path in UNITS:
         argv = shlex.split(_unit(path)["Service"]["ExecStart"])[1:]
         parser.parse_args([a if not a.startswith("${") else "x" for a in argv])
+
+
+def test_compose_controller_writes_where_grafana_reads() -> None:
+    services = compose()["services"]
+    env, influx = services["controller"]["environment"], services["influxdb"]["environment"]
+    store_src = (ROOT / "powerplane" / "store" / "config.py").read_text()
+    read = set(re.findall(r'env\("(POWERPLANE_\w+)"', store_src))
+    assert {k for k in env if k.startswith("POWERPLANE_")} <= read  # no setting the store ignores
+    assert env["POWERPLANE_INFLUX_BUCKET"] == influx["DOCKER_INFLUXDB_INIT_BUCKET"]
+    assert env["POWERPLANE_INFLUX_ORG"] == influx["DOCKER_INFLUXDB_INIT_ORG"]
+    assert env["POWERPLANE_INFLUX_TOKEN"] == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
+    assert services["grafana"]["environment"]["INFLUX_TOKEN"] == influx["DOCKER_INFLUXDB_INIT_ADMIN_TOKEN"]
