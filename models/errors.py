@@ -19,7 +19,8 @@ most specific class first, with ``raise ... from exc``.
     │   ├── WriteRejected      the server refused a batch (4xx): never retried as is
     │   └── SpoolFull          the durable spool hit its bound
     ├── ControlError           the controller could not produce a safe plan
-    └── TwinError              the digital twin could not start or serve
+    ├── TwinError              the digital twin could not start or serve
+    └── ProvisionError         Grafana refused or could not be reached while provisioning
 """
 
 from __future__ import annotations
@@ -125,3 +126,7 @@ class ControlError(PowerplaneError):
 
 class TwinError(PowerplaneError):
     """The digital twin could not start or serve an endpoint."""
+
+
+class ProvisionError(PowerplaneError):
+    """Provisioning dashboards, folder or datasource into Grafana failed."""

@@ -239,9 +239,10 @@ def command_registrars() -> tuple[Registrar, ...]:
 
     Explicit on purpose (no plugin discovery by import side effects): add one line here.
     """
-    from powerplane.store import cli as store_cli
+    from dashboards.cli import register as dashboards
+    from powerplane.store.cli import register as store
 
-    return (store_cli.register,)
+    return (store, dashboards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
