@@ -96,10 +96,14 @@ def validate_model(path: Path, data: dict[str, Any], model: type[M]) -> M:
         raise ProfileError(path, validation_problems(exc)) from None
 
 
+# Parsers import TargetSpec/validate_model from here, so they are imported once those exist.
+from collectors.snmp.profile import parse_snmp_profile  # noqa: E402
+
 # Explicit on purpose: one line per protocol, no discovery by import side effects.
 PROFILE_PARSERS: dict[str, Callable[[Path, dict[str, Any]], Profile]] = {
     # -- modbus, mqtt (helper A) --
     # -- snmp (helper B) --
+    "snmp": parse_snmp_profile,
 }
 
 
