@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from collectors.base import DeviceConfig, Poller
 from collectors.profiles import Profile, find_profile
+from collectors.snmp.client import make_snmp_poller
 from models.errors import ConfigError
 from models.readings import SeriesRegistry
 
@@ -19,6 +20,7 @@ PollerFactory = Callable[[DeviceConfig, Profile, SeriesRegistry], Poller]
 POLLER_FACTORIES: dict[str, PollerFactory] = {
     # -- modbus (helper A) --
     # -- snmp (helper B) --
+    "snmp": make_snmp_poller,
 }
 
 

@@ -251,14 +251,14 @@ def test_missing_sentinel_and_sum_skipped_when_a_row_is_bad() -> None:
     power_col = parse_oid("1.3.6.1.4.1.1718.4.1.3.3.1.3")
     batch, rejected = Decoder(plan).decode(1, {}, {power_col: [((1, 1), 4000), ((1, 2), 3500)]})
     v = values(batch)
-    assert v[("power.power_w", ())] == 7500.0 and v[("power.power_w", (("cord", "2"),))] == 3500.0
+    assert v[("power.power_w", ())] == 7500.0 and v[("power.power_w", (("cord", "2"), ("unit", "1")))] == 3500.0
     batch, rejected = Decoder(plan).decode(1, {}, {power_col: [((1, 1), 4000), ((1, 2), -1)]})
     v = values(batch)
     assert ("power.power_w", ()) not in v  # a partial sum would read as a power drop
     assert rejected == {Reason.NOT_IMPLEMENTED: 1}
     text = parse_oid("1.3.6.1.4.1.1718.4.1.3.3.1.11")
     batch, rejected = Decoder(plan).decode(1, {}, {text: [((1, 1), b"499"), ((1, 2), b"n/a")]})
-    assert values(batch) == {("power.frequency_hz", (("cord", "1"),)): pytest.approx(49.9)}
+    assert values(batch) == {("power.frequency_hz", (("cord", "1"), ("unit", "1"))): pytest.approx(49.9)}
     assert rejected == {Reason.DECODE: 1}
     assert math.isclose(plan.max_repetitions, 25)
 
