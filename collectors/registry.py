@@ -16,8 +16,15 @@ from models.readings import SeriesRegistry
 PollerFactory = Callable[[DeviceConfig, Profile, SeriesRegistry], Poller]
 
 
+def _modbus(device: DeviceConfig, profile: Profile, registry: SeriesRegistry) -> Poller:
+    from collectors.modbus.poller import make_modbus_poller
+
+    return make_modbus_poller(device, profile, registry)
+
+
 POLLER_FACTORIES: dict[str, PollerFactory] = {
     # -- modbus (helper A) --
+    "modbus": _modbus,
     # -- snmp (helper B) --
 }
 
