@@ -34,11 +34,22 @@ M = TypeVar("M", bound=BaseModel)
 
 
 class Profile(Protocol):
-    """What every parsed profile offers, whatever its protocol."""
+    """What every parsed profile offers, whatever its protocol (frozen dataclasses fit)."""
 
-    name: str
-    protocol: str
-    path: Path
+    @property
+    def name(self) -> str:
+        """The profile's unique name."""
+        ...
+
+    @property
+    def protocol(self) -> str:
+        """modbus | snmp | mqtt."""
+        ...
+
+    @property
+    def path(self) -> Path:
+        """The file it was loaded from."""
+        ...
 
     def describe(self) -> list[tuple[str, str, str]]:
         """Rows ``(point, metric, detail)`` for ``powerplane profiles show``."""
@@ -96,14 +107,31 @@ def validate_model(path: Path, data: dict[str, Any], model: type[M]) -> M:
         raise ProfileError(path, validation_problems(exc)) from None
 
 
-# Parsers import TargetSpec/validate_model from here, so they are imported once those exist.
-from collectors.snmp.profile import parse_snmp_profile  # noqa: E402
+def _parse_modbus(path: Path, data: dict[str, Any]) -> Profile:
+    from collectors.modbus.profile import parse_modbus_profile
+
+    return parse_modbus_profile(path, data)
+
+
+def _parse_mqtt(path: Path, data: dict[str, Any]) -> Profile:
+    from collectors.mqtt.profile import parse_mqtt_profile
+
+    return parse_mqtt_profile(path, data)
+
+
+def _parse_snmp(path: Path, data: dict[str, Any]) -> Profile:
+    from collectors.snmp.profile import parse_snmp_profile
+
+    return parse_snmp_profile(path, data)
+
 
 # Explicit on purpose: one line per protocol, no discovery by import side effects.
 PROFILE_PARSERS: dict[str, Callable[[Path, dict[str, Any]], Profile]] = {
     # -- modbus, mqtt (helper A) --
+    "modbus": _parse_modbus,
+    "mqtt": _parse_mqtt,
     # -- snmp (helper B) --
-    "snmp": parse_snmp_profile,
+    "snmp": _parse_snmp,
 }
 
 

@@ -10,17 +10,29 @@ from collections.abc import Callable
 
 from collectors.base import DeviceConfig, Poller
 from collectors.profiles import Profile, find_profile
-from collectors.snmp.client import make_snmp_poller
 from models.errors import ConfigError
 from models.readings import SeriesRegistry
 
 PollerFactory = Callable[[DeviceConfig, Profile, SeriesRegistry], Poller]
 
 
+def _modbus(device: DeviceConfig, profile: Profile, registry: SeriesRegistry) -> Poller:
+    from collectors.modbus.poller import make_modbus_poller
+
+    return make_modbus_poller(device, profile, registry)
+
+
+def _snmp(device: DeviceConfig, profile: Profile, registry: SeriesRegistry) -> Poller:
+    from collectors.snmp.client import make_snmp_poller
+
+    return make_snmp_poller(device, profile, registry)
+
+
 POLLER_FACTORIES: dict[str, PollerFactory] = {
     # -- modbus (helper A) --
+    "modbus": _modbus,
     # -- snmp (helper B) --
-    "snmp": make_snmp_poller,
+    "snmp": _snmp,
 }
 
 
