@@ -293,8 +293,8 @@ class SnmpPoller:
                 self.decoder.set_digits(c, rows.get(c, []))
             self._digits_ts_ns = ts_ns
         batch, rejected = self.decoder.decode(ts_ns, scalars, rows)
-        if plan.digit_columns and any(not d for d in self.decoder.digits.values()):
-            self._digits_ts_ns = None  # digits missing (first read failed): read them again next poll
+        if self.decoder.rows_without_digits:
+            self._digits_ts_ns = None  # new sensor rows (or the digits walk failed): read digits next poll
         return PollResult(batch, errors, rejected)
 
     async def close(self) -> None:

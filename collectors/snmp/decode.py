@@ -75,6 +75,7 @@ class Decoder:
     def __init__(self, plan: SnmpPlan) -> None:
         self.plan = plan
         self.counters = CounterUnwrapper()
+        self.rows_without_digits = 0  # in the last decode: a sign the digits must be read again
         self.digits: dict[Oid, dict[Oid, int]] = {c: {} for c in plan.digit_columns}
         self._point_key = {id(p): k for k, p in enumerate(p for ps in plan.points.values() for p in ps)}
 
@@ -89,6 +90,7 @@ class Decoder:
         sids: list[int] = []
         vals: list[float] = []
         rejected: Counter[Reason] = Counter()
+        self.rows_without_digits = 0
         for s in self.plan.scalars:
             raw = scalars.get(s.oid)
             if raw is None:
@@ -122,6 +124,7 @@ class Decoder:
                 got = digits.get(index)
                 if got is None:  # a row that appeared since the digits were read
                     rejected[Reason.DECODE] += 1
+                    self.rows_without_digits += 1
                     complete = False
                     continue
                 d = got

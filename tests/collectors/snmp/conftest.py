@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import DATA
 from tests.realservers import Snmpd
 
-_TYPES = {2: "integer", 65: "counter", 66: "gauge", 67: "timeticks"}
+_TYPES = {2: "integer", 65: "counter", 66: "unsigned", 67: "timeticks"}
 
 
 def ups_overrides() -> str:

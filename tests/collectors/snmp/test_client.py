@@ -258,3 +258,55 @@ def test_bad_options_and_wrong_profile_are_config_errors() -> None:
             return []
     with pytest.raises(ProfileError, match="is modbus"):
         make_snmp_poller(dev("u", "m", 161), NotSnmp(), SeriesRegistry())
+
+
+# ---- counters across agent restarts ---------------------------------------------------------------
+
+RARITAN_OUTLET_ENERGY = "1.3.6.1.4.1.13742.6.5.4.3.1.4.1.1.8"  # outlet 1 activeEnergy (Wh, Unsigned32)
+APC_DEVICE_ENERGY = "1.3.6.1.4.1.318.1.1.26.4.3.1.9.1"  # rPDU2DeviceStatusEnergy (0.1 kWh)
+
+
+def test_counter_wrap_and_reset_across_snmpd_restarts(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The agent's counters change between polls as a real PDU's would: wrap, then an operator reset."""
+    from collectors.validate import Validator
+    from models.readings import Quality
+
+    def conf(outlet_wh: int, apc_tenth_kwh: int) -> str:
+        return "\n".join([
+            "override .1.3.6.1.4.1.13742.6.3.5.4.1.7.1.1.8 unsigned 0",  # outletSensorDecimalDigits
+            f"override .{RARITAN_OUTLET_ENERGY} unsigned {outlet_wh}",
+            f"override .{APC_DEVICE_ENERGY} integer {apc_tenth_kwh}"])
+
+    srv = Snmpd(tmp_path_factory.mktemp("snmpd-counters"), extra_conf=conf(4_294_967_000, 12345))
+    reg = SeriesRegistry()
+    validator = Validator(reg)
+    seen: list[dict[str, tuple[float, bool]]] = []
+
+    async def go() -> None:
+        px = make_poller(dev("px", "raritan-pdu2", srv.port, community=srv.community), reg)
+        apc = make_poller(dev("apc", "apc-rpdu2", srv.port, community=srv.community), reg)
+        try:
+            for outlet_wh, apc_raw in ((4_294_967_000, 12345), (200, 12346), (1_000, 3)):
+                if seen:
+                    srv.extra_conf = conf(outlet_wh, apc_raw)
+                    srv.restart()
+                got: dict[str, tuple[float, bool]] = {}
+                for name, p in (("px", px), ("apc", apc)):
+                    r = await p.poll(len(seen) + 1)
+                    out, _ = validator.check(r.batch, len(seen) + 1)
+                    for sid, v, q in zip(out.series, out.value, out.quality, strict=True):
+                        if reg.key(int(sid)).metric == "power.energy_wh":
+                            got[name] = (float(v), bool(q & Quality.COUNTER_RESET))
+                seen.append(got)
+        finally:
+            await px.close()
+            await apc.close()
+
+    srv.start()
+    try:
+        asyncio.run(go())
+    finally:
+        srv.stop()
+    assert [s["px"] for s in seen] == [(4_294_967_000.0, False), (4_294_967_496.0, False),  # 2^32 + 200
+                                      (4_294_968_296.0, False)]
+    assert [s["apc"] for s in seen] == [(1_234_500.0, False), (1_234_600.0, False), (300.0, True)]
