@@ -1,0 +1,1 @@
+"""Modbus collection: profiles -> read plan (plan.py) -> pymodbus I/O (client.py) -> values (decode.py)."""

@@ -1,0 +1,237 @@
+"""Pure decoding of 16-bit Modbus registers into values, for every type and byte order.
+
+Byte orders name where the bytes of the big-endian value ``A B C D`` sit on the wire:
+
+    ABCD  big-endian words, big-endian bytes (the Modbus standard)
+    DCBA  fully little-endian
+    BADC  big-endian words, bytes swapped inside each word
+    CDAB  word-swapped ("little-endian word order"), the common float32 quirk
+
+For 64-bit values CDAB reverses all four words and BADC swaps bytes within each word.
+Every rearrangement is its own inverse, so decoding applies the same permutation to the
+wire bytes that encoding applied to the value's big-endian bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal, get_args
+
+from models.errors import DecodeError
+from models.readings import Reason
+
+if TYPE_CHECKING:
+    from collectors.modbus.plan import ReadPlan
+
+RegType = Literal["int16", "uint16", "int32", "uint32", "int64", "uint64", "float32", "float64", "string", "bit"]
+ByteOrder = Literal["ABCD", "DCBA", "BADC", "CDAB"]
+REG_TYPES: tuple[str, ...] = get_args(RegType)
+BYTE_ORDERS: tuple[str, ...] = get_args(ByteOrder)
+
+FORMATS: dict[str, tuple[str, int]] = {
+    "int16": (">h", 1), "uint16": (">H", 1), "int32": (">i", 2), "uint32": (">I", 2),
+    "int64": (">q", 4), "uint64": (">Q", 4), "float32": (">f", 2), "float64": (">d", 4),
+}
+
+# SunSpec "not implemented" values per type (SunSpec Information Model, section 5.2).
+SUNSPEC_SENTINELS: dict[str, int | float] = {
+    "int16": -0x8000, "uint16": 0xFFFF, "int32": -0x80000000, "uint32": 0xFFFFFFFF,
+    "int64": -0x8000000000000000, "uint64": 0xFFFFFFFFFFFFFFFF,
+}
+
+
+def width(reg_type: str, length: int = 1) -> int:
+    """Registers a value of ``reg_type`` occupies (``length`` registers for strings, 1 for bits)."""
+    if reg_type == "string":
+        return length
+    if reg_type == "bit":
+        return 1
+    try:
+        return FORMATS[reg_type][1]
+    except KeyError:
+        raise DecodeError(f"unknown register type {reg_type!r}") from None
+
+
+def permutation(n_bytes: int, order: str) -> tuple[int, ...]:
+    """Byte positions: big-endian byte ``k`` of the value is wire byte ``perm[k]``."""
+    idx = list(range(n_bytes))
+    if order == "ABCD" or (n_bytes == 2 and order == "CDAB"):
+        return tuple(idx)
+    if order == "DCBA":
+        return tuple(reversed(idx))
+    if order == "BADC":
+        return tuple(i ^ 1 for i in idx)
+    if order == "CDAB":
+        n_words = n_bytes // 2
+        return tuple(2 * (n_words - 1 - i // 2) + i % 2 for i in idx)
+    raise DecodeError(f"unknown byte order {order!r}")
+
+
+def registers_to_bytes(registers: Sequence[int]) -> bytes:
+    """The wire bytes of ``registers`` (each big-endian, as Modbus sends them)."""
+    try:
+        return struct.pack(f">{len(registers)}H", *registers)
+    except struct.error as exc:
+        raise DecodeError(f"register out of range: {exc}") from None
+
+
+def decode_bytes(wire: bytes, reg_type: str, order: str = "ABCD") -> int | float:
+    """Decode one numeric value from its wire bytes."""
+    fmt, n_regs = FORMATS[reg_type]
+    if len(wire) != 2 * n_regs:
+        raise DecodeError(f"{reg_type} needs {2 * n_regs} bytes, got {len(wire)}")
+    perm = permutation(len(wire), order)
+    raw = bytes(wire[p] for p in perm)
+    return struct.unpack(fmt, raw)[0]  # type: ignore[no-any-return]
+
+
+def decode(registers: Sequence[int], reg_type: str, order: str = "ABCD") -> int | float:
+    """Decode one numeric value from its registers."""
+    return decode_bytes(registers_to_bytes(registers), reg_type, order)
+
+
+def decode_bit(register: int, bit: int) -> int:
+    """Bit ``bit`` (0 = least significant) of a register."""
+    if not 0 <= bit <= 15:
+        raise DecodeError(f"bit index {bit} outside 0..15")
+    return (register >> bit) & 1
+
+
+def decode_string(registers: Sequence[int], order: str = "ABCD") -> str:
+    """ASCII text, two characters per register, NUL/space padding stripped (BADC/DCBA swap bytes)."""
+    wire = registers_to_bytes(registers)
+    if order in ("BADC", "DCBA"):
+        wire = bytes(wire[i ^ 1] for i in range(len(wire)))
+    return wire.split(b"\0", 1)[0].decode("ascii", "replace").strip()
+
+
+def encode(value: float, reg_type: str, order: str = "ABCD") -> list[int]:
+    """Registers holding ``value`` (inverse of ``decode``; for tests, benchmarks and writes)."""
+    fmt, n_regs = FORMATS[reg_type]
+    raw = struct.pack(fmt, value if reg_type.startswith("float") else int(value))
+    perm = permutation(len(raw), order)
+    wire = bytearray(len(raw))
+    for k, p in enumerate(perm):
+        wire[p] = raw[k]
+    return [int.from_bytes(wire[2 * i:2 * i + 2], "big") for i in range(n_regs)]
+
+
+def is_sentinel(raw: int | float, sentinels: Sequence[int | float]) -> bool:
+    """True if ``raw`` is one of the device's "not implemented" values (a NaN sentinel matches NaN)."""
+    if isinstance(raw, float) and math.isnan(raw):
+        return any(isinstance(s, float) and math.isnan(s) for s in sentinels)
+    return raw in sentinels
+
+
+# ---- decoding a whole read plan ---------------------------------------------------------
+
+_K_NUM, _K_BIT, _K_STR, _K_COIL = 0, 1, 2, 3
+
+
+@dataclass(frozen=True, slots=True)
+class _FieldCode:
+    field: int
+    kind: int
+    byte_off: int  # registers: byte offset in the block; coils: bit offset
+    fmt: str
+    perm: tuple[int, ...] | None  # None when the bytes are already big-endian
+    n_bytes: int
+    bit: int
+    order: str
+
+
+@dataclass
+class Decoded:
+    """Values decoded from one poll's blocks."""
+
+    series: list[int]
+    values: list[float]
+    rejected: Counter[Reason]
+    raw: dict[int, int | float | str]  # field index -> raw value (counts, scale factors, info)
+
+
+class PlanDecoder:
+    """Decodes the registers of a plan's blocks into readings; keeps the last scale factors."""
+
+    def __init__(self, plan: ReadPlan) -> None:
+        self.plan = plan
+        self._codes: list[list[_FieldCode]] = [[] for _ in plan.blocks]
+        for i, f in enumerate(plan.fields):
+            p = f.point
+            if p.table in ("coil", "discrete"):
+                code = _FieldCode(i, _K_COIL, f.offset, "", None, 0, 0, p.order)
+            elif p.reg_type == "bit":
+                code = _FieldCode(i, _K_BIT, 2 * f.offset, "", None, 2, p.bit or 0, p.order)
+            elif p.reg_type == "string":
+                code = _FieldCode(i, _K_STR, 2 * f.offset, "", None, 2 * p.n_regs, 0, p.order)
+            else:
+                fmt, n = FORMATS[p.reg_type]
+                perm = permutation(2 * n, p.order)
+                code = _FieldCode(i, _K_NUM, 2 * f.offset, fmt, None if perm == tuple(range(2 * n)) else perm,
+                                  2 * n, 0, p.order)
+            self._codes[f.block].append(code)
+        self.scale_factors: dict[int, int | float] = {}
+
+    def decode(self, data: Mapping[int, Sequence[int] | Sequence[bool]]) -> Decoded:
+        """Decode the blocks in ``data`` (block index -> registers or bits); missing blocks are skipped."""
+        raw: dict[int, int | float | str] = {}
+        rejected: Counter[Reason] = Counter()
+        fields = self.plan.fields
+        for b, words in data.items():
+            codes = self._codes[b]
+            if codes and codes[0].kind == _K_COIL:
+                for c in codes:
+                    raw[c.field] = int(bool(words[c.byte_off]))
+                continue
+            buf = struct.pack(f">{len(words)}H", *words)
+            for c in codes:
+                if c.kind == _K_NUM:
+                    if c.perm is None:
+                        raw[c.field] = struct.unpack_from(c.fmt, buf, c.byte_off)[0]
+                    else:
+                        o = c.byte_off
+                        raw[c.field] = struct.unpack(c.fmt, bytes(buf[o + k] for k in c.perm))[0]
+                elif c.kind == _K_BIT:
+                    raw[c.field] = (int.from_bytes(buf[c.byte_off:c.byte_off + 2], "big") >> c.bit) & 1
+                else:
+                    n = c.n_bytes // 2
+                    o = c.byte_off // 2
+                    raw[c.field] = decode_string(words[o:o + n], c.order)  # type: ignore[arg-type]
+        sfs = self.scale_factors
+        for i, r in raw.items():  # scale factors first: values below may use this poll's
+            f = fields[i]
+            if f.series < 0 and not isinstance(r, str):
+                if is_sentinel(r, f.point.sentinels):
+                    sfs.pop(i, None)
+                else:
+                    sfs[i] = r
+        series: list[int] = []
+        values: list[float] = []
+        for i, r in raw.items():
+            f = fields[i]
+            if f.series < 0 or isinstance(r, str):
+                continue
+            if f.point.sentinels and is_sentinel(r, f.point.sentinels):
+                rejected[Reason.NOT_IMPLEMENTED] += 1
+                continue
+            v = float(r)
+            if f.sf_field >= 0:
+                sf = sfs.get(f.sf_field)
+                if sf is None:
+                    rejected[Reason.NOT_IMPLEMENTED] += 1
+                    continue
+                v *= 10.0 ** sf
+            t = f.point.target
+            assert t is not None
+            series.append(f.series)
+            values.append(v * t.scale + t.offset)
+        for sid, srcs, scale, offset in self.plan.derived:
+            parts = [raw.get(i) for i in srcs]
+            if all(isinstance(x, int | float) for x in parts):
+                series.append(sid)
+                values.append(float(sum(parts)) * scale + offset)  # type: ignore[arg-type]
+        return Decoded(series, values, rejected, raw)

@@ -1,0 +1,1 @@
+"""MQTT intake: topic templates and payload parsing (parse.py), paho subscriber bridged into asyncio (client.py)."""
