@@ -66,6 +66,8 @@ class _Synth:
         # (name, protocol, level, index): the twin's Modbus/SNMP devices plus the BMS/grid MQTT feed.
         self.devices = [(d.name, str(d.protocol), d.level, d.index) for d in inventory(sim.site, sim.topo)]
         self.devices.append(("bms-mqtt", "mqtt", "site", 0))
+        pumps = sim.site.twin.pump_failures
+        self.failing_loop = sim.topo.loop_ids.index(pumps[0].loop) if pumps else -1
         self.rng = np.random.default_rng(11)
         self.readings = {d[0]: 0.0 for d in self.devices}
         self.rejected = {d[0]: 0.0 for d in self.devices}
@@ -128,10 +130,10 @@ class _Synth:
     def collectors(self, out: list[tuple[int, float]], t_s: float, sample_s: float) -> None:
         sim = self.sim
         now_s = sim.now_ns / NS_PER_S
-        pump_down = any(e.kind == "pump" and e.start_s <= t_s < e.end_s for e in sim._events)
+        pump_down = any(p.start_s <= t_s < p.start_s + p.duration_s for p in sim.site.twin.pump_failures)
         for name, protocol, level, index in self.devices:
             # The CDU of the loop that loses a pump stops answering Modbus during the failure.
-            down = pump_down and level == "loop" and index == 0 and protocol == "modbus"
+            down = pump_down and level == "loop" and index == self.failing_loop and protocol == "modbus"
             tags = {"device": name, "protocol": protocol}
             if down:
                 self.failures[name] += 1
