@@ -92,6 +92,7 @@ def allocate(count: np.ndarray, floor_w: np.ndarray, demand_w: np.ndarray, ceili
     arg1 = np.empty(n, np.int32)
     room = np.zeros(n)
     room_s = np.empty(nnz)
+    live = np.empty(m, np.int64)
     rounds = 0
     for phase in range(2):  # 0: up to demand, 1: spare power up to the ceiling
         for p in range(n_cls):
@@ -107,9 +108,32 @@ def allocate(count: np.ndarray, floor_w: np.ndarray, demand_w: np.ndarray, ceili
                     any_room = True
             if not any_room:
                 continue
+            # A constraint that holds the whole class at full room never binds this pass.
+            n_live = 0
             for c in range(m):
                 lam[c] = np.inf
                 lam_low[c] = np.inf
+                s0 = con_ptr[c, p]
+                s1 = con_ptr[c, p + 1]
+                want = 0.0
+                for s in range(s0, s1):
+                    i = con_members[s]
+                    want += count[i] * room[i]
+                if s1 > s0 and want > cap_w[c] - load_w[c]:
+                    live[n_live] = c
+                    n_live += 1
+            if n_live == 0:
+                for j in range(a0, a1):
+                    i = cls_members[j]
+                    inc = room[i]
+                    x_w[i] += inc
+                    for k in range(n_layers):
+                        c = mem[i, k]
+                        if c >= 0:
+                            load_w[c] += count[i] * inc
+                    if phase == 1:
+                        bind[i] = -1
+                continue
             for rnd in range(max_rounds):
                 for j in range(a0, a1):
                     i = cls_members[j]
@@ -131,12 +155,10 @@ def allocate(count: np.ndarray, floor_w: np.ndarray, demand_w: np.ndarray, ceili
                     mu2[i] = b2
                     arg1[i] = ak
                 changed = False
-                for c in range(m):
+                for q in range(n_live):
+                    c = live[q]
                     s0 = con_ptr[c, p]
                     s1 = con_ptr[c, p + 1]
-                    if s0 == s1:
-                        lam_new[c] = np.inf
-                        continue
                     resid = cap_w[c] - load_w[c]
                     total = 0.0
                     for s in range(s0, s1):
@@ -157,12 +179,13 @@ def allocate(count: np.ndarray, floor_w: np.ndarray, demand_w: np.ndarray, ceili
                     old = lam[c]
                     if not (v == old or (old < np.inf and abs(v - old) <= 1e-9 * (1.0 + abs(old)))):
                         changed = True
-                tmp = lam
-                lam = lam_new
-                lam_new = tmp
+                for q in range(n_live):
+                    c = live[q]
+                    lam[c] = lam_new[c]
                 rounds += 1
                 if rnd % 2 == 0:  # T(upper bound) is a lower bound: feasible
-                    for c in range(m):
+                    for q in range(n_live):
+                        c = live[q]
                         lam_low[c] = lam[c]
                 if not changed:
                     break
