@@ -239,7 +239,9 @@ def command_registrars() -> tuple[Registrar, ...]:
 
     Explicit on purpose (no plugin discovery by import side effects): add one line here.
     """
-    return ()
+    from controllers import cli as controllers_cli
+
+    return (controllers_cli.register,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
