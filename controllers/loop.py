@@ -95,11 +95,13 @@ class ControlLoop:
         return CapPlan(
             plan_id=self.plan_id, ts_ns=now_ns, caps_w=p.gpu_values(caps), accounted_w=p.gpu_values(caps),
             demand_w=p.gpu_values(acc.demand_w), budget_w=budget.facility_w, it_budget_w=budget.it_w,
-            budget_reason=budget.reason, bind=p.gpu_values(bind_consumer.astype(np.float64)).astype(np.int32),
+            budget_reason=budget.reason, bind=np.repeat(bind_consumer, self.topo.node_gpus),
             constraint_names=p.constraint_names, constraint_limit_w=limit * share, constraint_load_w=load,
             loop_capacity_w=loop_cap, infeasible=infeasible, solve_ms=solve_ms, rounds=alloc.rounds,
             stale_gpus=int(s.count[acc.stale].sum()), overdraw_gpus=int(s.count[acc.overdraw].sum()),
-            overdraw_ids=over_ids, margin=cfg.margin, overhead=self.overhead, problem=p)
+            overdraw_ids=over_ids,
+            stale_loops=tuple(lid for lid, st_ in zip(self.topo.loop_ids, self.loops.stale, strict=True) if st_),
+            margin=cfg.margin, overhead=self.overhead, problem=p)
 
     def _infeasible(self, c: int, floor_load_w: np.ndarray, cap_gpu: np.ndarray, floor_w: np.ndarray) -> Infeasible:
         """Deficit of constraint ``c`` and the jobs to move: lowest priority, checkpointable first."""

@@ -85,6 +85,7 @@ class CapPlan:
     stale_gpus: int
     overdraw_gpus: int
     overdraw_ids: tuple[str, ...]  # servers drawing over their cap
+    stale_loops: tuple[str, ...]  # loops whose capacity is the last known value
     margin: float
     overhead: OverheadModel
     problem: SiteProblem
@@ -216,6 +217,11 @@ class CapPlan:
             ev.append(Event(self.ts_ns, "telemetry_stale", "warning", "controller",
                             f"{self.stale_gpus} GPUs without fresh telemetry, accounted at their last cap",
                             site, {"gpus": float(self.stale_gpus)}))
+        for lid in self.stale_loops:
+            ev.append(Event(self.ts_ns, "telemetry_stale", "warning", "controller",
+                            f"loop {lid}: no fresh capacity, flow or supply temperature; planning on "
+                            f"{self.loop_capacity_w[self.problem.topo.loop_ids.index(lid)] / 1e3:,.0f} kW",
+                            lid))
         return ev
 
     def summary(self) -> dict[str, Any]:

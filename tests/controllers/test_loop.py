@@ -131,3 +131,58 @@ def test_state_of_another_topology_is_refused(demo_site: SiteConfig, demo_topo: 
 
     with pytest.raises(ValueError, match="another topology"):
         ControlLoop(demo_site, demo_topo, SiteState(build_topology(demo_site)))
+
+
+def _setup(site: SiteConfig, topo: Topology) -> tuple[TwinSim, TwinFeed, SiteState, ControlLoop, SeriesRegistry]:
+    reg = SeriesRegistry()
+    sim = TwinSim(site, topo, start_ns=START_NS)
+    feed = TwinFeed(sim, site.site.name, registry=reg)
+    state = SiteState(topo, reg)
+    return sim, feed, state, ControlLoop(site, topo, state, registry=reg), reg
+
+
+def test_overdraw_is_accounted_at_measured_draw_and_flagged(demo_site: SiteConfig, demo_topo: Topology) -> None:
+    from models.readings import ReadingBatch
+
+    sim, feed, state, loop, reg = _setup(demo_site, demo_topo)
+    for _ in range(3):
+        sim.step(10)
+        state.ingest(feed.batch())
+        plan = loop.step(sim.now_ns)
+        sim.set_caps(plan.caps_w)
+    sim.step(10)
+    state.ingest(feed.batch())
+    # Server r01/node-000 reports 4 x 870 W on GPUs capped lower: its cap did not take.
+    cap_before = float(plan.caps_w[0])
+    assert cap_before < 800.0
+    server_w = (4 * 870.0 + 350.0) / 0.97
+    sid = reg.id("power.power_w", site="demo-hall", level="node", id="r01/node-000")
+    state.ingest(ReadingBatch.of(sim.now_ns, [sid], [server_w], registry=reg))
+    plan = loop.step(sim.now_ns)
+    assert plan.overdraw_gpus == 4 and plan.overdraw_ids == ("r01/node-000",)
+    np.testing.assert_allclose(plan.accounted_w[:4], 870.0)
+    assert plan.violations(demo_topo) == []  # the others were cut to make room
+    assert "cap_overdraw" in [e.kind for e in plan.events("demo-hall")]
+
+
+def test_stale_server_is_held_at_its_last_cap(demo_site: SiteConfig, demo_topo: Topology) -> None:
+    sim, feed, state, loop, reg = _setup(demo_site, demo_topo)
+    held = np.empty(0)
+    # Only the racks r02..r08 keep reporting after the first second: r01's servers go silent.
+    plan = None
+    for k in range(8):
+        sim.step(10)
+        batch = feed.batch()
+        if k > 0:
+            keys = reg.keys()
+            keep = np.array([not dict(keys[int(s)].tags).get("id", "").startswith("r01/") for s in batch.series])
+            batch = batch.select(keep)
+        state.ingest(batch)
+        plan = loop.step(sim.now_ns)
+        sim.set_caps(plan.caps_w)
+        if k == 1:
+            held = plan.caps_w[:576].copy()
+    assert plan is not None and plan.stale_gpus == 576
+    assert np.all(plan.caps_w[:576] <= held + 1e-9)  # no rise without fresh data
+    assert plan.violations(demo_topo) == []
+    assert "telemetry_stale" in [e.kind for e in plan.events("demo-hall")]
