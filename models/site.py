@@ -215,6 +215,29 @@ class Twin(_Model):
     supply_excursions: list[SupplyExcursion] = []
 
 
+class Controller(_Model):
+    """Power-capping controller settings (all optional; the defaults suit a 1 s period)."""
+
+    period_s: Annotated[float, Field(gt=0, le=60, allow_inf_nan=False)] = 1.0
+    margin: Annotated[float, Field(ge=0, lt=0.5, allow_inf_nan=False)] = Field(
+        default=0.02, description="share of every limit kept free (meter error, lag)")
+    ramp_w_per_s: PosFloat = Field(default=60.0, description="how fast one GPU's cap may rise")
+    cap_threshold: Fraction = Field(default=1.0, description="capping starts above this share of a limit")
+    target_threshold: Fraction = Field(default=0.97, description="a capping constraint holds its load at this share")
+    release_threshold: Fraction = Field(default=0.92, description="capping stops when demand falls below this share")
+    stale_after_s: PosFloat = Field(default=3.0, description="telemetry older than this is stale")
+    demand_ewma_s: PosFloat = Field(default=5.0, description="time constant of the demand average")
+    demand_peak_s: PosFloat = Field(default=10.0, description="window of the recent demand peak")
+    dr_lead_s: NonNegFloat = Field(default=10.0, description="apply a DR target this long before it starts")
+
+    @model_validator(mode="after")
+    def _thresholds(self) -> Controller:
+        if not self.release_threshold < self.target_threshold <= self.cap_threshold:
+            raise ValueError(f"thresholds must satisfy release ({self.release_threshold}) < target "
+                             f"({self.target_threshold}) <= cap ({self.cap_threshold})")
+        return self
+
+
 class SiteConfig(_Model):
     """A whole site: power tree, cooling loops, racks, jobs, grid and twin scenario."""
 
@@ -230,6 +253,7 @@ class SiteConfig(_Model):
     jobs: list[Job] = []
     grid: Grid = Grid()
     twin: Twin = Twin()
+    controller: Controller = Controller()
 
     def rack_type(self, rack: Rack) -> RackType:
         """The type of ``rack``."""

@@ -239,10 +239,11 @@ def command_registrars() -> tuple[Registrar, ...]:
 
     Explicit on purpose (no plugin discovery by import side effects): add one line here.
     """
+    from controllers.cli import register as controllers
     from dashboards.cli import register as dashboards
     from powerplane.store.cli import register as store
 
-    return (store, dashboards)
+    return (store, controllers, dashboards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,244 @@
+"""A cap plan: the per-GPU caps of one control period, why, and how it is reported.
+
+``CapPlan.violations`` re-derives every planned load from the per-GPU caps with the same
+physics as the twin (server = (GPUs + base) / PSU efficiency, sums up the tree, rack
+overhead, feed = UPS output / efficiency, facility = IT + overhead(IT), loop heat = liquid
+share of rack power) — independently of the solver's gains and GPU-space capacities — and
+lists every limit the plan would exceed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from controllers.problem import KIND_LOOP, KIND_POWER, SiteProblem
+from models.events import Event
+from models.physics import OverheadModel
+from models.readings import REGISTRY, ReadingBatch, SeriesRegistry
+from models.topology import L_FEED, L_NODE, L_RACK, L_UPS, LEVELS, Topology
+
+F64 = NDArray[np.float64]
+I32 = NDArray[np.int32]
+REL_TOL = 1e-7
+
+
+@dataclass(frozen=True, slots=True)
+class Infeasible:
+    """A constraint that the floors alone exceed, and the jobs to move to relieve it."""
+
+    constraint: str
+    deficit_w: float  # in the constraint's own watts
+    jobs: tuple[str, ...]  # lowest priority first, checkpointable first
+
+
+def planned_node_load_w(topo: Topology, gpu_w: F64) -> F64:
+    """Power at every node of the tree if every GPU draws ``gpu_w`` (the twin's physics)."""
+    t = topo
+    off = t.level_offset
+    p = np.zeros(t.n_nodes)
+    servers = np.bincount(t.gpu_member[L_NODE] - off[L_NODE], weights=gpu_w,
+                          minlength=t.count(L_NODE)).astype(np.float64)
+    p[off[L_NODE]:off[L_NODE + 1]] = (servers + t.node_base_w) / t.node_psu_efficiency
+    for lv in range(L_NODE, L_FEED, -1):
+        child = p[off[lv]:off[lv + 1]]
+        if lv == L_UPS:
+            child = child / t.node_efficiency[off[lv]:off[lv + 1]]
+        parent = np.bincount(t.node_parent[off[lv]:off[lv + 1]] - off[lv - 1], weights=child,
+                             minlength=t.count(lv - 1)).astype(np.float64)
+        if lv - 1 == L_RACK:
+            parent = parent + t.rack_overhead_w
+        p[off[lv - 1]:off[lv]] = parent
+    return p
+
+
+def planned_loop_heat_w(topo: Topology, node_load_w: F64) -> F64:
+    """Heat every loop must remove at the planned rack power."""
+    rack = node_load_w[topo.level_slice(L_RACK)]
+    return np.bincount(topo.rack_loop, weights=topo.rack_liquid_fraction * rack,
+                       minlength=topo.n_loops).astype(np.float64)
+
+
+@dataclass(frozen=True, eq=False)
+class CapPlan:
+    """What to apply for one period (``caps_w`` per GPU) and everything needed to explain it."""
+
+    plan_id: int
+    ts_ns: int
+    caps_w: F64  # per GPU: the cap to apply
+    accounted_w: F64  # per GPU: the load the plan counts on (caps; measured draw where a cap did not take)
+    demand_w: F64  # per GPU: predicted demand
+    budget_w: float  # facility power allowed
+    it_budget_w: float
+    budget_reason: str
+    bind: I32  # per GPU: index into constraint_names of the constraint that holds its cap, -1 if none
+    constraint_names: tuple[str, ...]
+    constraint_limit_w: F64  # per constraint, own watts, after margin and hysteresis share
+    constraint_load_w: F64  # per constraint, own watts, as planned
+    loop_capacity_w: F64  # loop capacity the plan relied on (after margin)
+    infeasible: list[Infeasible]
+    solve_ms: float
+    rounds: int
+    stale_gpus: int
+    overdraw_gpus: int
+    overdraw_ids: tuple[str, ...]  # servers drawing over their cap
+    stale_loops: tuple[str, ...]  # loops whose capacity is the last known value
+    margin: float
+    overhead: OverheadModel
+    problem: SiteProblem
+
+    # ---- checks ---------------------------------------------------------------------------
+    def violations(self, topo: Topology) -> list[str]:
+        """Every limit the planned load would exceed, re-derived from the per-GPU caps."""
+        out: list[str] = []
+        if self.accounted_w.shape != (topo.n_gpus,):
+            return [f"plan has {self.accounted_w.shape[0]} GPUs, topology {topo.n_gpus}"]
+        load = planned_node_load_w(topo, self.accounted_w)
+        limit = topo.node_limit_w
+        over = np.flatnonzero(load > limit * (1.0 + REL_TOL))
+        for n in over:
+            out.append(f"{LEVELS[int(topo.node_level[n])]} {topo.node_id(int(n))}: planned "
+                       f"{load[n] / 1e3:,.1f} kW > limit {limit[n] / 1e3:,.1f} kW")
+        it_w = float(load[topo.level_slice(L_UPS)].sum())
+        facility = self.overhead.facility_w(it_w)
+        if facility > self.budget_w * (1.0 + REL_TOL):
+            out.append(f"site: planned facility {facility / 1e3:,.1f} kW > budget {self.budget_w / 1e3:,.1f} kW")
+        heat = planned_loop_heat_w(topo, load)
+        for k in np.flatnonzero(heat > self.loop_capacity_w * (1.0 + REL_TOL) + 1e-6):
+            out.append(f"loop {topo.loop_ids[k]}: planned heat {heat[k] / 1e3:,.1f} kW > capacity "
+                       f"{self.loop_capacity_w[k] / 1e3:,.1f} kW")
+        low = np.flatnonzero(self.caps_w < topo.gpu_min_w * (1.0 - REL_TOL))
+        if low.size:
+            out.append(f"{low.size} GPUs capped below their floor")
+        return out
+
+    # ---- derived views --------------------------------------------------------------------
+    @property
+    def gpus_capped(self) -> int:
+        """GPUs whose cap is below their predicted demand."""
+        return int((self.caps_w < self.demand_w * (1.0 - 1e-9)).sum())
+
+    def binding_constraints(self) -> dict[int, int]:
+        """Constraint index -> number of GPUs it holds."""
+        b = self.bind[self.bind >= 0]
+        if not b.size:
+            return {}
+        idx, n = np.unique(b, return_counts=True)
+        return {int(i): int(k) for i, k in zip(idx, n, strict=True)}
+
+    def _groups(self, group: NDArray[np.integer], n: int) -> dict[str, F64]:
+        capped = (self.caps_w < self.demand_w * (1.0 - 1e-9)).astype(np.float64)
+        cap = np.bincount(group, self.caps_w, minlength=n)
+        demand = np.bincount(group, self.demand_w, minlength=n)
+        return {"cap_w": cap, "demand_w": demand, "cut_w": np.maximum(demand - cap, 0.0),
+                "gpus_capped": np.bincount(group, capped, minlength=n)}
+
+    def _entities(self, topo: Topology) -> list[tuple[str, list[str], dict[str, F64]]]:
+        """``(level, ids, fields)`` for site, feed..rack, loops and jobs."""
+        load = planned_node_load_w(topo, self.accounted_w)
+        bound_nodes = np.zeros(topo.n_nodes)
+        bound_loops = np.zeros(topo.n_loops)
+        site_bound = 0.0
+        p = self.problem
+        for c in self.binding_constraints():
+            kind, ref = int(p.con_kind[c]), int(p.con_ref[c])
+            if kind == KIND_POWER:
+                bound_nodes[ref] = 1.0
+            elif kind == KIND_LOOP:
+                bound_loops[ref] = 1.0
+            else:
+                site_bound = 1.0
+        out: list[tuple[str, list[str], dict[str, F64]]] = []
+        it_w = float(load[topo.level_slice(L_UPS)].sum())
+        site = self._groups(np.zeros(topo.n_gpus, np.intp), 1)
+        site.update(load_w=np.array([it_w]), limit_w=np.array([self.it_budget_w]),
+                    headroom_w=np.array([self.it_budget_w - it_w]), binding=np.array([site_bound]),
+                    solve_ms=np.array([self.solve_ms]))
+        out.append(("site", [topo.site_name], site))
+        lim_in_force = topo.node_limit_w * (1.0 - self.margin)
+        for lv in range(L_FEED, L_RACK + 1):
+            sl = topo.level_slice(lv)
+            f = self._groups(topo.gpu_member[lv] - sl.start, topo.count(lv))
+            lim = lim_in_force[sl]
+            f.update(load_w=load[sl], limit_w=lim, headroom_w=lim - load[sl], binding=bound_nodes[sl])
+            out.append((LEVELS[lv], list(topo.level_ids[lv]), f))
+        heat = planned_loop_heat_w(topo, load)
+        f = self._groups(topo.gpu_loop, topo.n_loops)
+        f.update(load_w=heat, limit_w=self.loop_capacity_w, headroom_w=self.loop_capacity_w - heat,
+                 binding=bound_loops)
+        out.append(("loop", list(topo.loop_ids), f))
+        if topo.job_ids:
+            has = topo.gpu_job >= 0
+            f = self._groups(np.where(has, topo.gpu_job, len(topo.job_ids)), len(topo.job_ids) + 1)
+            out.append(("job", list(topo.job_ids), {k: v[:-1] for k, v in f.items()}))
+        return out
+
+    # ---- outputs ---------------------------------------------------------------------------
+    def to_batch(self, site: str, registry: SeriesRegistry = REGISTRY) -> ReadingBatch:
+        """``caps.*`` readings for the site, every level feed..rack, every loop and job."""
+        topo = self.problem.topo
+        series: list[int] = []
+        values: list[F64] = []
+        for level, ids, fields in self._entities(topo):
+            for name, vals in fields.items():
+                series.extend(registry.id(f"caps.{name}", site=site, level=level, id=i) for i in ids)
+                values.append(np.asarray(vals, np.float64)[: len(ids)])
+        return ReadingBatch.of(self.ts_ns, np.asarray(series, np.int32), np.concatenate(values), 0, registry)
+
+    def events(self, site: str) -> list[Event]:
+        """One event per decision, each with its reason (the binding constraint)."""
+        ev = [Event(self.ts_ns, "cap_plan", "info", "controller",
+                    f"plan {self.plan_id}: budget {self.budget_w / 1e3:,.0f} kW facility "
+                    f"({self.budget_reason}), IT {self.it_budget_w / 1e3:,.0f} kW; "
+                    f"{self.gpus_capped} GPUs capped below demand", site,
+                    {"budget_w": self.budget_w, "it_budget_w": self.it_budget_w,
+                     "gpus_capped": float(self.gpus_capped), "solve_ms": self.solve_ms})]
+        for c, n in sorted(self.binding_constraints().items(), key=lambda kv: -kv[1]):
+            name = self.constraint_names[c]
+            ev.append(Event(self.ts_ns, "cap_binding", "info", "controller",
+                            f"{name} holds {n} GPUs: planned {self.constraint_load_w[c] / 1e3:,.1f} kW of "
+                            f"{self.constraint_limit_w[c] / 1e3:,.1f} kW", name,
+                            {"gpus": float(n), "load_w": float(self.constraint_load_w[c]),
+                             "limit_w": float(self.constraint_limit_w[c])}))
+        for inf in self.infeasible:
+            ev.append(Event(self.ts_ns, "cap_infeasible", "error", "controller",
+                            f"{inf.constraint}: floors exceed the limit by {inf.deficit_w / 1e3:,.1f} kW; "
+                            f"move {', '.join(inf.jobs) or 'nothing movable'}", inf.constraint,
+                            {"deficit_w": inf.deficit_w}))
+        if self.overdraw_gpus:
+            ev.append(Event(self.ts_ns, "cap_overdraw", "warning", "controller",
+                            f"{self.overdraw_gpus} GPUs draw over their cap (accounted at measured draw): "
+                            f"{', '.join(self.overdraw_ids[:5])}{' ...' if len(self.overdraw_ids) > 5 else ''}",
+                            site, {"gpus": float(self.overdraw_gpus)}))
+        if self.stale_gpus:
+            ev.append(Event(self.ts_ns, "telemetry_stale", "warning", "controller",
+                            f"{self.stale_gpus} GPUs without fresh telemetry, accounted at their last cap",
+                            site, {"gpus": float(self.stale_gpus)}))
+        for lid in self.stale_loops:
+            ev.append(Event(self.ts_ns, "telemetry_stale", "warning", "controller",
+                            f"loop {lid}: no fresh capacity, flow or supply temperature; planning on "
+                            f"{self.loop_capacity_w[self.problem.topo.loop_ids.index(lid)] / 1e3:,.0f} kW",
+                            lid))
+        return ev
+
+    def summary(self) -> dict[str, Any]:
+        """Small dict for the live view: racks, loops, budget, capped GPUs, infeasible constraints."""
+        topo = self.problem.topo
+        ents = {level: (ids, f) for level, ids, f in self._entities(topo)}
+        r_ids, r = ents["rack"]
+        l_ids, lp = ents["loop"]
+        return {
+            "plan_id": self.plan_id, "budget_w": self.budget_w, "it_budget_w": self.it_budget_w,
+            "budget_reason": self.budget_reason, "gpus_capped": self.gpus_capped, "solve_ms": self.solve_ms,
+            "racks": [{"id": i, "cap_w": float(r["cap_w"][k]), "demand_w": float(r["demand_w"][k]),
+                       "load_w": float(r["load_w"][k]), "limit_w": float(r["limit_w"][k]),
+                       "headroom_w": float(r["headroom_w"][k])} for k, i in enumerate(r_ids)],
+            "loops": [{"id": i, "load_w": float(lp["load_w"][k]), "capacity_w": float(lp["limit_w"][k])}
+                      for k, i in enumerate(l_ids)],
+            "binding": {self.constraint_names[c]: n for c, n in self.binding_constraints().items()},
+            "infeasible": [{"constraint": x.constraint, "deficit_w": x.deficit_w, "jobs": list(x.jobs)}
+                           for x in self.infeasible],
+        }
