@@ -11,7 +11,6 @@ Partial results are kept. Every batch is validated (collectors/validate.py) befo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ from models.grid import DemandResponseEvent
 from models.readings import REGISTRY, ReadingBatch, Reason, SeriesRegistry
 
 log = logging.getLogger("powerplane.collectors")
+STOP_TIMEOUT_S = 5.0
 
 
 class CollectorSet:
@@ -76,15 +76,22 @@ class CollectorSet:
         """Stop polling and close every connection."""
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            # bounded: a poller wedged in a library call must not keep the process from stopping
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for t in pending:
+                log.error("%s did not stop within %.0f s; abandoned", t.get_name(), STOP_TIMEOUT_S)
         self._tasks.clear()
-        for p in self.pollers.values():
-            with contextlib.suppress(Exception):
-                await p.close()
-        for intake in self.intakes.values():
-            await intake.stop()  # type: ignore[attr-defined]
+        for name, p in self.pollers.items():
+            try:
+                await asyncio.wait_for(p.close(), STOP_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("%s: close failed: %r", name, exc)
+        for name, intake in self.intakes.items():
+            try:
+                await asyncio.wait_for(intake.stop(), 2 * STOP_TIMEOUT_S)  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.warning("%s: stop failed: %r", name, exc)
 
     def health(self) -> list[DeviceHealth]:
         """Health of every device."""

@@ -13,6 +13,9 @@ import pytest
 from powerplane.cli import main
 from tests.realservers import Mosquitto
 
+# real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
+pytestmark = pytest.mark.timeout(120)
+
 ROOT = Path(__file__).resolve().parents[2]
 
 

@@ -19,6 +19,9 @@ from models.site import SiteConfig
 from models.topology import Topology
 from tests.collectors.conftest import StepClock, started_twin
 
+# real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
+pytestmark = pytest.mark.timeout(120)
+
 S = 1_000_000_000
 
 
@@ -114,7 +117,8 @@ def test_rejected_values_are_counted_and_never_delivered(demo_site: SiteConfig, 
         clock = StepClock()
         try:
             site = demo_site.site.name
-            bus = next(d for d in devices_from_twin(twin.endpoints(), site, topo=demo_topo) if d.name == "busway-row-a1")
+            devs = devices_from_twin(twin.endpoints(), site, topo=demo_topo)
+            bus = next(d for d in devs if d.name == "busway-row-a1")
             # a rating far below what the row draws: its power (and the racks', rated alike) must be rejected
             bus = replace(bus, rating_w=1000.0)
             reg = SeriesRegistry()
@@ -128,7 +132,8 @@ def test_rejected_values_are_counted_and_never_delivered(demo_site: SiteConfig, 
             delivered = {reg.key(int(s)).metric for b in batches for s in b.series}
             assert "power.power_w" not in delivered and "power.current_a" in delivered
             hb = cs.health_batch(clock.now_ns(), site)
-            rej = [v for s, v in zip(hb.series, hb.value, strict=True) if reg.key(int(s)).metric == "collector.rejected"]
+            rej = [v for s, v in zip(hb.series, hb.value, strict=True)
+                   if reg.key(int(s)).metric == "collector.rejected"]
             assert rej == [9.0]
         finally:
             await twin.stop()

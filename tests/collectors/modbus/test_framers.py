@@ -16,6 +16,9 @@ from collectors.modbus.profile import parse_modbus_profile
 from models.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from models.readings import SeriesRegistry
 
+# real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
+pytestmark = pytest.mark.timeout(120)
+
 PROFILE = {"protocol": "modbus", "name": "gw", "points": [
     {"name": "w", "address": 0, "type": "float32", "byte_order": "CDAB", "metric": "power.power_w"},
     {"name": "wh", "address": 2, "type": "uint64", "byte_order": "DCBA", "metric": "power.energy_wh"},

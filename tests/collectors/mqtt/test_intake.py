@@ -18,6 +18,9 @@ from models.grid import DemandResponseEvent
 from models.readings import ReadingBatch, SeriesRegistry
 from tests.realservers import Mosquitto, require
 
+# real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
+pytestmark = pytest.mark.timeout(120)
+
 RACK_TOPIC = "BMS/v1/PUB/Value/Rack/LiquidInletTemperature/s1/row-a/r01"
 
 
