@@ -11,10 +11,8 @@ Partial results are kept. Every batch is validated (collectors/validate.py) befo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -30,6 +28,7 @@ from models.grid import DemandResponseEvent
 from models.readings import REGISTRY, ReadingBatch, Reason, SeriesRegistry
 
 log = logging.getLogger("powerplane.collectors")
+STOP_TIMEOUT_S = 5.0
 
 
 class CollectorSet:
@@ -77,15 +76,22 @@ class CollectorSet:
         """Stop polling and close every connection."""
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            # bounded: a poller wedged in a library call must not keep the process from stopping
+            _, pending = await asyncio.wait(self._tasks, timeout=STOP_TIMEOUT_S)
+            for t in pending:
+                log.error("%s did not stop within %.0f s; abandoned", t.get_name(), STOP_TIMEOUT_S)
         self._tasks.clear()
-        for p in self.pollers.values():
-            with contextlib.suppress(Exception):
-                await p.close()
-        for intake in self.intakes.values():
-            await intake.stop()  # type: ignore[attr-defined]
+        for name, p in self.pollers.items():
+            try:
+                await asyncio.wait_for(p.close(), STOP_TIMEOUT_S)
+            except Exception as exc:
+                log.warning("%s: close failed: %r", name, exc)
+        for name, intake in self.intakes.items():
+            try:
+                await asyncio.wait_for(intake.stop(), 2 * STOP_TIMEOUT_S)  # type: ignore[attr-defined]
+            except Exception as exc:
+                log.warning("%s: stop failed: %r", name, exc)
 
     def health(self) -> list[DeviceHealth]:
         """Health of every device."""
@@ -181,7 +187,7 @@ class CollectorSet:
     # ---- MQTT --------------------------------------------------------------------------
     async def _start_intake(self, d: DeviceConfig) -> None:
         from collectors.mqtt.client import Message, MqttIntake
-        from collectors.mqtt.parse import MessageParser
+        from collectors.mqtt.parse import MessageParser, Parsed
         from collectors.mqtt.profile import MqttProfile
         from collectors.profiles import find_profile
         from models.errors import ConfigError
@@ -194,38 +200,29 @@ class CollectorSet:
 
         def on_messages(msgs: list[Message]) -> None:
             t0 = time.perf_counter()
-            series: list[int] = []
-            values: list[float] = []
-            ts: list[int] = []
-            quality: list[int] = []
-            rejected: Counter[Reason] = Counter()
+            out = Parsed()
             h = self.tracker.by_name[d.name]
             for topic, payload, arrived_ns in msgs:
                 try:
-                    p = parser.parse(topic, payload, arrived_ns)
+                    parser.parse_into(out, topic, payload, arrived_ns)
                 except DecodeError as exc:
                     h.messages_bad += 1
-                    rejected[Reason.DECODE] += 1
+                    out.rejected[Reason.DECODE] += 1
                     if not bad_logged[0]:
                         bad_logged[0] = True
                         log.warning("%s: malformed message skipped (%s); further ones are logged at DEBUG",
                                     d.name, exc)
                     else:
                         log.debug("%s: malformed message skipped: %s", d.name, exc)
-                    continue
-                series += p.series
-                values += p.values
-                ts += p.ts_ns
-                quality += p.quality
-                rejected.update(p.rejected)
-                for ev in p.dr_events:
-                    if self.on_dr_event is not None:
-                        try:
-                            self.on_dr_event(ev)
-                        except Exception:
-                            log.exception("on_dr_event raised; intake continues")
-            batch = ReadingBatch(np.asarray(ts, np.int64), np.asarray(series, np.int32),
-                                 np.asarray(values, np.float64), np.asarray(quality, np.uint8), self.registry)
+            for ev in out.dr_events:
+                if self.on_dr_event is not None:
+                    try:
+                        self.on_dr_event(ev)
+                    except Exception:
+                        log.exception("on_dr_event raised; intake continues")
+            rejected = out.rejected
+            batch = ReadingBatch(np.array(out.ts_ns, np.int64), np.array(out.series, np.int32),
+                                 np.array(out.values, np.float64), np.array(out.quality, np.uint8), self.registry)
             good, counts = self.validator.check(batch, msgs[-1][2])
             counts.update(rejected)
             tr = self.tracker.success(d.name, msgs[-1][2], time.perf_counter() - t0, len(good), counts)

@@ -239,11 +239,12 @@ def command_registrars() -> tuple[Registrar, ...]:
 
     Explicit on purpose (no plugin discovery by import side effects): add one line here.
     """
+    from collectors.cli import register as collectors
     from controllers.cli import register as controllers
     from dashboards.cli import register as dashboards
     from powerplane.store.cli import register as store
 
-    return (store, controllers, dashboards)
+    return (collectors, store, controllers, dashboards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

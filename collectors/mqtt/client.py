@@ -51,6 +51,7 @@ class MqttIntake:
         self.keepalive_s = int(device.option("keepalive_s", 15))
         self.stale_s = device.option("stale_s")
         self.watchdog_s = float(device.option("watchdog_s", 2.0))
+        self.batch_s = float(device.option("batch_ms", 5.0)) / 1e3
         self.filters = sorted({s.template.filter for s in profile.subscriptions})
         self.connected = False
         self.subscribed = False
@@ -62,6 +63,7 @@ class MqttIntake:
         self._queue: collections.deque[Message] = collections.deque()
         self._drain_scheduled = False
         self._lock = threading.Lock()
+        self._lifecycle = threading.Lock()  # restart vs stop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: Any = None
         self._watchdog: asyncio.Task[None] | None = None
@@ -89,7 +91,7 @@ class MqttIntake:
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
-        self._post(self._drain)
+        self._post(self._schedule_drain)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -98,6 +100,12 @@ class MqttIntake:
                 loop.call_soon_threadsafe(fn, *args)
 
     # ---- event loop --------------------------------------------------------------------
+    def _schedule_drain(self) -> None:
+        # Gather a burst for a few ms: one wake-up, one batch, one validation per burst rather
+        # than per message (per-message wake-ups cost more than parsing under load).
+        if self._loop is not None:
+            self._loop.call_later(self.batch_s, self._drain)
+
     def _drain(self) -> None:
         with self._lock:
             self._drain_scheduled = False
@@ -171,11 +179,17 @@ class MqttIntake:
             if why:
                 self.restarts += 1
                 log.warning("%s: restarting MQTT connection (%s)", self.device.name, why)
-                await asyncio.to_thread(self._restart)
+                await _in_daemon_thread(self._restart, timeout_s=30.0)
                 self._since_ns = self.clock.now_ns()
 
     def _restart(self) -> None:
-        c = self._client
+        with self._lifecycle:
+            c = self._client
+            if c is None or self._stopping:
+                return
+            self._restart_locked(c)
+
+    def _restart_locked(self, c: Any) -> None:
         c.loop_stop()
         with contextlib.suppress(OSError, ValueError):
             c.reconnect()
@@ -192,6 +206,35 @@ class MqttIntake:
         c, self._client = self._client, None
         if c is not None:
             c.disconnect()
-            await asyncio.to_thread(c.loop_stop)
+            def stop_loop() -> None:
+                with self._lifecycle:
+                    c.loop_stop()
+
+            # paho joins its thread here; a daemon thread keeps a wedged socket from holding
+            # up interpreter/executor shutdown (asyncio.run waits for to_thread workers).
+            await _in_daemon_thread(stop_loop, timeout_s=10.0)
         self._drain()
         self._loop = None
+
+
+async def _in_daemon_thread(fn: Callable[[], None], timeout_s: float) -> None:
+    """Run blocking ``fn`` in a daemon thread; give up waiting (and log) after ``timeout_s``."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    def run() -> None:
+        try:
+            fn()
+        finally:
+            with contextlib.suppress(RuntimeError):  # loop already closed
+                loop.call_soon_threadsafe(finish)
+
+    threading.Thread(target=run, name="mqtt-lifecycle", daemon=True).start()
+    try:
+        await asyncio.wait_for(done, timeout_s)
+    except TimeoutError:
+        log.error("MQTT client did not stop within %.0f s; leaving its thread behind", timeout_s)

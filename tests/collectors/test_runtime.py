@@ -19,6 +19,9 @@ from models.site import SiteConfig
 from models.topology import Topology
 from tests.collectors.conftest import StepClock, started_twin
 
+# real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
+pytestmark = pytest.mark.timeout(120)
+
 S = 1_000_000_000
 
 
@@ -104,3 +107,35 @@ def test_health_batch_never_invents_a_last_success() -> None:
     metrics = {reg.key(int(s)).metric for s in b.series}
     assert "collector.last_success_s" not in metrics and "collector.up" in metrics
     assert all(dict(reg.key(int(s)).tags) == {"site": "s", "device": "m1", "protocol": "modbus"} for s in b.series)
+
+
+def test_rejected_values_are_counted_and_never_delivered(demo_site: SiteConfig, demo_topo: Topology) -> None:
+    from models.readings import Reason
+
+    async def body() -> None:
+        twin = await started_twin(demo_site, StepClock(), demo_topo)
+        clock = StepClock()
+        try:
+            site = demo_site.site.name
+            devs = devices_from_twin(twin.endpoints(), site, topo=demo_topo)
+            bus = next(d for d in devs if d.name == "busway-row-a1")
+            # a rating far below what the row draws: its power (and the racks', rated alike) must be rejected
+            bus = replace(bus, rating_w=1000.0)
+            reg = SeriesRegistry()
+            batches: list[ReadingBatch] = []
+            cs = CollectorSet([bus], clock=clock, registry=reg, on_batch=batches.append)
+            await cs.start()
+            await clock.run_until(clock.now_ns() + 2 * S, n_waiters=1)
+            await cs.stop()
+            h = cs.health()[0]
+            assert h.rejected[Reason.ABOVE_RANGE] == 3 * 3  # row + 2 tap-offs, 3 polls
+            delivered = {reg.key(int(s)).metric for b in batches for s in b.series}
+            assert "power.power_w" not in delivered and "power.current_a" in delivered
+            hb = cs.health_batch(clock.now_ns(), site)
+            rej = [v for s, v in zip(hb.series, hb.value, strict=True)
+                   if reg.key(int(s)).metric == "collector.rejected"]
+            assert rej == [9.0]
+        finally:
+            await twin.stop()
+
+    asyncio.run(body())

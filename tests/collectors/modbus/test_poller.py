@@ -22,6 +22,9 @@ from models.site import SiteConfig
 from models.topology import L_RACK, Topology
 from tests.collectors.conftest import started_twin
 
+# real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
+pytestmark = pytest.mark.timeout(120)
+
 
 def values(batch: ReadingBatch) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     reg = batch.registry
