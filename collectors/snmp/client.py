@@ -64,6 +64,10 @@ class SnmpOptions(BaseModel):
     max_repetitions: int | None = Field(None, ge=1, le=1000)  # lower it for agents that choke
     max_get: int = Field(60, ge=1, le=1000)  # varbinds per GET
     retries: int = Field(0, ge=0, le=10)  # the runtime polls again next interval anyway
+    # requests in flight to one agent endpoint (host:port), shared by every device behind it
+    # (snmpsim, proxies, the twin): beyond this they queue here instead of overflowing the
+    # agent's socket, where they would be dropped and time out
+    max_inflight: int = Field(16, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _v3_needs_user(self) -> SnmpOptions:
@@ -117,6 +121,20 @@ def release_engine(engine: Any) -> None:
             return
 
 
+_LIMITS: dict[tuple[asyncio.AbstractEventLoop, str, int], asyncio.Semaphore] = {}
+
+
+def endpoint_limit(host: str, port: int, n: int) -> asyncio.Semaphore:
+    """The in-flight request limit of agent ``host:port`` on the running loop (first ``n`` wins)."""
+    key = (asyncio.get_running_loop(), host, port)
+    sem = _LIMITS.get(key)
+    if sem is None:
+        for k in [k for k in _LIMITS if k[0].is_closed()]:
+            del _LIMITS[k]
+        sem = _LIMITS[key] = asyncio.Semaphore(n)
+    return sem
+
+
 # ---- values and errors ---------------------------------------------------------------------------
 
 def to_raw(value: Any) -> Raw:
@@ -160,6 +178,7 @@ class _Session:
     auth: Any
     target: Any
     context: Any
+    limit: asyncio.Semaphore
 
 
 class SnmpPoller:
@@ -206,7 +225,8 @@ class SnmpPoller:
         if self._engine is None:
             self._engine = acquire_engine()
         context = hl.ContextData(contextName=o.context.encode()) if o.context else hl.ContextData()
-        self._session = _Session(auth, target, context)
+        limit = endpoint_limit(self.device.host, self.device.port, o.max_inflight)
+        self._session = _Session(auth, target, context, limit)
         return self._session
 
     # -- requests ------------------------------------------------------------------------------
@@ -230,6 +250,7 @@ class SnmpPoller:
                 fut.set_result((ei, es, ex, vbs))
 
         vbs = [(ObjectName(o), Null("")) for o in oids]
+        await s.limit.acquire()
         try:
             addr, _params = LCD.configure(engine, s.auth, s.target, s.context.contextName)
             if max_rep:
@@ -241,6 +262,8 @@ class SnmpPoller:
             ei, es, ex, resp = await fut
         except OSError as exc:
             raise DeviceUnreachable(self.device.name, f"{what}: {exc}") from exc
+        finally:
+            s.limit.release()
         self.requests += 1
         err = translate(self.device.name, what, ei, es, ex, oids)
         if err is not None:
