@@ -163,7 +163,8 @@ def profile_dirs() -> list[Path]:
     return [*user, BUILTIN_DIR]
 
 
-def _profile_files() -> Iterator[Path]:
+def profile_files() -> Iterator[Path]:
+    """Every profile file in the search path, in search order."""
     for d in profile_dirs():
         if d.is_dir():
             yield from sorted(d.rglob("*.toml"))
@@ -172,7 +173,7 @@ def _profile_files() -> Iterator[Path]:
 def list_profiles() -> list[ProfileInfo]:
     """Headers of every profile found; a user profile hides a shipped one of the same name."""
     seen: dict[str, ProfileInfo] = {}
-    for f in _profile_files():
+    for f in profile_files():
         data = read_profile_data(f)
         h = validate_model(f, data, Header)
         if h.name not in seen:

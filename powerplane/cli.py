@@ -239,7 +239,9 @@ def command_registrars() -> tuple[Registrar, ...]:
 
     Explicit on purpose (no plugin discovery by import side effects): add one line here.
     """
-    return ()
+    from collectors.cli import register as collectors_cli
+
+    return (collectors_cli,)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

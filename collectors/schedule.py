@@ -1,0 +1,50 @@
+"""When to poll: per-device cadence with jitter, and capped exponential back-off after failures.
+
+Pure arithmetic on integer nanoseconds so it can be tested without a clock. A device keeps
+its cadence (polls stay on ``start + k * interval``; a slow poll skips the slots it
+missed rather than bunching up), and a failing device is retried after
+``min(max_s, base_s * factor ** (failures - 1))`` but never sooner than its interval.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from dataclasses import dataclass
+
+from models.clock import NS_PER_S
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Capped exponential back-off for a failing device."""
+
+    base_s: float = 1.0
+    factor: float = 2.0
+    max_s: float = 60.0
+
+    def delay_s(self, failures: int, interval_s: float) -> float:
+        """Seconds to wait before retrying after ``failures`` consecutive failures (>= 1)."""
+        raw = self.base_s * self.factor ** max(0, failures - 1)
+        return max(interval_s, min(self.max_s, raw))
+
+
+def next_slot_ns(due_ns: int, interval_ns: int, now_ns: int) -> tuple[int, int]:
+    """The next slot after ``due_ns`` that is not in the past, and how many slots were skipped."""
+    nxt = due_ns + interval_ns
+    if nxt >= now_ns:
+        return nxt, 0
+    missed = (now_ns - nxt) // interval_ns + 1
+    return nxt + missed * interval_ns, int(missed)
+
+
+class Jitter:
+    """Per-device random offset in ``[0, jitter_s)``, seeded by the device name (reproducible)."""
+
+    def __init__(self, name: str, jitter_s: float) -> None:
+        self.jitter_ns = int(max(0.0, jitter_s) * NS_PER_S)
+        self._rng = random.Random(zlib.crc32(name.encode()))
+
+    def offset_ns(self) -> int:
+        """A fresh offset for the next poll."""
+        return self._rng.randrange(self.jitter_ns) if self.jitter_ns > 0 else 0
