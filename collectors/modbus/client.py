@@ -28,6 +28,10 @@ _EXCEPTION_NAMES = {1: "illegal function", 2: "illegal data address", 3: "illega
                     11: "gateway target failed to respond"}
 
 
+_READ_FN = {"holding": "read_holding_registers", "input": "read_input_registers", "coil": "read_coils",
+            "discrete": "read_discrete_inputs"}
+
+
 class ModbusClient:
     """An asyncio Modbus client for one device (connects lazily, reconnects after failures)."""
 
@@ -41,6 +45,7 @@ class ModbusClient:
         self.retries = int(device.option("retries", 0))
         self.reconnect_on_timeout = bool(device.option("reconnect_on_timeout", True))
         self.requests = 0
+        self._guard_s = device.timeout_s * (self.retries + 1) + 1.0
         self._client: Any = None
         self._sent_once = False
 
@@ -88,18 +93,18 @@ class ModbusClient:
             await asyncio.sleep(self.pause_s)
         self._sent_once = True
         c = self._client
-        fn = {"holding": c.read_holding_registers, "input": c.read_input_registers,
-              "coil": c.read_coils, "discrete": c.read_discrete_inputs}[table]
+        fn = getattr(c, _READ_FN[table])
         self.requests += 1
-        where = f"{table} {address}+{count}"
         try:
             # the outer guard bounds a request even if the library's own timeout misfires
-            rr = await asyncio.wait_for(fn(address, count=count, device_id=self.unit),
-                                        timeout=self.device.timeout_s * (self.retries + 1) + 1.0)
+            async with asyncio.timeout(self._guard_s):
+                rr = await fn(address, count=count, device_id=self.unit)
         except ConnectionException as exc:
+            where = f"{table} {address}+{count}"
             await self.close()
             raise DeviceUnreachable(self.device.name, f"{where}: connection lost ({exc})") from exc
         except ModbusIOException as exc:
+            where = f"{table} {address}+{count}"
             if "No response" in str(exc):
                 if self.reconnect_on_timeout:
                     await self.close()
@@ -107,15 +112,19 @@ class ModbusClient:
             await self.close()
             raise DeviceProtocolError(self.device.name, f"{where}: {exc}") from exc
         except TimeoutError as exc:
+            where = f"{table} {address}+{count}"
             await self.close()
             raise DeviceTimeout(self.device.name, f"{where}: no answer within {self.device.timeout_s:g} s") from exc
         except ModbusException as exc:
+            where = f"{table} {address}+{count}"
             await self.close()
             raise DeviceProtocolError(self.device.name, f"{where}: {exc}") from exc
         except OSError as exc:
+            where = f"{table} {address}+{count}"
             await self.close()
             raise DeviceUnreachable(self.device.name, f"{where}: {exc}") from exc
         if rr.isError():
+            where = f"{table} {address}+{count}"
             code = int(getattr(rr, "exception_code", 0))
             text = f"{where}: exception {code} ({_EXCEPTION_NAMES.get(code, 'unknown')})"
             if code == 6:
@@ -127,7 +136,7 @@ class ModbusClient:
             return list(rr.bits[:count])
         regs = rr.registers
         if len(regs) != count:
-            raise DeviceProtocolError(self.device.name, f"{where}: got {len(regs)} registers")
+            raise DeviceProtocolError(self.device.name, f"{table} {address}+{count}: got {len(regs)} registers")
         return regs  # type: ignore[no-any-return]
 
     async def close(self) -> None:

@@ -154,12 +154,26 @@ class Decoded:
     raw: dict[int, int | float | str]  # field index -> raw value (counts, scale factors, info)
 
 
+@dataclass(frozen=True, slots=True)
+class _BlockCode:
+    coils: bool
+    words: struct.Struct  # the block's registers -> wire bytes
+    whole: struct.Struct | None  # every big-endian numeric field of the block in one unpack
+    whole_fields: tuple[int, ...]
+    others: tuple[_FieldCode, ...]
+
+
 class PlanDecoder:
-    """Decodes the registers of a plan's blocks into readings; keeps the last scale factors."""
+    """Decodes the registers of a plan's blocks into readings; keeps the last scale factors.
+
+    Compiled once per plan: the big-endian numeric fields of a block (the common case) are
+    unpacked with one precompiled ``struct`` per block; byte-swapped, bit and string
+    fields are decoded one by one.
+    """
 
     def __init__(self, plan: ReadPlan) -> None:
         self.plan = plan
-        self._codes: list[list[_FieldCode]] = [[] for _ in plan.blocks]
+        per_block: list[list[_FieldCode]] = [[] for _ in plan.blocks]
         for i, f in enumerate(plan.fields):
             p = f.point
             if p.table in ("coil", "discrete"):
@@ -173,28 +187,61 @@ class PlanDecoder:
                 perm = permutation(2 * n, p.order)
                 code = _FieldCode(i, _K_NUM, 2 * f.offset, fmt, None if perm == tuple(range(2 * n)) else perm,
                                   2 * n, 0, p.order)
-            self._codes[f.block].append(code)
+            per_block[f.block].append(code)
+        self._blocks = [self._compile(b.count, b.table in ("coil", "discrete"), codes)
+                        for b, codes in zip(plan.blocks, per_block, strict=True)]
+        self._sf_fields: list[tuple[int, tuple[float, ...], bool]] = []
+        self._value_fields: list[tuple[int, int, int, float, float, tuple[float, ...], bool]] = []
+        for i, f in enumerate(plan.fields):
+            p = f.point
+            sents = tuple(x for x in p.sentinels if not math.isnan(x))
+            nan_sent = any(math.isnan(x) for x in p.sentinels)
+            if p.reg_type == "string":
+                continue
+            if f.series < 0:
+                self._sf_fields.append((i, sents, nan_sent))
+            else:
+                t = p.target
+                assert t is not None
+                self._value_fields.append((i, f.series, f.sf_field, t.scale, t.offset, sents, nan_sent))
+        self._string_fields = [i for i, f in enumerate(plan.fields) if f.point.reg_type == "string"]
+        self._n = len(plan.fields)
         self.scale_factors: dict[int, int | float] = {}
+
+    @staticmethod
+    def _compile(count: int, coils: bool, codes: list[_FieldCode]) -> _BlockCode:
+        words = struct.Struct(f">{count}H")
+        if coils:
+            return _BlockCode(True, words, None, (), tuple(codes))
+        plain = sorted((c for c in codes if c.kind == _K_NUM and c.perm is None), key=lambda c: c.byte_off)
+        fmt, pos, whole_fields, others = ">", 0, [], [c for c in codes if not (c.kind == _K_NUM and c.perm is None)]
+        for c in plain:
+            if c.byte_off < pos:  # overlaps the previous field: decode it on its own
+                others.append(c)
+                continue
+            fmt += "x" * (c.byte_off - pos) + c.fmt[1:]
+            pos = c.byte_off + c.n_bytes
+            whole_fields.append(c.field)
+        whole = struct.Struct(fmt) if whole_fields else None
+        return _BlockCode(False, words, whole, tuple(whole_fields), tuple(others))
 
     def decode(self, data: Mapping[int, Sequence[int] | Sequence[bool]]) -> Decoded:
         """Decode the blocks in ``data`` (block index -> registers or bits); missing blocks are skipped."""
-        raw: dict[int, int | float | str] = {}
-        rejected: Counter[Reason] = Counter()
-        fields = self.plan.fields
+        raw: list[int | float | str | None] = [None] * self._n
         for b, words in data.items():
-            codes = self._codes[b]
-            if codes and codes[0].kind == _K_COIL:
-                for c in codes:
+            blk = self._blocks[b]
+            if blk.coils:
+                for c in blk.others:
                     raw[c.field] = int(bool(words[c.byte_off]))
                 continue
-            buf = struct.pack(f">{len(words)}H", *words)
-            for c in codes:
+            buf = blk.words.pack(*words)
+            if blk.whole is not None:
+                for i, v in zip(blk.whole_fields, blk.whole.unpack_from(buf), strict=True):
+                    raw[i] = v
+            for c in blk.others:
                 if c.kind == _K_NUM:
-                    if c.perm is None:
-                        raw[c.field] = struct.unpack_from(c.fmt, buf, c.byte_off)[0]
-                    else:
-                        o = c.byte_off
-                        raw[c.field] = struct.unpack(c.fmt, bytes(buf[o + k] for k in c.perm))[0]
+                    o = c.byte_off
+                    raw[c.field] = struct.unpack(c.fmt, bytes(buf[o + k] for k in c.perm or ()))[0]
                 elif c.kind == _K_BIT:
                     raw[c.field] = (int.from_bytes(buf[c.byte_off:c.byte_off + 2], "big") >> c.bit) & 1
                 else:
@@ -202,36 +249,42 @@ class PlanDecoder:
                     o = c.byte_off // 2
                     raw[c.field] = decode_string(words[o:o + n], c.order)  # type: ignore[arg-type]
         sfs = self.scale_factors
-        for i, r in raw.items():  # scale factors first: values below may use this poll's
-            f = fields[i]
-            if f.series < 0 and not isinstance(r, str):
-                if is_sentinel(r, f.point.sentinels):
-                    sfs.pop(i, None)
-                else:
-                    sfs[i] = r
+        extra: dict[int, int | float | str] = {}
+        for i, sents, nan_sent in self._sf_fields:  # scale factors first: values below may use this poll's
+            r = raw[i]
+            if r is None:
+                continue
+            extra[i] = r
+            if r in sents or (nan_sent and r != r):
+                sfs.pop(i, None)
+            else:
+                sfs[i] = r  # type: ignore[assignment]  # strings are never scale factors
+        rejected: Counter[Reason] = Counter()
         series: list[int] = []
         values: list[float] = []
-        for i, r in raw.items():
-            f = fields[i]
-            if f.series < 0 or isinstance(r, str):
+        for i, sid, sf_i, scale, offset, sents, nan_sent in self._value_fields:
+            r = raw[i]
+            if r is None:  # block not read this poll (slow, or failed)
                 continue
-            if f.point.sentinels and is_sentinel(r, f.point.sentinels):
+            if (sents and r in sents) or (nan_sent and r != r):
                 rejected[Reason.NOT_IMPLEMENTED] += 1
                 continue
-            v = float(r)
-            if f.sf_field >= 0:
-                sf = sfs.get(f.sf_field)
+            v = float(r)  # type: ignore[arg-type]  # strings never have a series (profile check)
+            if sf_i >= 0:
+                sf = sfs.get(sf_i)
                 if sf is None:
                     rejected[Reason.NOT_IMPLEMENTED] += 1
                     continue
                 v *= 10.0 ** sf
-            t = f.point.target
-            assert t is not None
-            series.append(f.series)
-            values.append(v * t.scale + t.offset)
+            series.append(sid)
+            values.append(v * scale + offset)
         for sid, srcs, scale, offset in self.plan.derived:
-            parts = [raw.get(i) for i in srcs]
+            parts = [raw[i] for i in srcs]
             if all(isinstance(x, int | float) for x in parts):
                 series.append(sid)
                 values.append(float(sum(parts)) * scale + offset)  # type: ignore[arg-type]
-        return Decoded(series, values, rejected, raw)
+        for i in self._string_fields:
+            r = raw[i]
+            if r is not None:
+                extra[i] = r
+        return Decoded(series, values, rejected, extra)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 from collectors.base import DeviceConfig, PollResult
 from collectors.modbus.client import ModbusClient, is_connection_error
 from collectors.modbus.decode import PlanDecoder, decode
@@ -117,7 +119,9 @@ class ModbusPoller:
         for i, r in out.raw.items():
             if isinstance(r, str):
                 self.info[plan.fields[i].point.name] = r
-        batch = ReadingBatch.of(ts_ns, out.series, out.values, registry=self.registry)
+        n = len(out.series)
+        batch = ReadingBatch(np.full(n, ts_ns, np.int64), np.array(out.series, np.int32),
+                             np.array(out.values, np.float64), np.zeros(n, np.uint8), self.registry)
         return PollResult(batch, errors, out.rejected)
 
     async def close(self) -> None:
