@@ -28,7 +28,7 @@ from models.twin.devices import (
     inventory,
 )
 from models.twin.sim import TwinSim
-from tests.collectors.snmp.agent import OidTable
+from tests.collectors.snmp.oidtable import OidTable
 
 SNMP_PROFILES = ("apc-rpdu2", "apc-rpdu-legacy", "raritan-pdu2", "servertech-sentry4", "ups-rfc1628")
 
