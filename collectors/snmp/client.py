@@ -278,12 +278,20 @@ class SnmpPoller:
         return await self._request(s, "GETBULK", oids, max_rep)
 
     async def walk(self, columns: Sequence[Oid], max_rep: int | None = None) -> BulkWalk:
-        """Walk ``columns`` side by side to their ends (GETBULK, ``max_rep`` rows per request)."""
+        """Walk ``columns`` side by side to their ends (GETBULK, ``max_rep`` rows per request).
+
+        A failing request ends the walk; it is returned with ``error`` set and the columns
+        finished so far (``complete_rows``).
+        """
         s = await self._open()
         w = BulkWalk(columns)
         reps = max_rep or self.plan.max_repetitions
         while not w.done:
-            w.absorb(await self._bulk(s, w.request(), reps))
+            try:
+                w.absorb(await self._bulk(s, w.request(), reps))
+            except DeviceError as exc:
+                w.error = exc
+                break
         return w
 
     async def _scalars(self, s: _Session) -> dict[Oid, Raw]:
@@ -309,25 +317,10 @@ class SnmpPoller:
         if columns:
             jobs.append(self.walk(columns))
         results = await asyncio.gather(*jobs, return_exceptions=True)
-        errors: list[DeviceError] = []
-        scalars: dict[Oid, Raw] = {}
-        rows: dict[Oid, list[tuple[Oid, Raw]]] = {}
-        for r in results:
-            if isinstance(r, DeviceError):
-                errors.append(r)
-            elif isinstance(r, BaseException):
-                raise r
-            elif isinstance(r, BulkWalk):
-                rows = r.rows
-                errors += [DeviceProtocolError(self.device.name, f"GETBULK: {p}") for p in r.problems]
-            else:
-                scalars = r
-        if len(errors) == len(jobs) and not rows and not scalars:
-            # Nothing came back: the poll failed as a whole (a timeout wins, it is what backs off).
-            raise next((e for e in errors if isinstance(e, DeviceTimeout)), errors[0])
-        if want_digits and rows:
+        scalars, rows, errors = merge_parts(self.device.name, results)
+        if want_digits and all(c in rows for c in plan.digit_columns):
             for c in plan.digit_columns:
-                self.decoder.set_digits(c, rows.get(c, []))
+                self.decoder.set_digits(c, rows[c])
             self._digits_ts_ns = ts_ns
         batch, rejected = self.decoder.decode(ts_ns, scalars, rows)
         if self.decoder.rows_without_digits:
@@ -341,6 +334,33 @@ class SnmpPoller:
                 release_engine(self._engine)
         self._engine = None
         self._session = None
+
+
+def merge_parts(device: str, results: Sequence[object]) -> tuple[dict[Oid, Raw], dict[Oid, list[tuple[Oid, Raw]]],
+                                                                  list[DeviceError]]:
+    """Scalars, finished table columns and errors of one poll's concurrent parts (GET, walk).
+
+    Raises when nothing at all came back — the device is down, and a timeout is reported
+    before other errors because it is what the runtime backs off.
+    """
+    scalars: dict[Oid, Raw] = {}
+    rows: dict[Oid, list[tuple[Oid, Raw]]] = {}
+    errors: list[DeviceError] = []
+    for r in results:
+        if isinstance(r, DeviceError):
+            errors.append(r)
+        elif isinstance(r, BaseException):
+            raise r
+        elif isinstance(r, BulkWalk):
+            rows = r.complete_rows()
+            errors += [DeviceProtocolError(device, f"GETBULK: {p}") for p in r.problems]
+            if r.error is not None:
+                errors.append(r.error)
+        elif isinstance(r, dict):
+            scalars = r
+    if errors and not scalars and not rows:
+        raise next((e for e in errors if isinstance(e, DeviceTimeout)), errors[0])
+    return scalars, rows, errors
 
 
 def make_snmp_poller(device: DeviceConfig, profile: Profile, registry: SeriesRegistry) -> SnmpPoller:
