@@ -106,6 +106,17 @@ def test_snmpsim_apc_rpdu2(snmpsim: Snmpsim) -> None:
     assert r.rejected == {Reason.NOT_IMPLEMENTED: 1} and not r.errors
 
 
+def test_snmpsim_apc_legacy_rpdu(snmpsim: Snmpsim) -> None:
+    r = poll_once(dev("ap7900", "apc-rpdu-legacy", snmpsim.port, community="apc-rpdu-legacy"))
+    v = values(r.batch)
+    assert v[("power.power_w", ())] == 2300.0
+    assert v[("power.power_factor", ())] == pytest.approx(0.95)  # 950 / 1000
+    assert v[("power.apparent_power_va", ())] == 2420.0
+    assert [v[("power.current_a", (("load", str(i)),))] for i in (1, 2, 3)] == pytest.approx([10.0, 9.5, 10.2])
+    assert v[("power.current_a", (("outlet", "8"),))] == pytest.approx(1.8)
+    assert not r.rejected and not r.errors
+
+
 def test_snmpsim_raritan_digits(snmpsim: Snmpsim) -> None:
     r = poll_once(dev("px3", "raritan-pdu2", snmpsim.port, community="raritan-px3"))
     v = values(r.batch)
