@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
@@ -181,7 +180,7 @@ class CollectorSet:
     # ---- MQTT --------------------------------------------------------------------------
     async def _start_intake(self, d: DeviceConfig) -> None:
         from collectors.mqtt.client import Message, MqttIntake
-        from collectors.mqtt.parse import MessageParser
+        from collectors.mqtt.parse import MessageParser, Parsed
         from collectors.mqtt.profile import MqttProfile
         from collectors.profiles import find_profile
         from models.errors import ConfigError
@@ -194,38 +193,29 @@ class CollectorSet:
 
         def on_messages(msgs: list[Message]) -> None:
             t0 = time.perf_counter()
-            series: list[int] = []
-            values: list[float] = []
-            ts: list[int] = []
-            quality: list[int] = []
-            rejected: Counter[Reason] = Counter()
+            out = Parsed()
             h = self.tracker.by_name[d.name]
             for topic, payload, arrived_ns in msgs:
                 try:
-                    p = parser.parse(topic, payload, arrived_ns)
+                    parser.parse_into(out, topic, payload, arrived_ns)
                 except DecodeError as exc:
                     h.messages_bad += 1
-                    rejected[Reason.DECODE] += 1
+                    out.rejected[Reason.DECODE] += 1
                     if not bad_logged[0]:
                         bad_logged[0] = True
                         log.warning("%s: malformed message skipped (%s); further ones are logged at DEBUG",
                                     d.name, exc)
                     else:
                         log.debug("%s: malformed message skipped: %s", d.name, exc)
-                    continue
-                series += p.series
-                values += p.values
-                ts += p.ts_ns
-                quality += p.quality
-                rejected.update(p.rejected)
-                for ev in p.dr_events:
-                    if self.on_dr_event is not None:
-                        try:
-                            self.on_dr_event(ev)
-                        except Exception:
-                            log.exception("on_dr_event raised; intake continues")
-            batch = ReadingBatch(np.asarray(ts, np.int64), np.asarray(series, np.int32),
-                                 np.asarray(values, np.float64), np.asarray(quality, np.uint8), self.registry)
+            for ev in out.dr_events:
+                if self.on_dr_event is not None:
+                    try:
+                        self.on_dr_event(ev)
+                    except Exception:
+                        log.exception("on_dr_event raised; intake continues")
+            rejected = out.rejected
+            batch = ReadingBatch(np.array(out.ts_ns, np.int64), np.array(out.series, np.int32),
+                                 np.array(out.values, np.float64), np.array(out.quality, np.uint8), self.registry)
             good, counts = self.validator.check(batch, msgs[-1][2])
             counts.update(rejected)
             tr = self.tracker.success(d.name, msgs[-1][2], time.perf_counter() - t0, len(good), counts)

@@ -22,9 +22,8 @@ from collections import Counter
 from collections.abc import Mapping
 
 import numpy as np
-from numpy.typing import NDArray
 
-from models.readings import Quality, ReadingBatch, Reason, SeriesRegistry, check_ranges, metric
+from models.readings import Quality, ReadingBatch, Reason, SeriesRegistry, metric
 
 _WRAP_32 = float(2**32)
 
@@ -45,6 +44,8 @@ class Validator:
         self._last = np.zeros(0, np.float64)
         self._same = np.zeros(0, np.int64)
         self._seen = np.zeros(0, np.bool_)
+        self._lo = np.zeros(0, np.float64)
+        self._hi = np.zeros(0, np.float64)
         self.totals: Counter[Reason] = Counter()
 
     def _grow(self) -> None:
@@ -60,6 +61,7 @@ class Validator:
         self._last = np.concatenate([self._last, np.full(n - n_old, np.nan)])
         self._same = np.concatenate([self._same, np.zeros(n - n_old, np.int64)])
         self._seen = np.concatenate([self._seen, np.zeros(n - n_old, np.bool_)])
+        self._lo, self._hi = self.registry.bounds()
 
     def check(self, batch: ReadingBatch, now_ns: int) -> tuple[ReadingBatch, Counter[Reason]]:
         """The readings of ``batch`` that pass, and how many failed, by reason."""
@@ -69,12 +71,24 @@ class Validator:
         if not len(batch):
             return batch, Counter()
         self._grow()
-        reasons = check_ranges(batch)
+        # models.readings.check_ranges, with the registry's bounds cached as arrays (it rebuilds
+        # them from lists on every call, which dominated small MQTT bursts)
+        lo, hi = self._lo[batch.series], self._hi[batch.series]
+        v = batch.value
+        reasons = np.zeros(len(batch), np.uint8)
+        reasons[v > hi] = Reason.ABOVE_RANGE
+        reasons[v < lo] = Reason.BELOW_RANGE
+        reasons[~np.isfinite(v)] = Reason.NOT_FINITE
         quality = batch.quality.copy()
         # Readings of one series within a batch are processed in order (rare, but an
         # MQTT batch may hold several readings of one series).
-        s, v = batch.series, batch.value
-        for i in _sequential_order(s):
+        s = batch.series
+        # Only counters and stuck-checked gauges carry state; everything else is done above.
+        stateful = (self._kind[s] == 1) | (self._stuck_n[s] > 0)
+        idx = np.flatnonzero(stateful)
+        if idx.size:
+            idx = idx[np.argsort(s[idx], kind="stable")]
+        for i in idx.tolist():
             sid = int(s[i])
             if reasons[i]:
                 continue
@@ -106,10 +120,6 @@ class Validator:
     def is_wrap(prev: float, new: float, modulus: float = _WRAP_32) -> bool:
         """True if ``prev -> new`` looks like a counter wrapping at ``modulus`` rather than a reset."""
         return prev > 0.75 * modulus and new < 0.25 * modulus
-
-
-def _sequential_order(series: NDArray[np.int32]) -> NDArray[np.intp]:
-    return np.argsort(series, kind="stable")
 
 
 def rejected_total(counts: Mapping[Reason, int]) -> int:

@@ -51,6 +51,7 @@ class MqttIntake:
         self.keepalive_s = int(device.option("keepalive_s", 15))
         self.stale_s = device.option("stale_s")
         self.watchdog_s = float(device.option("watchdog_s", 2.0))
+        self.batch_s = float(device.option("batch_ms", 5.0)) / 1e3
         self.filters = sorted({s.template.filter for s in profile.subscriptions})
         self.connected = False
         self.subscribed = False
@@ -89,7 +90,7 @@ class MqttIntake:
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
-        self._post(self._drain)
+        self._post(self._schedule_drain)
 
     def _post(self, fn: Callable[..., None], *args: Any) -> None:
         loop = self._loop
@@ -98,6 +99,12 @@ class MqttIntake:
                 loop.call_soon_threadsafe(fn, *args)
 
     # ---- event loop --------------------------------------------------------------------
+    def _schedule_drain(self) -> None:
+        # Gather a burst for a few ms: one wake-up, one batch, one validation per burst rather
+        # than per message (per-message wake-ups cost more than parsing under load).
+        if self._loop is not None:
+            self._loop.call_later(self.batch_s, self._drain)
+
     def _drain(self) -> None:
         with self._lock:
             self._drain_scheduled = False

@@ -10,10 +10,9 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
 
 from collectors.base import DeviceConfig, PointTarget, series_id
-from collectors.mqtt.profile import UNIT_NS, MqttProfile, Subscription, substitute
+from collectors.mqtt.profile import UNIT_NS, MqttPoint, MqttProfile, Subscription, substitute
 from models.errors import DecodeError
 from models.grid import DemandResponseEvent
 from models.readings import Quality, Reason, SeriesRegistry, metrics
@@ -32,6 +31,21 @@ class Parsed:
     ignored: int = 0  # well-formed but not mapped by the profile
 
 
+_MAX_ROUTES = 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    """Where a topic goes, resolved once per topic."""
+
+    ix: int
+    sub: Subscription | None
+    variables: dict[str, str]
+    point: MqttPoint | None
+    sid: int
+    topic: str
+
+
 class MessageParser:
     """Parses the messages of one MQTT device (a broker connection + profile)."""
 
@@ -41,6 +55,7 @@ class MessageParser:
         self.registry = registry
         self._series: dict[tuple[int, str, tuple[str, ...]], int] = {}
         self._known = set(metrics())
+        self._routes: dict[str, _Route] = {}
 
     def _sid(self, sub_ix: int, key: str, target: PointTarget, tags: dict[str, str]) -> int:
         ck = (sub_ix, key, tuple(tags.values()))
@@ -52,57 +67,93 @@ class MessageParser:
     def parse(self, topic: str, payload: bytes, now_ns: int) -> Parsed:
         """Readings of one message; ``now_ns`` stamps values without their own timestamp."""
         out = Parsed()
+        self.parse_into(out, topic, payload, now_ns)
+        return out
+
+    def parse_into(self, out: Parsed, topic: str, payload: bytes, now_ns: int) -> None:
+        """Append the readings of one message to ``out`` (one Parsed per burst saves allocations).
+
+        On DecodeError nothing of this message has been appended.
+        """
+        route = self._routes.get(topic)
+        if route is None:
+            route = self._route(topic)
+            if len(self._routes) < _MAX_ROUTES:  # topics repeat; unbounded topic spaces just miss
+                self._routes[topic] = route
+        if route.sub is None:
+            out.ignored += 1
+        elif self.profile.format == "influx":
+            self._influx(route.ix, route.sub, route.variables, payload, now_ns, out)
+        elif route.point is None:
+            out.ignored += 1
+        else:
+            self._json(route, payload, now_ns, out)
+
+    def _route(self, topic: str) -> _Route:
         for ix, sub in enumerate(self.profile.subscriptions):
             variables = sub.template.match(topic)
             if variables is None:
                 continue
-            if self.profile.format == "influx":
-                self._influx(ix, sub, variables, payload, now_ns, out)
-            else:
-                self._json(ix, sub, variables, payload, now_ns, out)
-            return out
-        out.ignored += 1
-        return out
+            spec = sub.spec
+            name = variables.get(spec.point_var) if spec.point_var in variables else next(iter(sub.points), None)
+            point = sub.points.get(name or "")
+            sid = -1
+            if point is not None and point.target is not None:
+                ck = (ix, name or "", tuple(variables.values()))
+                sid = self._series.get(ck, -1)
+                if sid < 0:
+                    tags = {k: substitute(v, variables) for k, v in spec.tags.items()}
+                    sid = self._series[ck] = series_id(self.registry, self.device, point.target, tuple(tags.items()))
+            return _Route(ix, sub, variables, point, sid, topic)
+        return _Route(-1, None, {}, None, -1, topic)
 
-    def _json(self, ix: int, sub: Subscription, variables: dict[str, str], payload: bytes, now_ns: int,
-              out: Parsed) -> None:
+    def _json(self, route: _Route, payload: bytes, now_ns: int, out: Parsed) -> None:
+        sub, point = route.sub, route.point
+        assert sub is not None and point is not None
         spec = sub.spec
-        name = variables.get(spec.point_var) if spec.point_var in variables else next(iter(sub.points), None)
-        point = sub.points.get(name or "")
-        if point is None:
-            out.ignored += 1
-            return
         try:
-            doc = json.loads(payload)
+            doc = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DecodeError(f"{topic_of(sub, variables)}: not JSON: {exc}") from None
-        if not isinstance(doc, dict):
-            raise DecodeError(f"{topic_of(sub, variables)}: JSON payload is not an object")
+            raise DecodeError(f"{route.topic}: not JSON: {exc}") from None
+        if type(doc) is not dict:
+            raise DecodeError(f"{route.topic}: JSON payload is not an object")
         if point.kind == "dr_event":
             try:
                 out.dr_events.append(DemandResponseEvent.from_json(doc))
             except (KeyError, TypeError, ValueError) as exc:
-                raise DecodeError(f"{topic_of(sub, variables)}: bad demand-response event: {exc!r}") from None
+                raise DecodeError(f"{route.topic}: bad demand-response event: {exc!r}") from None
             return
         raw = doc.get(point.field)
-        if isinstance(raw, bool):
-            raw = int(raw)
-        if not isinstance(raw, int | float):
-            raise DecodeError(f"{topic_of(sub, variables)}: {point.field!r} is {raw!r}, not a number")
-        ts_ns = _timestamp(doc, spec.timestamp, UNIT_NS[spec.timestamp_unit], now_ns, sub, variables)
+        kind = type(raw)
+        if kind is not float and kind is not int:
+            if kind is bool:
+                raw = int(raw)  # type: ignore[arg-type]
+            else:
+                raise DecodeError(f"{route.topic}: {point.field!r} is {raw!r}, not a number")
+        ts_ns = now_ns
+        if spec.timestamp:
+            ts = doc.get(spec.timestamp)
+            if ts is not None:
+                if type(ts) is int and ts >= 0:
+                    ts_ns = ts * UNIT_NS[spec.timestamp_unit]
+                elif type(ts) is float and math.isfinite(ts) and ts >= 0:
+                    ts_ns = int(ts * UNIT_NS[spec.timestamp_unit])
+                else:
+                    raise DecodeError(f"{route.topic}: timestamp {ts!r} is not a number")
         quality = 0
         if spec.quality:
             q = doc.get(spec.quality)
-            if q is not None and str(q) in spec.bad:
-                out.rejected[Reason.DEVICE_BAD] += 1
-                return
-            if q is not None and str(q) not in spec.good:
-                quality = int(Quality.UNCERTAIN)
-        target = point.target
-        assert target is not None
-        tags = {k: substitute(v, variables) for k, v in spec.tags.items()}
-        out.series.append(self._sid(ix, name or "", target, tags))
-        out.values.append(float(raw) * target.scale + target.offset)
+            if q is not None:
+                q = str(q)
+                if q in spec.bad:
+                    out.rejected[Reason.DEVICE_BAD] += 1
+                    return
+                if q not in spec.good:
+                    quality = int(Quality.UNCERTAIN)
+        t = point.target
+        assert t is not None
+        out.series.append(route.sid)
+        out.values.append(float(raw) * t.scale + t.offset)  # type: ignore[arg-type]
         out.ts_ns.append(ts_ns)
         out.quality.append(quality)
 
@@ -138,18 +189,6 @@ class MessageParser:
 def topic_of(sub: Subscription, variables: dict[str, str]) -> str:
     """The concrete topic a template matched (for messages)."""
     return "/".join(variables.get(lit, lit) if is_var else lit for is_var, lit in sub.template.levels)
-
-
-def _timestamp(doc: dict[str, Any], key: str, unit_ns: int, now_ns: int, sub: Subscription,
-               variables: dict[str, str]) -> int:
-    if not key:
-        return now_ns
-    ts = doc.get(key)
-    if ts is None:
-        return now_ns
-    if isinstance(ts, bool) or not isinstance(ts, int | float) or not math.isfinite(ts) or ts < 0:
-        raise DecodeError(f"{topic_of(sub, variables)}: timestamp {ts!r} is not a number")
-    return int(ts * unit_ns) if isinstance(ts, float) else ts * unit_ns
 
 
 # ---- InfluxDB line protocol -------------------------------------------------------------
