@@ -107,6 +107,8 @@ def acquire_engine() -> Any:
     loop = asyncio.get_running_loop()
     slot = _ENGINES.get(loop)
     if slot is None:
+        for old in [k for k in _ENGINES if k.is_closed()]:  # a loop that ended without closing its pollers
+            del _ENGINES[old]
         slot = _ENGINES[loop] = _EngineSlot(SnmpEngine(), 0)
     slot.users += 1
     return slot.engine
