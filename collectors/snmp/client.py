@@ -64,6 +64,10 @@ class SnmpOptions(BaseModel):
     max_repetitions: int | None = Field(None, ge=1, le=1000)  # lower it for agents that choke
     max_get: int = Field(60, ge=1, le=1000)  # varbinds per GET
     retries: int = Field(0, ge=0, le=10)  # the runtime polls again next interval anyway
+    # requests in flight to one agent endpoint (host:port), shared by every device behind it
+    # (snmpsim, proxies, the twin): beyond this they queue here instead of overflowing the
+    # agent's socket, where they would be dropped and time out
+    max_inflight: int = Field(16, ge=1, le=1000)
 
     @model_validator(mode="after")
     def _v3_needs_user(self) -> SnmpOptions:
@@ -89,6 +93,8 @@ class SnmpOptions(BaseModel):
 class _EngineSlot:
     engine: Any
     users: int
+    opening: int = 0  # pollers between "resolve the agent" and "registered with the engine"
+    settled: asyncio.Event | None = None  # set when ``opening`` drops back to 0
 
 
 _ENGINES: dict[asyncio.AbstractEventLoop, _EngineSlot] = {}
@@ -101,9 +107,19 @@ def acquire_engine() -> Any:
     loop = asyncio.get_running_loop()
     slot = _ENGINES.get(loop)
     if slot is None:
+        for old in [k for k in _ENGINES if k.is_closed()]:  # a loop that ended without closing its pollers
+            del _ENGINES[old]
         slot = _ENGINES[loop] = _EngineSlot(SnmpEngine(), 0)
     slot.users += 1
     return slot.engine
+
+
+def _slot(engine: Any) -> _EngineSlot | None:
+    return next((s for s in _ENGINES.values() if s.engine is engine), None)
+
+
+# How long a poller's first request waits for the others being set up at the same time.
+OPEN_SETTLE_S = 0.5
 
 
 def release_engine(engine: Any) -> None:
@@ -115,6 +131,20 @@ def release_engine(engine: Any) -> None:
                 del _ENGINES[loop]
                 engine.close_dispatcher()
             return
+
+
+_LIMITS: dict[tuple[asyncio.AbstractEventLoop, str, int], asyncio.Semaphore] = {}
+
+
+def endpoint_limit(host: str, port: int, n: int) -> asyncio.Semaphore:
+    """The in-flight request limit of agent ``host:port`` on the running loop (first ``n`` wins)."""
+    key = (asyncio.get_running_loop(), host, port)
+    sem = _LIMITS.get(key)
+    if sem is None:
+        for k in [k for k in _LIMITS if k[0].is_closed()]:
+            del _LIMITS[k]
+        sem = _LIMITS[key] = asyncio.Semaphore(n)
+    return sem
 
 
 # ---- values and errors ---------------------------------------------------------------------------
@@ -160,6 +190,7 @@ class _Session:
     auth: Any
     target: Any
     context: Any
+    limit: asyncio.Semaphore
 
 
 class SnmpPoller:
@@ -181,6 +212,7 @@ class SnmpPoller:
     # -- session -----------------------------------------------------------------------------
     async def _open(self) -> _Session:
         from pysnmp.hlapi.v3arch import asyncio as hl
+        from pysnmp.hlapi.v3arch.asyncio.cmdgen import LCD
 
         if self._session is not None:
             return self._session
@@ -198,15 +230,35 @@ class SnmpPoller:
                 privProtocol=priv_proto if o.priv_key else hl.USM_PRIV_NONE)
         else:
             auth = hl.CommunityData(o.community, mpModel=1)
-        try:
-            target = await hl.UdpTransportTarget.create((self.device.host, self.device.port),
-                                                        timeout=self.device.timeout_s, retries=o.retries)
-        except Exception as exc:  # pysnmp wraps resolver failures in PySnmpError
-            raise DeviceUnreachable(self.device.name, f"cannot resolve {self.device.host}: {exc}") from exc
         if self._engine is None:
             self._engine = acquire_engine()
-        context = hl.ContextData(contextName=o.context.encode()) if o.context else hl.ContextData()
-        self._session = _Session(auth, target, context)
+        # Every v2c community / v3 user configured on an engine makes pysnmp rebuild its
+        # community and target maps at the next message. Pollers starting together (a
+        # CollectorSet's first round) therefore register first and send after, so 500 devices
+        # cost one rebuild, not one per device (bench/snmp.py, 500 PDUs: first round 26-37 s -> 10 s).
+        slot = _slot(self._engine)
+        if slot is not None:
+            if slot.opening == 0:
+                slot.settled = asyncio.Event()
+            slot.opening += 1
+        try:
+            try:
+                target = await hl.UdpTransportTarget.create((self.device.host, self.device.port),
+                                                            timeout=self.device.timeout_s, retries=o.retries)
+            except Exception as exc:  # pysnmp wraps resolver failures in PySnmpError
+                raise DeviceUnreachable(self.device.name, f"cannot resolve {self.device.host}: {exc}") from exc
+            context = hl.ContextData(contextName=o.context.encode()) if o.context else hl.ContextData()
+            LCD.configure(self._engine, auth, target, context.contextName)
+        finally:
+            if slot is not None:
+                slot.opening -= 1
+                if slot.opening == 0 and slot.settled is not None:
+                    slot.settled.set()
+        if slot is not None and slot.opening and slot.settled is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(slot.settled.wait(), OPEN_SETTLE_S)
+        limit = endpoint_limit(self.device.host, self.device.port, o.max_inflight)
+        self._session = _Session(auth, target, context, limit)
         return self._session
 
     # -- requests ------------------------------------------------------------------------------
@@ -230,6 +282,7 @@ class SnmpPoller:
                 fut.set_result((ei, es, ex, vbs))
 
         vbs = [(ObjectName(o), Null("")) for o in oids]
+        await s.limit.acquire()
         try:
             addr, _params = LCD.configure(engine, s.auth, s.target, s.context.contextName)
             if max_rep:
@@ -241,6 +294,8 @@ class SnmpPoller:
             ei, es, ex, resp = await fut
         except OSError as exc:
             raise DeviceUnreachable(self.device.name, f"{what}: {exc}") from exc
+        finally:
+            s.limit.release()
         self.requests += 1
         err = translate(self.device.name, what, ei, es, ex, oids)
         if err is not None:
@@ -255,12 +310,20 @@ class SnmpPoller:
         return await self._request(s, "GETBULK", oids, max_rep)
 
     async def walk(self, columns: Sequence[Oid], max_rep: int | None = None) -> BulkWalk:
-        """Walk ``columns`` side by side to their ends (GETBULK, ``max_rep`` rows per request)."""
+        """Walk ``columns`` side by side to their ends (GETBULK, ``max_rep`` rows per request).
+
+        A failing request ends the walk; it is returned with ``error`` set and the columns
+        finished so far (``complete_rows``).
+        """
         s = await self._open()
         w = BulkWalk(columns)
         reps = max_rep or self.plan.max_repetitions
         while not w.done:
-            w.absorb(await self._bulk(s, w.request(), reps))
+            try:
+                w.absorb(await self._bulk(s, w.request(), reps))
+            except DeviceError as exc:
+                w.error = exc
+                break
         return w
 
     async def _scalars(self, s: _Session) -> dict[Oid, Raw]:
@@ -286,25 +349,10 @@ class SnmpPoller:
         if columns:
             jobs.append(self.walk(columns))
         results = await asyncio.gather(*jobs, return_exceptions=True)
-        errors: list[DeviceError] = []
-        scalars: dict[Oid, Raw] = {}
-        rows: dict[Oid, list[tuple[Oid, Raw]]] = {}
-        for r in results:
-            if isinstance(r, DeviceError):
-                errors.append(r)
-            elif isinstance(r, BaseException):
-                raise r
-            elif isinstance(r, BulkWalk):
-                rows = r.rows
-                errors += [DeviceProtocolError(self.device.name, f"GETBULK: {p}") for p in r.problems]
-            else:
-                scalars = r
-        if len(errors) == len(jobs) and not rows and not scalars:
-            # Nothing came back: the poll failed as a whole (a timeout wins, it is what backs off).
-            raise next((e for e in errors if isinstance(e, DeviceTimeout)), errors[0])
-        if want_digits and rows:
+        scalars, rows, errors = merge_parts(self.device.name, results)
+        if want_digits and all(c in rows for c in plan.digit_columns):
             for c in plan.digit_columns:
-                self.decoder.set_digits(c, rows.get(c, []))
+                self.decoder.set_digits(c, rows[c])
             self._digits_ts_ns = ts_ns
         batch, rejected = self.decoder.decode(ts_ns, scalars, rows)
         if self.decoder.rows_without_digits:
@@ -318,6 +366,33 @@ class SnmpPoller:
                 release_engine(self._engine)
         self._engine = None
         self._session = None
+
+
+def merge_parts(device: str, results: Sequence[object]) -> tuple[dict[Oid, Raw], dict[Oid, list[tuple[Oid, Raw]]],
+                                                                  list[DeviceError]]:
+    """Scalars, finished table columns and errors of one poll's concurrent parts (GET, walk).
+
+    Raises when nothing at all came back — the device is down, and a timeout is reported
+    before other errors because it is what the runtime backs off.
+    """
+    scalars: dict[Oid, Raw] = {}
+    rows: dict[Oid, list[tuple[Oid, Raw]]] = {}
+    errors: list[DeviceError] = []
+    for r in results:
+        if isinstance(r, DeviceError):
+            errors.append(r)
+        elif isinstance(r, BaseException):
+            raise r
+        elif isinstance(r, BulkWalk):
+            rows = r.complete_rows()
+            errors += [DeviceProtocolError(device, f"GETBULK: {p}") for p in r.problems]
+            if r.error is not None:
+                errors.append(r.error)
+        elif isinstance(r, dict):
+            scalars = r
+    if errors and not scalars and not rows:
+        raise next((e for e in errors if isinstance(e, DeviceTimeout)), errors[0])
+    return scalars, rows, errors
 
 
 def make_snmp_poller(device: DeviceConfig, profile: Profile, registry: SeriesRegistry) -> SnmpPoller:

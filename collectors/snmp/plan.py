@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from collectors.base import DeviceConfig, PointTarget, series_id
 from collectors.snmp.profile import Oid, PointSpec, SnmpProfile, parse_oid
+from models.errors import DeviceError
 from models.readings import SeriesRegistry
 
 
@@ -149,11 +150,21 @@ class BulkWalk:
         self._next = {r: r for r in self.roots}
         self.active = list(self.roots)
         self.problems: list[str] = []  # agent misbehaviour (non-increasing OIDs)
+        self.error: DeviceError | None = None  # the request that ended the walk early, if any
 
     @property
     def done(self) -> bool:
         """True when every column has been read to its end."""
         return not self.active
+
+    def complete_rows(self) -> dict[Oid, list[tuple[Oid, Raw]]]:
+        """Rows of the columns read to their end; a column cut short is left out whole.
+
+        Half a column would decode into a table that silently lost rows (and a sum over
+        rows that reads as a power drop), so a walk interrupted by a timeout keeps only
+        the columns it finished.
+        """
+        return {r: self.rows[r] for r in self.roots if r not in self.active}
 
     def request(self) -> list[Oid]:
         """The OIDs of the next GETBULK (non-repeaters 0), one per open column."""

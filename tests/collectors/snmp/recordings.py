@@ -39,6 +39,22 @@ def apc_rpdu2(outlets: int = 24) -> list[Row]:
     return rows
 
 
+def apc_rpdu_legacy(outlets: int = 8) -> list[Row]:
+    """AP7900-style legacy rPDU: 2.3 kW, three load rows (the phases), outlets with a load column."""
+    a = "1.3.6.1.4.1.318.1.1.12"
+    rows = _system("APC Web/SNMP Management Card (MB:v3.9.2 PF:v3.7.3 MN:AP7900)", "1.3.6.1.4.1.318.1.3.4.4",
+                   "apc-rpdu-legacy")
+    rows += [(f"{a}.1.1.0", 4, "rack-b2"), (f"{a}.1.16.0", 2, 2300), (f"{a}.1.17.0", 2, 950),
+             (f"{a}.1.18.0", 2, 2420)]
+    for i, load in enumerate((100, 95, 102), start=1):
+        rows += [(f"{a}.2.3.1.1.1.{i}", 2, i), (f"{a}.2.3.1.1.2.{i}", 66, load), (f"{a}.2.3.1.1.3.{i}", 2, 1),
+                 (f"{a}.2.3.1.1.4.{i}", 2, i), (f"{a}.2.3.1.1.5.{i}", 2, 0)]
+    for o in range(1, outlets + 1):
+        rows += [(f"{a}.3.5.1.1.1.{o}", 2, o), (f"{a}.3.5.1.1.2.{o}", 4, f"outlet-{o}"),
+                 (f"{a}.3.5.1.1.4.{o}", 2, 1), (f"{a}.3.5.1.1.7.{o}", 66, 10 + o)]
+    return rows
+
+
 RARITAN_INLET = {1: (1, 2, 241), 4: (0, 1, 400), 5: (0, 3, 16250), 6: (0, 4, 16700), 7: (2, -1, 97),
                  8: (0, 5, 98765432), 23: (1, 8, 500)}  # sensor type: (digits, units, raw)
 
@@ -85,6 +101,7 @@ def render(rows: list[Row]) -> str:
 
 RECORDINGS = {
     "apc-rpdu2": lambda: apc_rpdu2(),
+    "apc-rpdu-legacy": lambda: apc_rpdu_legacy(),
     "raritan-px3": lambda: raritan_px3(),
     "sentry4": lambda: sentry4(),
     # 4 daisy-chained units x 2 cords x 36 outlets x 14 columns = 4,032 outlet-table OIDs

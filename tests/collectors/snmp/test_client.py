@@ -106,6 +106,17 @@ def test_snmpsim_apc_rpdu2(snmpsim: Snmpsim) -> None:
     assert r.rejected == {Reason.NOT_IMPLEMENTED: 1} and not r.errors
 
 
+def test_snmpsim_apc_legacy_rpdu(snmpsim: Snmpsim) -> None:
+    r = poll_once(dev("ap7900", "apc-rpdu-legacy", snmpsim.port, community="apc-rpdu-legacy"))
+    v = values(r.batch)
+    assert v[("power.power_w", ())] == 2300.0
+    assert v[("power.power_factor", ())] == pytest.approx(0.95)  # 950 / 1000
+    assert v[("power.apparent_power_va", ())] == 2420.0
+    assert [v[("power.current_a", (("load", str(i)),))] for i in (1, 2, 3)] == pytest.approx([10.0, 9.5, 10.2])
+    assert v[("power.current_a", (("outlet", "8"),))] == pytest.approx(1.8)
+    assert not r.rejected and not r.errors
+
+
 def test_snmpsim_raritan_digits(snmpsim: Snmpsim) -> None:
     r = poll_once(dev("px3", "raritan-pdu2", snmpsim.port, community="raritan-px3"))
     v = values(r.batch)
@@ -310,3 +321,37 @@ def test_counter_wrap_and_reset_across_snmpd_restarts(tmp_path_factory: pytest.T
     assert [s["px"] for s in seen] == [(4_294_967_000.0, False), (4_294_967_496.0, False),  # 2^32 + 200
                                       (4_294_968_296.0, False)]
     assert [s["apc"] for s in seen] == [(1_234_500.0, False), (1_234_600.0, False), (300.0, True)]
+
+
+def test_new_sensor_row_gets_its_decimal_digits_on_the_next_poll(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Digits are configuration (read once, re-read every digits_refresh_s) — but a new outlet is not guessed."""
+    def conf(outlets: int) -> str:
+        lines = []
+        for o in range(1, outlets + 1):
+            lines += [f"override .1.3.6.1.4.1.13742.6.3.5.4.1.7.1.{o}.1 unsigned 2",  # rmsCurrent, 2 digits
+                      f"override .1.3.6.1.4.1.13742.6.5.4.3.1.4.1.{o}.1 unsigned {1234 * o}"]
+        return "\n".join(lines)
+
+    srv = Snmpd(tmp_path_factory.mktemp("snmpd-digits"), extra_conf=conf(1))
+    got: list[tuple[dict[str, float], dict[Reason, int]]] = []
+
+    async def go() -> None:
+        p = make_poller(dev("px", "raritan-pdu2", srv.port, community=srv.community), SeriesRegistry())
+        try:
+            for t in range(3):
+                if t == 1:
+                    srv.extra_conf = conf(2)  # an outlet module was added
+                    srv.restart()
+                r = await p.poll(t + 1)
+                got.append(({dict(k[1])["outlet"]: v for k, v in values(r.batch).items()}, dict(r.rejected)))
+        finally:
+            await p.close()
+
+    srv.start()
+    try:
+        asyncio.run(go())
+    finally:
+        srv.stop()
+    assert got[0] == ({"1": 12.34}, {})
+    assert got[1] == ({"1": 12.34}, {Reason.DECODE: 1})  # outlet 2 has no digits yet: refused
+    assert got[2] == ({"1": 12.34, "2": 24.68}, {})  # digits re-read at once, not after 600 s

@@ -28,7 +28,7 @@ from models.twin.devices import (
     inventory,
 )
 from models.twin.sim import TwinSim
-from tests.collectors.snmp.agent import OidTable
+from tests.collectors.snmp.oidtable import OidTable
 
 SNMP_PROFILES = ("apc-rpdu2", "apc-rpdu-legacy", "raritan-pdu2", "servertech-sentry4", "ups-rfc1628")
 
@@ -273,3 +273,34 @@ def test_series_are_interned_once_per_row(sim: TwinSim) -> None:
     n = len(reg)
     b2, _ = dec.decode(2, *table.poll(plan))
     assert len(reg) == n and list(b1.series) == list(b2.series)
+
+
+def test_a_walk_cut_short_keeps_only_finished_columns_and_a_dead_poll_raises_the_timeout() -> None:
+    from collectors.snmp.client import merge_parts
+    from models.errors import DeviceProtocolError, DeviceTimeout
+
+    a, b = (1, 3, 1), (1, 3, 2)
+    w = BulkWalk([a, b])
+    w.absorb([(a + (1,), 1), (b + (1,), 2), (a + (2,), 3), ((1, 3, 3), 4)])  # b finished, a still open
+    w.error = DeviceTimeout("pdu", "GETBULK: no response")
+    scalars, rows, errors = merge_parts("pdu", [{(1, 0): 5}, w])
+    assert scalars == {(1, 0): 5} and rows == {b: [((1,), 2)]}  # half of column a is not a table
+    assert [type(e) for e in errors] == [DeviceTimeout]
+    with pytest.raises(DeviceTimeout):  # nothing finished, nothing answered: the device is down
+        merge_parts("pdu", [DeviceProtocolError("pdu", "GET: wrong digest"), _failed_walk(a)])
+    scalars, rows, errors = merge_parts("pdu", [DeviceProtocolError("pdu", "GET: genErr"), _done_walk(a)])
+    assert rows == {a: []} and len(errors) == 1  # the walk answered (an empty table): partial, not down
+
+
+def _failed_walk(col: tuple[int, ...]) -> BulkWalk:
+    from models.errors import DeviceTimeout
+
+    w = BulkWalk([col])
+    w.error = DeviceTimeout("pdu", "GETBULK: no response")
+    return w
+
+
+def _done_walk(col: tuple[int, ...]) -> BulkWalk:
+    w = BulkWalk([col])
+    w.absorb([((9, 9), 0)])
+    return w

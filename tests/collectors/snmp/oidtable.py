@@ -1,4 +1,4 @@
-"""Pure helpers for the SNMP tests: the twin's OID rows as the edge would hand them over."""
+"""In-memory GET/GETBULK over the twin's OID rows, for the pure decode tests (the network tests use real agents)."""
 
 from __future__ import annotations
 
