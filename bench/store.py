@@ -13,7 +13,7 @@ The points are demo-site snapshots from the twin (TwinFeed: every power node, lo
 and grid series). VictoriaMetrics is started the way the test fixture starts it, once for
 ours and once for the peer. Figures are wall-clock on a shared 2-core machine.
 
-    python bench/store.py [--snapshots 200]
+    python bench/store.py [--snapshots 200] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import shutil
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,6 +36,7 @@ from models.twin.feed import TwinFeed  # noqa: E402
 from models.twin.sim import TwinSim  # noqa: E402
 from powerplane.store.influx import InfluxSink  # noqa: E402
 from powerplane.store.lineproto import encode  # noqa: E402
+from tests.powerplane.store.conftest import vm_export  # noqa: E402
 from tests.powerplane.store.lpparse import parse_line  # noqa: E402
 from tests.realservers import VictoriaMetrics, free_port  # noqa: E402
 
@@ -56,13 +56,8 @@ def snapshots(n: int) -> list[ReadingBatch]:
 
 
 def vm_count(vm: VictoriaMetrics) -> int:
-    """Samples stored in VictoriaMetrics (all series)."""
-    vm.flush()
-    q = urllib.request.quote('count_over_time({__name__!=""}[10y])')
-    with urllib.request.urlopen(f"{vm.url}/api/v1/query?query=sum({q})&time=2030-01-01T00:00:00Z",
-                                timeout=60) as r:
-        res = json.loads(r.read())["data"]["result"]
-    return int(float(res[0]["value"][1])) if res else 0
+    """Raw samples stored in VictoriaMetrics (all series), read back with /api/v1/export."""
+    return sum(len(s["values"]) for s in vm_export(vm))
 
 
 def run_ours(vm: VictoriaMetrics, batches: list[ReadingBatch], spool: Path) -> float:
@@ -133,38 +128,47 @@ def main() -> None:
     """Run the benchmark and print one JSON line last."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--snapshots", type=int, default=200)
+    ap.add_argument("--repeat", type=int, default=3)
     args = ap.parse_args()
     batches = snapshots(args.snapshots)
     n = sum(len(b) for b in batches)
     print(f"{n:,} points in {len(batches)} batches of {len(batches[0]):,} series", flush=True)
 
     encode(batches[0])  # interns the escaped series prefixes once, as a running writer has
-    t0 = time.perf_counter()
-    nbytes = sum(len(encode(b)) for b in batches)
-    enc_s = time.perf_counter() - t0
+    enc_s = float("inf")
+    for _ in range(args.repeat):
+        t0 = time.perf_counter()
+        nbytes = sum(len(encode(b)) for b in batches)
+        enc_s = min(enc_s, time.perf_counter() - t0)
 
     # Both write the same points (the peer spells 30.0 as "30", also a float): a fair race.
     ours_lines = [parse_line(ln) for ln in encode(batches[0]).decode().splitlines()]
     peer_lines = [parse_line(p.to_line_protocol()) for p in peer_points(batches[:1])]  # type: ignore[attr-defined]
     same = ours_lines == peer_lines
 
+    # Best of --repeat runs, each against a fresh VictoriaMetrics: the machine is shared,
+    # and the best run is the one least disturbed by the other tenants.
     work = Path(tempfile.mkdtemp(prefix="powerplane-bench-store-"))
+    ours_s = peer_s = replay_s = float("inf")
+    replayed = ours_stored = peer_stored = 0
     try:
-        vm = VictoriaMetrics(work / "vm-ours")
-        vm.start()
-        try:
-            ours_s = run_ours(vm, batches, work / "spool-ours")
-            ours_stored = vm_count(vm)
-            replay_s, replayed = run_replay(vm, batches[: max(1, len(batches) // 2)], work / "spool-replay")
-        finally:
-            vm.stop()
-        vm = VictoriaMetrics(work / "vm-peer")
-        vm.start()
-        try:
-            peer_s = run_peer(vm, batches)
-            peer_stored = vm_count(vm)
-        finally:
-            vm.stop()
+        for r in range(args.repeat):
+            vm = VictoriaMetrics(work / f"vm-ours-{r}")
+            vm.start()
+            try:
+                ours_s = min(ours_s, run_ours(vm, batches, work / f"spool-ours-{r}"))
+                ours_stored = vm_count(vm)
+                dt, replayed = run_replay(vm, batches[: max(1, len(batches) // 2)], work / f"spool-replay-{r}")
+                replay_s = min(replay_s, dt)
+            finally:
+                vm.stop()
+            vm = VictoriaMetrics(work / f"vm-peer-{r}")
+            vm.start()
+            try:
+                peer_s = min(peer_s, run_peer(vm, batches))
+                peer_stored = vm_count(vm)
+            finally:
+                vm.stop()
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -176,7 +180,8 @@ def main() -> None:
     print(f"same points (parsed) in the first batch: {same}")
     print(json.dumps({"bench": "store_write_vm", "ours": round(ours), "peer": round(peer),
                       "ratio": round(ours / peer, 2), "unit": "points/s", "encode_only": round(n / enc_s),
-                      "spool_replay": round(replayed / replay_s), "points": n, "stored_ours": ours_stored,
+                      "spool_replay": round(replayed / replay_s), "points": n, "repeat": args.repeat,
+                      "stored_ours": ours_stored,
                       "stored_peer": peer_stored, "same_points": same,
                       "note": "wall clock, shared 2-core machine under contention; VictoriaMetrics on the same host"}))
 

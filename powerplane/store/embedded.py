@@ -95,6 +95,7 @@ class EmbeddedStore:
             self._db = sqlite3.connect(self.path / DB_NAME, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a returned write survives power loss
+            self._db.execute("PRAGMA busy_timeout=10000")  # `powerplane report` may read while the demo writes
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open embedded store {self.path}: {exc}") from exc
