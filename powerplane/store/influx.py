@@ -323,8 +323,13 @@ class InfluxSink:
                     self._cv.wait(max(0.01, due) if len(self.spool) else 1.0)
                 if self._closing:
                     return
-            recs = self.spool.peek(self.batch_size)
-            delay = self._deliver_records(recs)
+            try:
+                delay = self._deliver_records(self.spool.peek(self.batch_size))
+            except (StoreError, OSError) as exc:  # the spool's disk failed: keep the data, try again
+                with self._cv:
+                    self._last_error = f"spool {self.spool.dir}: {exc}"
+                log.error("%s", self._last_error)
+                delay = self.max_backoff_s
             self._last_send = time.monotonic()
             with self._cv:
                 self._cv.notify_all()
