@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import shutil
 import sys
 import tempfile
@@ -109,11 +110,15 @@ def run_peer(vm: VictoriaMetrics, batches: list[ReadingBatch]) -> float:
 def run_replay(vm: VictoriaMetrics, batches: list[ReadingBatch], spool: Path) -> tuple[float, int]:
     """Fill a spool while the server is unreachable, then time draining it into ``vm``."""
     dead = f"http://127.0.0.1:{free_port()}"
+    quiet = logging.getLogger("powerplane.store.influx")
+    level = quiet.level
+    quiet.setLevel(logging.CRITICAL)  # "unreachable" is the point of this phase
     sink = InfluxSink(dead, "", "org", "bench", spool_dir=spool, batch_size=REQUEST_LINES, flush_interval_s=3600)
     for b in batches:
         sink.write(b)
     n = sink.stats().spooled_points
     sink.close()
+    quiet.setLevel(level)
     t0 = time.perf_counter()
     sink = InfluxSink(vm.url, "", "org", "bench", spool_dir=spool, batch_size=REQUEST_LINES, flush_interval_s=0.05)
     sink.flush(600)
