@@ -188,13 +188,14 @@ class EmbeddedStore:
         """Nothing to wait for: every write is committed when it returns."""
 
     def close(self) -> None:
-        """Checkpoint the WAL and close the database."""
+        """Checkpoint the WAL (if this store wrote) and close the database."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if self._written or self._events:  # a reader (the report) must not stall a running writer
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
 
