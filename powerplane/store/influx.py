@@ -344,8 +344,8 @@ class InfluxSink:
         if isinstance(outcome, float):
             return outcome
         written, rejected = outcome
-        self.spool.ack(recs[-1])
-        with self._cv:
+        with self._cv:  # ack and count as one step: flush() and stats() never see one without the other
+            self.spool.ack(recs[-1])
             self._written += written
             self._rejected += rejected
             if self._failures:
