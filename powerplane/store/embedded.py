@@ -68,6 +68,7 @@ CREATE INDEX IF NOT EXISTS events_ts ON events (ts_ns);
 """
 
 
+_MAX_IN = 10_000
 _META = ("_series", "_metric", "_rating")  # tag keys beginning with "_" are reserved, as in InfluxDB
 
 
@@ -95,6 +96,7 @@ class EmbeddedStore:
             self._db = sqlite3.connect(self.path / DB_NAME, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a returned write survives power loss
+            self._db.execute("PRAGMA busy_timeout=10000")  # `powerplane report` may read while the demo writes
             self._db.executescript(_SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open embedded store {self.path}: {exc}") from exc
@@ -187,13 +189,14 @@ class EmbeddedStore:
         """Nothing to wait for: every write is committed when it returns."""
 
     def close(self) -> None:
-        """Checkpoint the WAL and close the database."""
+        """Checkpoint the WAL (if this store wrote) and close the database."""
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             try:
-                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                if self._written or self._events:  # a reader (the report) must not stall a running writer
+                    self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._db.close()
 
@@ -239,18 +242,20 @@ class EmbeddedStore:
             empty.index = pd.DatetimeIndex([], tz="UTC", name="time")
             return empty
         ids = ser["_series"].astype(np.int64).tolist()
-        marks = ",".join("?" * len(ids))
-        rows = self._read(f"SELECT series, ts_ns, value, quality FROM readings WHERE series IN ({marks}) "
-                          "AND ts_ns >= ? AND ts_ns < ? ORDER BY ts_ns, series", [*ids, int(start_ns), int(end_ns)])
-        arr = np.array(rows, dtype=np.float64).reshape(-1, 4) if rows else np.empty((0, 4))
-        sids = np.array([r[0] for r in rows], np.int64)
-        ts = np.array([r[1] for r in rows], np.int64)
-        pos = pd.Index(ser["_series"].astype(np.int64)).get_indexer(sids)
+        rows: list[tuple[Any, ...]] = []
+        for i in range(0, len(ids), _MAX_IN):  # SQLite bounds the number of parameters
+            part = ids[i:i + _MAX_IN]
+            rows += self._read(f"SELECT series, ts_ns, value, quality FROM readings WHERE series IN "
+                               f"({','.join('?' * len(part))}) AND ts_ns >= ? AND ts_ns < ?",
+                               [*part, int(start_ns), int(end_ns)])
+        rows.sort(key=lambda r: (r[1], r[0]))
+        c_sid, c_ts, c_val, c_q = zip(*rows, strict=True) if rows else ((), (), (), ())
+        ts = np.array(c_ts, np.int64)
+        pos = pd.Index(ser["_series"].astype(np.int64)).get_indexer(np.array(c_sid, np.int64))
         cols: dict[str, Any] = {c: ser[c].to_numpy(dtype=object)[pos] for c in tag_cols}
-        cols["value"] = arr[:, 2]
-        cols["quality"] = np.array([r[3] for r in rows], np.uint8)
-        df = pd.DataFrame(cols, index=pd.DatetimeIndex(pd.to_datetime(ts, unit="ns", utc=True), name="time"))
-        return df
+        cols["value"] = np.array(c_val, np.float64)
+        cols["quality"] = np.array(c_q, np.uint8)
+        return pd.DataFrame(cols, index=pd.DatetimeIndex(pd.to_datetime(ts, unit="ns", utc=True), name="time"))
 
     def events(self, start_ns: int, end_ns: int) -> pd.DataFrame:
         """Events with ``start_ns <= ts < end_ns``, time-indexed, ``fields`` as a dict column."""

@@ -34,7 +34,7 @@ import urllib.parse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
 import urllib3
 
@@ -90,16 +90,19 @@ def parse_retry_after(value: str | None, now_s: float | None = None) -> float | 
 
 
 class V2Transport(Transport):
-    """influxdb-client's synchronous write API: ``/api/v2/write`` with gzip."""
+    """influxdb-client's write service: ``POST /api/v2/write``, gzip level 1, ns precision.
+
+    The client's own ``enable_gzip`` compresses at level 9 (about 30 MB/s here, most of
+    a write's cost); level 1 runs at about 200 MB/s for 15 % more bytes on the wire.
+    """
 
     def __init__(self, url: str, token: str, org: str, bucket: str, timeout_s: float) -> None:
         from influxdb_client.client.influxdb_client import InfluxDBClient
-        from influxdb_client.client.write_api import SYNCHRONOUS
+        from influxdb_client.service.write_service import WriteService
 
         # retries=False: the sender owns retries, so that it sees every attempt's status.
-        self._client = InfluxDBClient(url=url, token=token, org=org, enable_gzip=True,
-                                      timeout=int(timeout_s * 1000), retries=False)
-        self._api = self._client.write_api(write_options=SYNCHRONOUS)
+        self._client = InfluxDBClient(url=url, token=token, org=org, timeout=int(timeout_s * 1000), retries=False)
+        self._service = WriteService(self._client.api_client)  # type: ignore[no-untyped-call]
         self._bucket = bucket
         self._org = org
 
@@ -108,7 +111,9 @@ class V2Transport(Transport):
         from influxdb_client.rest import ApiException
 
         try:
-            self._api.write(self._bucket, self._org, record=payload, write_precision=cast(Any, WritePrecision.NS))
+            self._service.post_write(  # type: ignore[no-untyped-call]
+                org=self._org, bucket=self._bucket, body=gzip.compress(payload, 1), precision=WritePrecision.NS,
+                content_encoding="gzip", content_type="text/plain; charset=utf-8")
         except ApiException as exc:
             body = exc.body.decode(errors="replace") if isinstance(exc.body, bytes) else str(exc.body or "")
             headers: Any = exc.headers or {}
@@ -318,8 +323,13 @@ class InfluxSink:
                     self._cv.wait(max(0.01, due) if len(self.spool) else 1.0)
                 if self._closing:
                     return
-            recs = self.spool.peek(self.batch_size)
-            delay = self._deliver_records(recs)
+            try:
+                delay = self._deliver_records(self.spool.peek(self.batch_size))
+            except (StoreError, OSError) as exc:  # the spool's disk failed: keep the data, try again
+                with self._cv:
+                    self._last_error = f"spool {self.spool.dir}: {exc}"
+                log.error("%s", self._last_error)
+                delay = self.max_backoff_s
             self._last_send = time.monotonic()
             with self._cv:
                 self._cv.notify_all()
@@ -334,8 +344,8 @@ class InfluxSink:
         if isinstance(outcome, float):
             return outcome
         written, rejected = outcome
-        self.spool.ack(recs[-1])
-        with self._cv:
+        with self._cv:  # ack and count as one step: flush() and stats() never see one without the other
+            self.spool.ack(recs[-1])
             self._written += written
             self._rejected += rejected
             if self._failures:

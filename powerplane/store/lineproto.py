@@ -80,34 +80,38 @@ def series_prefix(key: SeriesKey) -> tuple[str, str]:
     return f"{escape_measurement(measurement)}{tags} {f}=", f",{f}_quality="
 
 
+_Arrays = tuple[NDArray[np.object_], NDArray[np.object_], NDArray[np.bool_]]
+
+
 class _Prefixes:
-    """Escaped prefixes of a registry's series, built once per series id."""
+    """Escaped prefixes of a registry's series, built once per series id.
+
+    ``arrays`` (value prefix, quality prefix, unencodable flag per id) is replaced as one
+    tuple, so a reader in another thread never sees arrays of different lengths.
+    """
 
     def __init__(self) -> None:
-        self.value: NDArray[np.object_] = np.empty(0, object)
-        self.quality: NDArray[np.object_] = np.empty(0, object)
-        self.bad: NDArray[np.bool_] = np.empty(0, bool)
+        self.arrays: _Arrays = (np.empty(0, object), np.empty(0, object), np.empty(0, bool))
         self.errors: dict[int, str] = {}
         self.lock = threading.Lock()
 
     def extend(self, registry: SeriesRegistry) -> None:
         keys = registry.keys()
-        n_old, n = self.value.shape[0], len(keys)
+        value, quality, bad = self.arrays
+        n_old, n = value.shape[0], len(keys)
         if n <= n_old:
             return
         val = np.empty(n - n_old, object)
         qual = np.empty(n - n_old, object)
-        bad = np.zeros(n - n_old, bool)
+        flag = np.zeros(n - n_old, bool)
         for i in range(n_old, n):
             try:
                 val[i - n_old], qual[i - n_old] = series_prefix(keys[i])
             except LineProtocolError as exc:
                 val[i - n_old], qual[i - n_old] = "", ""
-                bad[i - n_old] = True
+                flag[i - n_old] = True
                 self.errors[i] = str(exc)
-        self.value = np.concatenate([self.value, val])
-        self.quality = np.concatenate([self.quality, qual])
-        self.bad = np.concatenate([self.bad, bad])
+        self.arrays = (np.concatenate([value, val]), np.concatenate([quality, qual]), np.concatenate([bad, flag]))
 
 
 _CACHE: weakref.WeakKeyDictionary[SeriesRegistry, _Prefixes] = weakref.WeakKeyDictionary()
@@ -119,7 +123,7 @@ def _prefixes(registry: SeriesRegistry) -> _Prefixes:
         p = _CACHE.get(registry)
         if p is None:
             p = _CACHE[registry] = _Prefixes()
-    if p.value.shape[0] < len(registry):
+    if p.arrays[0].shape[0] < len(registry):
         with p.lock:
             p.extend(registry)
     return p
@@ -142,11 +146,12 @@ def encode_batch(batch: ReadingBatch) -> Encoded:
     if n == 0:
         return Encoded(b"", 0, 0, 0)
     p = _prefixes(batch.registry)
+    pre_value, pre_quality, unencodable = p.arrays
     sid = batch.series
-    if sid.min() < 0 or sid.max() >= p.value.shape[0]:
+    if sid.min() < 0 or sid.max() >= pre_value.shape[0]:
         raise ValueError("batch refers to series ids unknown to its registry")
     finite = np.isfinite(batch.value)
-    bad = p.bad[sid]
+    bad = unencodable[sid]
     keep = finite & ~bad
     n_nonfinite = int(n - finite.sum())
     n_bad = int((bad & finite).sum())
@@ -163,7 +168,7 @@ def encode_batch(batch: ReadingBatch) -> Encoded:
     m = int(sid.shape[0])
     if m == 0:
         return Encoded(b"", 0, n_nonfinite, n_bad, first_error)
-    pre = p.value[sid].tolist()
+    pre = pre_value[sid].tolist()
     # repr(float) is the shortest string that round-trips exactly, and always has a
     # '.' or an exponent, so every value stays a float field.
     vals = list(map(repr, values.tolist()))
@@ -172,7 +177,7 @@ def encode_batch(batch: ReadingBatch) -> Encoded:
     if qmask.any():
         mid = np.full(m, "", object)
         qi = np.flatnonzero(qmask)
-        mid[qi] = [a + repr(float(b)) for a, b in zip(p.quality[sid[qi]].tolist(), q[qi].tolist(), strict=True)]
+        mid[qi] = [a + repr(float(b)) for a, b in zip(pre_quality[sid[qi]].tolist(), q[qi].tolist(), strict=True)]
         text = "".join([f"{a}{b}{c} {d}\n" for a, b, c, d in zip(pre, vals, mid.tolist(), tss, strict=True)])
     else:
         text = "".join([f"{a}{b} {d}\n" for a, b, d in zip(pre, vals, tss, strict=True)])

@@ -70,7 +70,8 @@ class Summary:
 
 def pick_site(store: EmbeddedStore, site: str | None) -> str:
     """The site to report on: ``site``, or the only one in the store."""
-    sites = sorted({str(s) for s in store.series("site.facility_w").get("site", pd.Series(dtype=object))})
+    tags = store.series()
+    sites = sorted({str(s) for s in tags["site"].dropna()}) if "site" in tags else []
     if site is not None:
         if site not in sites:
             raise StoreError(f"site {site!r} not in the store (have: {', '.join(sites) or 'none'})")

@@ -33,6 +33,7 @@ from models.errors import StoreError
 _HEADER = struct.Struct("<IIII")  # magic, length, crc32, points
 _MAGIC = 0x31504C50  # "PLP1"
 SEGMENT_BYTES = 16 << 20
+_CACHE_BYTES = 64 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +70,10 @@ class Spool:
             raise StoreError(f"spool {self.dir} is in use by another process") from None
         self._lock = threading.Lock()
         self._records: deque[Record] = deque()
+        # Payloads appended by this process, kept until delivered (up to _CACHE_BYTES), so
+        # the sender does not read back from disk what it was just handed.
+        self._cache: dict[tuple[int, int], bytes] = {}
+        self._cache_bytes = 0
         self.pending_bytes = 0
         self.pending_points = 0
         self._recover()
@@ -137,6 +142,9 @@ class Spool:
             except OSError as exc:
                 raise StoreError(f"spool {self.dir}: {exc}") from exc
             self._records.append(Record(self._seg, self._size, len(payload), points))
+            if self._cache_bytes + len(payload) <= _CACHE_BYTES:
+                self._cache[(self._seg, self._size)] = payload
+                self._cache_bytes += len(payload)
             self._size += rec_bytes
             self.pending_bytes += rec_bytes
             self.pending_points += points
@@ -156,6 +164,10 @@ class Spool:
 
     def read(self, rec: Record) -> bytes:
         """The payload of ``rec``."""
+        with self._lock:
+            cached = self._cache.get((rec.segment, rec.offset))
+        if cached is not None:
+            return cached
         with (self.dir / self._name(rec.segment)).open("rb") as fh:
             fh.seek(rec.offset + _HEADER.size)
             return fh.read(rec.length)
@@ -168,6 +180,8 @@ class Spool:
                 if (r.segment, r.offset) > (upto.segment, upto.offset):
                     break
                 self._records.popleft()
+                if self._cache.pop((r.segment, r.offset), None) is not None:
+                    self._cache_bytes -= r.length
                 self.pending_bytes -= _HEADER.size + r.length
                 self.pending_points -= r.points
             self._ack = (upto.segment, upto.end)

@@ -82,3 +82,37 @@ def test_two_registries_share_one_store(tmp_path: Path) -> None:
     store.write(ReadingBatch.of(2, [b.id("site.it_w", site="x")], [2.0], 0, b))
     assert store.query("site.it_w", 0, 10, site="x")["value"].tolist() == [1.0, 2.0]
     store.close()
+
+
+def test_a_reader_queries_while_a_writer_writes(tmp_path: Path) -> None:
+    import threading
+
+    reg = SeriesRegistry()
+    writer = EmbeddedStore(tmp_path)
+    sid = reg.id("site.it_w", site="demo")
+    writer.write(ReadingBatch.of(0, [sid], [0.0], 0, reg))
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def write() -> None:
+        k = 1
+        try:
+            while not stop.is_set():
+                writer.write(ReadingBatch.of(k, [sid], [float(k)], 0, reg))
+                k += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=write)
+    t.start()
+    seen = []
+    for _ in range(20):
+        reader = EmbeddedStore(tmp_path)  # as `powerplane report` does, in its own connection
+        seen.append(len(reader.query("site.it_w", 0, 2**62)))
+        reader.close()
+    stop.set()
+    t.join()
+    total = writer.stats().written_points
+    writer.close()
+    assert not errors
+    assert seen == sorted(seen) and seen[0] >= 1 and seen[-1] <= total

@@ -104,3 +104,20 @@ def test_partial_write_is_reported_with_its_line_and_not_retried(influxdb1: Infl
     assert [(e.kind, e.fields["points"]) for e in events] == [("store_rejected", 1.0)]
     (s,) = influxql(influxdb1, "SELECT pue FROM site", db)
     assert s["values"] == [[T0_NS, 1.2], [T0_NS + 1, 1.3]]  # the rest of the batch was stored
+
+
+def test_awkward_names_survive_a_real_server(influxdb1: InfluxDB1, tmp_path: Path) -> None:
+    db = _db(influxdb1)
+    reg = SeriesRegistry()
+    ids = ["rack 1,row=a", "c:\\pdu\\b", 'quote"d', "電力-⚡", "x=y z"]
+    sids = [reg.id("power.power_w", site="hall, a=1", level="rack", id=i) for i in ids]
+    sink = _sink(influxdb1, db, tmp_path)
+    sink.write(ReadingBatch.of(T0_NS, sids, np.arange(len(ids), dtype=np.float64), 0, reg))
+    sink.flush(30)
+    st = sink.stats()
+    sink.close()
+    assert (st.written_points, st.rejected_points) == (len(ids), 0)
+    (s,) = influxql(influxdb1, 'SHOW TAG VALUES FROM power WITH KEY = "id"', db)
+    assert sorted(v[1] for v in s["values"]) == sorted(ids)
+    (site,) = influxql(influxdb1, 'SHOW TAG VALUES FROM power WITH KEY = "site"', db)
+    assert site["values"] == [["site", "hall, a=1"]]

@@ -83,3 +83,19 @@ def test_parse_time_forms() -> None:
     assert parse_time("2026-01-01", now) == T0_NS
     with pytest.raises(ValueError, match="not a time"):
         parse_time("-15x", now)
+
+
+def test_report_on_partial_telemetry(tmp_path: Path) -> None:
+    from models.readings import ReadingBatch, SeriesRegistry
+
+    store = EmbeddedStore(tmp_path)
+    reg = SeriesRegistry()
+    sid = reg.id("power.power_w", 100e3, site="lab", level="rack", id="r1")
+    for k in range(10):
+        store.write(ReadingBatch.of(T0_NS + k * 10**9, [sid], [50e3 + 1e3 * k], 0, reg))
+    store.close()
+    r = pp("report", "--data-dir", str(tmp_path), "--out", str(tmp_path / "plots"))
+    assert r.returncode == 0, r.stderr
+    assert _row(r.stdout, "facility energy") == "—"
+    assert re.search(r"│ rack\s+│\s+1 │\s+59\.0 kW │\s+41\.0 kW │ r1", r.stdout), r.stdout
+    assert (tmp_path / "plots" / "headroom.png").read_bytes().startswith(PNG)
