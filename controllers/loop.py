@@ -94,7 +94,8 @@ class ControlLoop:
         over_ids = tuple(self.topo.node_id(int(n)) for n in p.server[acc.overdraw][:20])
         return CapPlan(
             plan_id=self.plan_id, ts_ns=now_ns, caps_w=p.gpu_values(caps), accounted_w=p.gpu_values(caps),
-            demand_w=p.gpu_values(acc.demand_w), budget_w=budget.facility_w, it_budget_w=budget.it_w,
+            demand_w=p.gpu_values(acc.demand_w), consumer_caps_w=caps, consumer_demand_w=acc.demand_w,
+            budget_w=budget.facility_w, it_budget_w=budget.it_w,
             budget_reason=budget.reason, bind=np.repeat(bind_consumer, self.topo.node_gpus),
             constraint_names=p.constraint_names, constraint_limit_w=limit * share, constraint_load_w=load,
             loop_capacity_w=loop_cap, infeasible=infeasible, solve_ms=solve_ms, rounds=alloc.rounds,
