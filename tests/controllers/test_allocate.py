@@ -118,3 +118,20 @@ def test_bad_input_is_a_clear_error() -> None:
         Structure.build(np.ones(2), np.zeros(2), np.zeros(2), np.zeros((2, 1), np.int32), 1)
     with pytest.raises(ValueError, match="unknown constraint"):
         Structure.build(np.ones(2), np.ones(2), np.zeros(2), np.full((2, 1), 4, np.int32), 1)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 60), stale_share=st.floats(0, 1), nan_share=st.floats(0, 1),
+       tight=st.floats(0.05, 1.3))
+def test_properties_with_stale_and_missing_telemetry(seed: int, n: int, stale_share: float, nan_share: float,
+                                                     tight: float) -> None:
+    inst = random_instance(seed, n=n, classes=4, tight=tight)
+    rng = np.random.default_rng(seed)
+    draw = np.where(rng.random(n) < nan_share, np.nan, rng.uniform(inst.floor_w, inst.ceiling_w * 1.1))
+    enforced = np.where(rng.random(n) < 0.5, rng.uniform(inst.floor_w, inst.ceiling_w), np.nan)
+    acc = safety.account(inst.demand_w, draw, rng.random(n) < stale_share, enforced, inst.floor_w, inst.ceiling_w)
+    accounted = Instance(inst.s, acc.floor_w, acc.demand_w, acc.ceiling_w, inst.cap_w)
+    a = solve(inst.s, acc.floor_w, acc.demand_w, acc.ceiling_w, inst.cap_w)
+    check_invariants(accounted, a)
+    b = solve(inst.s, acc.floor_w, acc.demand_w, acc.ceiling_w, inst.cap_w, "numpy")
+    np.testing.assert_allclose(a.x_w, b.x_w, rtol=1e-9, atol=1e-6)
