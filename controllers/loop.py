@@ -18,7 +18,7 @@ from controllers.budget import LoopCapacity, overhead_model, site_budget
 from controllers.demand import DemandEstimator
 from controllers.kernels import constraint_load
 from controllers.plan import CapPlan, Infeasible
-from controllers.problem import KIND_LOOP, KIND_POWER, SiteProblem
+from controllers.problem import KIND_POWER, SiteProblem
 from models.readings import REGISTRY, SeriesRegistry
 from models.site import SiteConfig
 from models.state import SiteState
@@ -52,7 +52,6 @@ class ControlLoop:
         self._throttled_until_ns = np.zeros(n, np.int64)
         self._last_ns: int | None = None
         self._power_mask = p.con_kind == KIND_POWER
-        self._loop_mask = p.con_kind == KIND_LOOP
 
     def step(self, now_ns: int) -> CapPlan:
         """Solve one period at site time ``now_ns``."""
