@@ -18,7 +18,7 @@ from controllers.budget import LoopCapacity, overhead_model, site_budget
 from controllers.demand import DemandEstimator
 from controllers.kernels import constraint_load
 from controllers.plan import CapPlan, Infeasible
-from controllers.problem import KIND_LOOP, KIND_POWER, SiteProblem
+from controllers.problem import KIND_POWER, SiteProblem
 from models.readings import REGISTRY, SeriesRegistry
 from models.site import SiteConfig
 from models.state import SiteState
@@ -52,7 +52,6 @@ class ControlLoop:
         self._throttled_until_ns = np.zeros(n, np.int64)
         self._last_ns: int | None = None
         self._power_mask = p.con_kind == KIND_POWER
-        self._loop_mask = p.con_kind == KIND_LOOP
 
     def step(self, now_ns: int) -> CapPlan:
         """Solve one period at site time ``now_ns``."""
@@ -82,7 +81,10 @@ class ControlLoop:
 
         dt_s = (now_ns - self._last_ns) / NS_PER_S if self._last_ns is not None else cfg.period_s
         caps = safety.ramp(self.enforced_w, alloc.x_w, dt_s, cfg.ramp_w_per_s)
-        caps = np.where(acc.overdraw, alloc.x_w, np.maximum(caps, acc.floor_w))
+        # A server over its cap keeps being asked for the cap it should hold (never a higher
+        # one), while the plan accounts for what it really draws.
+        caps = np.clip(np.where(acc.overdraw, np.fmin(self.enforced_w, caps), caps), p.floor_w, p.ceiling_w)
+        accounted = np.where(acc.overdraw, alloc.x_w, caps)
         self.enforced_w = caps
         self._last_ns = now_ns
         self.plan_id += 1
@@ -90,11 +92,12 @@ class ControlLoop:
         infeasible = [self._infeasible(int(c), alloc.floor_load_w, cap_gpu, acc.floor_w)
                       for c in alloc.infeasible(cap_gpu)]
         bind_consumer = np.where(caps < p.ceiling_w * (1.0 - 1e-9), alloc.bind, -1).astype(np.int32)
-        load = p.real_load_w(constraint_load(s.count, caps, s.mem, p.n_constraints))
+        load = p.real_load_w(constraint_load(s.count, accounted, s.mem, p.n_constraints))
         over_ids = tuple(self.topo.node_id(int(n)) for n in p.server[acc.overdraw][:20])
         return CapPlan(
-            plan_id=self.plan_id, ts_ns=now_ns, caps_w=p.gpu_values(caps), accounted_w=p.gpu_values(caps),
-            demand_w=p.gpu_values(acc.demand_w), budget_w=budget.facility_w, it_budget_w=budget.it_w,
+            plan_id=self.plan_id, ts_ns=now_ns, caps_w=p.gpu_values(caps), accounted_w=p.gpu_values(accounted),
+            demand_w=p.gpu_values(acc.demand_w), consumer_caps_w=caps, consumer_demand_w=acc.demand_w,
+            budget_w=budget.facility_w, it_budget_w=budget.it_w,
             budget_reason=budget.reason, bind=np.repeat(bind_consumer, self.topo.node_gpus),
             constraint_names=p.constraint_names, constraint_limit_w=limit * share, constraint_load_w=load,
             loop_capacity_w=loop_cap, infeasible=infeasible, solve_ms=solve_ms, rounds=alloc.rounds,

@@ -71,6 +71,8 @@ class CapPlan:
     caps_w: F64  # per GPU: the cap to apply
     accounted_w: F64  # per GPU: the load the plan counts on (caps; measured draw where a cap did not take)
     demand_w: F64  # per GPU: predicted demand
+    consumer_caps_w: F64  # per server: the per-GPU cap (caps_w before spreading)
+    consumer_demand_w: F64
     budget_w: float  # facility power allowed
     it_budget_w: float
     budget_reason: str
@@ -119,7 +121,8 @@ class CapPlan:
     @property
     def gpus_capped(self) -> int:
         """GPUs whose cap is below their predicted demand."""
-        return int((self.caps_w < self.demand_w * (1.0 - 1e-9)).sum())
+        capped = self.consumer_caps_w < self.consumer_demand_w * (1.0 - 1e-9)
+        return int(self.problem.count[capped].sum())
 
     def binding_constraints(self) -> dict[int, int]:
         """Constraint index -> number of GPUs it holds."""
@@ -130,11 +133,13 @@ class CapPlan:
         return {int(i): int(k) for i, k in zip(idx, n, strict=True)}
 
     def _groups(self, group: NDArray[np.integer], n: int) -> dict[str, F64]:
-        capped = (self.caps_w < self.demand_w * (1.0 - 1e-9)).astype(np.float64)
-        cap = np.bincount(group, self.caps_w, minlength=n)
-        demand = np.bincount(group, self.demand_w, minlength=n)
+        """Sums per group of servers (``group`` per consumer), weighted by their GPU counts."""
+        p = self.problem
+        capped = (self.consumer_caps_w < self.consumer_demand_w * (1.0 - 1e-9)) * p.count
+        cap = np.bincount(group, self.consumer_caps_w * p.count, minlength=n)
+        demand = np.bincount(group, self.consumer_demand_w * p.count, minlength=n)
         return {"cap_w": cap, "demand_w": demand, "cut_w": np.maximum(demand - cap, 0.0),
-                "gpus_capped": np.bincount(group, capped, minlength=n)}
+                "gpus_capped": np.bincount(group, capped, minlength=n).astype(np.float64)}
 
     def _entities(self, topo: Topology) -> list[tuple[str, list[str], dict[str, F64]]]:
         """``(level, ids, fields)`` for site, feed..rack, loops and jobs."""
@@ -153,7 +158,8 @@ class CapPlan:
                 site_bound = 1.0
         out: list[tuple[str, list[str], dict[str, F64]]] = []
         it_w = float(load[topo.level_slice(L_UPS)].sum())
-        site = self._groups(np.zeros(topo.n_gpus, np.intp), 1)
+        first = p.first_gpu
+        site = self._groups(np.zeros(p.structure.n, np.intp), 1)
         site.update(load_w=np.array([it_w]), limit_w=np.array([self.it_budget_w]),
                     headroom_w=np.array([self.it_budget_w - it_w]), binding=np.array([site_bound]),
                     solve_ms=np.array([self.solve_ms]))
@@ -161,18 +167,17 @@ class CapPlan:
         lim_in_force = topo.node_limit_w * (1.0 - self.margin)
         for lv in range(L_FEED, L_RACK + 1):
             sl = topo.level_slice(lv)
-            f = self._groups(topo.gpu_member[lv] - sl.start, topo.count(lv))
+            f = self._groups(topo.gpu_member[lv][first] - sl.start, topo.count(lv))
             lim = lim_in_force[sl]
             f.update(load_w=load[sl], limit_w=lim, headroom_w=lim - load[sl], binding=bound_nodes[sl])
             out.append((LEVELS[lv], list(topo.level_ids[lv]), f))
         heat = planned_loop_heat_w(topo, load)
-        f = self._groups(topo.gpu_loop, topo.n_loops)
+        f = self._groups(topo.gpu_loop[first], topo.n_loops)
         f.update(load_w=heat, limit_w=self.loop_capacity_w, headroom_w=self.loop_capacity_w - heat,
                  binding=bound_loops)
         out.append(("loop", list(topo.loop_ids), f))
         if topo.job_ids:
-            has = topo.gpu_job >= 0
-            f = self._groups(np.where(has, topo.gpu_job, len(topo.job_ids)), len(topo.job_ids) + 1)
+            f = self._groups(np.where(p.job >= 0, p.job, len(topo.job_ids)), len(topo.job_ids) + 1)
             out.append(("job", list(topo.job_ids), {k: v[:-1] for k, v in f.items()}))
         return out
 
@@ -180,13 +185,21 @@ class CapPlan:
     def to_batch(self, site: str, registry: SeriesRegistry = REGISTRY) -> ReadingBatch:
         """``caps.*`` readings for the site, every level feed..rack, every loop and job."""
         topo = self.problem.topo
-        series: list[int] = []
+        # Interning ~10 series per entity costs more than the solve at 1M GPUs: once per site.
+        cache = self.problem._cache.setdefault(f"caps-series/{site}/{id(registry)}", {})
+        assert isinstance(cache, dict)
+        series: list[NDArray[np.int32]] = []
         values: list[F64] = []
         for level, ids, fields in self._entities(topo):
             for name, vals in fields.items():
-                series.extend(registry.id(f"caps.{name}", site=site, level=level, id=i) for i in ids)
+                sids = cache.get((level, name))
+                if sids is None:
+                    sids = np.fromiter((registry.id(f"caps.{name}", site=site, level=level, id=i) for i in ids),
+                                       np.int32, len(ids))
+                    cache[(level, name)] = sids
+                series.append(sids)
                 values.append(np.asarray(vals, np.float64)[: len(ids)])
-        return ReadingBatch.of(self.ts_ns, np.asarray(series, np.int32), np.concatenate(values), 0, registry)
+        return ReadingBatch.of(self.ts_ns, np.concatenate(series), np.concatenate(values), 0, registry)
 
     def events(self, site: str) -> list[Event]:
         """One event per decision, each with its reason (the binding constraint)."""

@@ -8,10 +8,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from controllers import safety
-from controllers.allocate import Allocation, Structure, solve
+from controllers.allocate import Allocation, Method, Structure, solve
 from tests.controllers.instances import Instance, random_instance
 
 TOL = 1e-6
+METHODS: tuple[Method, ...] = ("numba", "numpy")
 
 
 def _saturated(inst: Instance, a: Allocation) -> np.ndarray:
@@ -118,3 +119,33 @@ def test_bad_input_is_a_clear_error() -> None:
         Structure.build(np.ones(2), np.zeros(2), np.zeros(2), np.zeros((2, 1), np.int32), 1)
     with pytest.raises(ValueError, match="unknown constraint"):
         Structure.build(np.ones(2), np.ones(2), np.zeros(2), np.full((2, 1), 4, np.int32), 1)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 60), stale_share=st.floats(0, 1), nan_share=st.floats(0, 1),
+       tight=st.floats(0.05, 1.3))
+def test_properties_with_stale_and_missing_telemetry(seed: int, n: int, stale_share: float, nan_share: float,
+                                                     tight: float) -> None:
+    inst = random_instance(seed, n=n, classes=4, tight=tight)
+    rng = np.random.default_rng(seed)
+    draw = np.where(rng.random(n) < nan_share, np.nan, rng.uniform(inst.floor_w, inst.ceiling_w * 1.1))
+    enforced = np.where(rng.random(n) < 0.5, rng.uniform(inst.floor_w, inst.ceiling_w), np.nan)
+    acc = safety.account(inst.demand_w, draw, rng.random(n) < stale_share, enforced, inst.floor_w, inst.ceiling_w)
+    accounted = Instance(inst.s, acc.floor_w, acc.demand_w, acc.ceiling_w, inst.cap_w)
+    a = solve(inst.s, acc.floor_w, acc.demand_w, acc.ceiling_w, inst.cap_w)
+    check_invariants(accounted, a)
+    b = solve(inst.s, acc.floor_w, acc.demand_w, acc.ceiling_w, inst.cap_w, "numpy")
+    np.testing.assert_allclose(a.x_w, b.x_w, rtol=1e-9, atol=1e-6)
+
+
+@pytest.mark.parametrize("max_rounds", [1, 2, 3, 4])
+def test_a_truncated_solve_is_still_feasible(max_rounds: int) -> None:
+    """Even rounds are lower bounds of the fixed point: stopping early never breaks a limit."""
+    for seed in range(40):
+        inst = random_instance(seed, n=80, depth=5, classes=3, tight=0.5, loops=4)
+        for method in METHODS:
+            a = solve(inst.s, inst.floor_w, inst.demand_w, inst.ceiling_w, inst.cap_w, method, max_rounds=max_rounds)
+            ok = np.ones(inst.cap_w.shape[0], bool)
+            ok[a.infeasible(inst.cap_w)] = False
+            assert np.all(a.load_w[ok] <= inst.cap_w[ok] * (1 + 1e-9) + TOL)
+            assert np.all(a.x_w >= inst.floor_w - TOL)

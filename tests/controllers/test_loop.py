@@ -186,3 +186,12 @@ def test_stale_server_is_held_at_its_last_cap(demo_site: SiteConfig, demo_topo: 
     assert np.all(plan.caps_w[:576] <= held + 1e-9)  # no rise without fresh data
     assert plan.violations(demo_topo) == []
     assert "telemetry_stale" in [e.kind for e in plan.events("demo-hall")]
+
+
+def test_closed_loop_at_a_100_ms_period(demo_site: SiteConfig, demo_topo: Topology) -> None:
+    from models.site import Controller
+
+    site = demo_site.model_copy(update={"controller": Controller(period_s=0.1)})
+    r = run(site, demo_topo, 200.0, control=True)
+    assert len(r.plans) == 2000 and r.violations == []
+    assert max(r.facility_in_dr_w) <= DR_TARGET_W and r.node_over == []

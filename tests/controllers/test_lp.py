@@ -7,7 +7,11 @@ import pytest
 
 from bench.capping import instance  # the benchmark's generated-site instance
 from controllers.allocate import solve
+from controllers.budget import overhead_model
 from controllers.lp import class_gaps, class_totals, lexicographic_totals
+from controllers.problem import KIND_POWER, SiteProblem
+from models.site import SiteConfig
+from models.topology import Topology
 from tests.controllers.instances import random_instance
 
 
@@ -37,3 +41,24 @@ def test_crossing_hierarchies_class_zero_never_beats_the_lp() -> None:
         assert gaps[0] >= -1e-7
         worst = max(worst, float(gaps[0]))
     assert worst < 0.05  # measured: up to ~1.3 % on these adversarial random instances
+
+
+@pytest.mark.parametrize(("loop_cap_w", "facility_w"), [
+    ((2.4e6, 2.4e6), 5.2e6),  # rows bind
+    ((1.85e6, 2.4e6), 5.2e6),  # cdu-1 pump down: loop and rows bind across the two hierarchies
+    ((2.4e6, 2.4e6), 3.9e6),  # demand response: the site binds
+    ((2.4e6, 1.68e6), 5.2e6),  # warm facility water on cdu-2
+], ids=["rows", "pump", "dr", "warm"])
+def test_demo_site_scenarios_match_the_lp(demo_site: SiteConfig, demo_topo: Topology,
+                                          loop_cap_w: tuple[float, float], facility_w: float) -> None:
+    prob = SiteProblem.build(demo_topo)
+    rng = np.random.default_rng(3)
+    demand = 120 + (prob.ceiling_w - 120) * rng.uniform(0.7, 1.0, prob.structure.n)
+    lim = prob.limits_w(overhead_model(demo_site, demo_topo).it_budget_w(facility_w * 0.98),
+                        np.array(loop_cap_w) * 0.98)
+    lim[prob.con_kind == KIND_POWER] *= 0.98
+    cap = prob.gpu_space_w(lim)
+    a = solve(prob.structure, prob.floor_w, demand, prob.ceiling_w, cap)
+    lp = lexicographic_totals(prob.structure, prob.floor_w, demand, cap)
+    gaps = class_gaps(class_totals(prob.structure, a, demand, prob.floor_w), lp.totals_w)
+    assert np.all(np.abs(gaps) <= 1e-3), gaps  # measured: <= 1e-8
