@@ -186,14 +186,14 @@ def devices_from_twin(endpoints: Sequence[Endpoint], site: str, *, topo: Topolog
     With ``topo``, busway tap-offs are tagged as their racks and power ratings set the
     range checks; without it tap-offs are sub-points of their row.
     """
+    from models.topology import LEVELS
+
     out = []
     for ep in endpoints:
         tags = _entity_tags(ep.level, ep.entity, site)
         options: dict[str, Any] = {}
         rating: float | None = None
         if topo is not None and ep.level in POWER_LEVELS:
-            from models.topology import LEVELS
-
             try:
                 n = topo.index(LEVELS.index(ep.level), ep.entity)
             except ValueError:
@@ -206,7 +206,9 @@ def devices_from_twin(endpoints: Sequence[Endpoint], site: str, *, topo: Topolog
             if ep.level == "site":
                 options["metric_map"] = {"power.power_w": "site.facility_w"}
             if ep.model == "busway-tapoff" and topo is not None:
-                options["children"] = _racks_of_row(topo, ep.entity)
+                options["children"] = racks = _racks_of_row(topo, ep.entity)
+                options["child_ratings_w"] = {
+                    r: float(topo.node_limit_w[topo.index(LEVELS.index("rack"), r)]) for r in racks}
         elif ep.protocol == "snmp":
             profile = ep.model
             options.update(version="2c", community=ep.community or "public")

@@ -55,6 +55,9 @@ class CollectorSet:
         self.pollers: dict[str, Poller] = {}
         self.intakes: dict[str, object] = {}
         self._tasks: list[asyncio.Task[None]] = []
+        # pymodbus turns a cancellation inside a request into its own exception, so a cancel
+        # alone can be lost: every poll loop also checks this flag.
+        self._stopping = False
         self._partial_logged: set[str] = set()
 
     # ---- lifecycle ---------------------------------------------------------------------
@@ -74,6 +77,7 @@ class CollectorSet:
 
     async def stop(self) -> None:
         """Stop polling and close every connection."""
+        self._stopping = True
         for t in self._tasks:
             t.cancel()
         if self._tasks:
@@ -107,12 +111,14 @@ class CollectorSet:
         interval_ns = max(1, int(d.interval_s * NS_PER_S))
         jitter = Jitter(d.name, d.jitter_s)
         due = self.clock.now_ns()
-        while True:
+        while not self._stopping:
             wait_ns = due + jitter.offset_ns() - self.clock.now_ns()
             if wait_ns > 0:
                 await self.clock.sleep(wait_ns / NS_PER_S)
             ts = self.clock.now_ns()
             ok = await self.poll_once(poller, ts)
+            if self._stopping:
+                return
             now = self.clock.now_ns()
             if ok:
                 due, missed = next_slot_ns(due, interval_ns, now)
@@ -128,6 +134,8 @@ class CollectorSet:
         try:
             result = await poller.poll(ts_ns)
         except DeviceError as exc:
+            if self._stopping:  # the stop interrupted this request: not the device's fault
+                return False
             self._failed(d, ts_ns, time.perf_counter() - t0, exc.reason, str(exc))
             return False
         except Exception as exc:  # a poller bug must not end this device's collection

@@ -95,7 +95,14 @@ class LoopCapacity:
         cap = np.where(f_flow, np.minimum(cap, computed), cap)
         known = f_cap | f_flow
         self.stale = ~known
-        cap = np.where(known, cap, self.last_w)
+        # Stale: never more than what was last planned, nor than the latest reading however
+        # old it is (a pump that tripped before the CDU went quiet stays tripped). A stale
+        # loop's capacity can fall but never rise.
+        seen_cap = (state.loop_ts_ns("capacity_w") > 0) & np.isfinite(state.loop("capacity_w"))
+        seen_flow = (state.loop_ts_ns("flow_lpm") > 0) & (state.loop_ts_ns("supply_c") > 0) & \
+            np.isfinite(state.loop("flow_lpm")) & np.isfinite(state.loop("supply_c"))
+        latest = np.fmin(np.where(seen_cap, state.loop("capacity_w"), np.inf), np.where(seen_flow, computed, np.inf))
+        cap = np.where(known, cap, np.fmin(self.last_w, latest))
         self.last_w = cap.copy()
         out = cap
         if self._prev_ns and now_ns > self._prev_ns:

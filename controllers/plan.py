@@ -10,7 +10,7 @@ lists every limit the plan would exceed.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -93,12 +93,17 @@ class CapPlan:
     problem: SiteProblem
 
     # ---- checks ---------------------------------------------------------------------------
-    def violations(self, topo: Topology) -> list[str]:
-        """Every limit the planned load would exceed, re-derived from the per-GPU caps."""
+    def violations(self, topo: Topology, of: Literal["accounted", "caps"] = "accounted") -> list[str]:
+        """Every limit the planned load would exceed, re-derived from the per-GPU watts.
+
+        ``accounted`` (default): the load the plan counts on, with GPUs that have not yet
+        followed their caps at their measured draw. ``caps``: what the plan grants alone.
+        """
         out: list[str] = []
-        if self.accounted_w.shape != (topo.n_gpus,):
-            return [f"plan has {self.accounted_w.shape[0]} GPUs, topology {topo.n_gpus}"]
-        load = planned_node_load_w(topo, self.accounted_w)
+        gpu_w = self.accounted_w if of == "accounted" else self.caps_w
+        if gpu_w.shape != (topo.n_gpus,):
+            return [f"plan has {gpu_w.shape[0]} GPUs, topology {topo.n_gpus}"]
+        load = planned_node_load_w(topo, gpu_w)
         limit = topo.node_limit_w
         over = np.flatnonzero(load > limit * (1.0 + REL_TOL))
         for n in over:

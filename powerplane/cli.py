@@ -170,9 +170,11 @@ async def _twin(args: argparse.Namespace, console: Console) -> int:
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     """Run the whole control plane against the twin."""
     from powerplane.demo import DemoOptions, run_demo
+    from powerplane.store.config import store_config_from_args
 
     opts = DemoOptions(site=Path(args.site), duration_s=args.duration, speed=args.speed, seed=args.seed,
-                       mqtt_url=args.mqtt, live=False if args.no_live else None)
+                       mqtt_url=args.mqtt, live=False if args.no_live else None, control=not args.no_control,
+                       collect_interval_s=args.collect_interval, store=store_config_from_args(args))
     return asyncio.run(run_demo(opts, console))
 
 
@@ -181,6 +183,7 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
     from powerplane.demo import DEFAULT_SITE
+    from powerplane.store.config import add_store_arguments
 
     p = argparse.ArgumentParser(prog="powerplane", description="Power and cooling control plane for AI datacenters.")
     p.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
@@ -189,10 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="run the control plane against the digital twin")
     d.add_argument("--site", default=str(DEFAULT_SITE), help="site file (default: the demo hall)")
     d.add_argument("--duration", type=_positive(float), default=780.0, help="simulated seconds (default 780)")
-    d.add_argument("--speed", type=_positive(float), default=20.0, help="simulated seconds per second (default 20)")
+    d.add_argument("--speed", type=_positive(float), default=10.0, help="simulated seconds per second (default 10)")
     d.add_argument("--seed", type=int, default=None, help="twin seed (default: the site's)")
     d.add_argument("--mqtt", default=None, metavar="URL", help="use this MQTT broker (mqtt://host:port)")
     d.add_argument("--no-live", action="store_true", help="print log lines instead of the live view")
+    d.add_argument("--no-control", action="store_true",
+                   help="leave the GPUs uncapped (to see which limits the controller keeps)")
+    d.add_argument("--collect-interval", type=_positive(float), default=2.0, metavar="S",
+                   help="simulated seconds between polls of each device (default 2)")
+    add_store_arguments(d)
     d.set_defaults(handler=cmd_demo)
 
     t = sub.add_parser("twin", help="run the digital twin and serve it over Modbus, SNMP and MQTT")

@@ -10,21 +10,30 @@ from __future__ import annotations
 import asyncio
 import math
 import sys
-from dataclasses import dataclass, field
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.live import Live
+from rich.panel import Panel
 from rich.table import Table
+from rich.text import Text
 
+from collectors.base import DeviceConfig
+from collectors.config import devices_from_twin
+from controllers.plan import CapPlan
 from models.clock import NS_PER_S, ScaledClock
 from models.site import SiteConfig, load_site
 from models.topology import L_HALL, L_RACK, L_ROW, LEVELS, Topology
+from models.twin.feed import TwinFeed
 from models.twin.runner import Twin
 from models.twin.sim import TwinSim
 from powerplane.broker import start_broker
-from powerplane.view import LoopRow, PowerRow, ViewState, render, render_line
+from powerplane.runtime import ControlPlane
+from powerplane.store.config import StoreConfig, open_sink
+from powerplane.view import LoopRow, PowerRow, ViewState, bar, render, render_line
 
 DEFAULT_SITE = Path(__file__).resolve().parent.parent / "deploy" / "sites" / "demo.toml"
 VIEW_PERIOD_WALL_S = 0.25
@@ -36,10 +45,13 @@ class DemoOptions:
 
     site: Path = DEFAULT_SITE
     duration_s: float = 780.0
-    speed: float = 20.0
+    speed: float = 10.0
     seed: int | None = None
     mqtt_url: str | None = None
     live: bool | None = None  # None: live view only when stdout is a terminal
+    control: bool = True  # False: run the twin uncapped, to see what the controller prevents
+    collect_interval_s: float = 2.0  # site seconds between polls of every device
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 @dataclass
@@ -151,42 +163,159 @@ def scenario_notes(site: SiteConfig, t_s: float) -> list[str]:
     return notes
 
 
+def plane_panels(plane: ControlPlane) -> list[RenderableType]:
+    """Panels for the control plane: caps and headroom, collectors, store."""
+    out: list[RenderableType] = []
+    plan = plane.last_plan
+    if plan is not None:
+        s = plan.summary()
+        tab = Table(expand=True, box=None, padding=(0, 1))
+        for col in ("rack", "demand", "cap", "limit", "headroom", "load"):
+            tab.add_column(col, justify="left" if col in ("rack", "load") else "right")
+        for r in s["racks"]:
+            tab.add_row(r["id"], f"{r['demand_w'] / 1e3:,.0f} kW", f"{r['cap_w'] / 1e3:,.0f} kW",
+                        f"{r['limit_w'] / 1e3:,.0f} kW", f"{r['headroom_w'] / 1e3:,.0f} kW",
+                        bar(r["load_w"], r["limit_w"]))
+        for lp in s["loops"]:
+            tab.add_row(f"loop {lp['id']}", "", "", f"{lp['capacity_w'] / 1e3:,.0f} kW",
+                        f"{(lp['capacity_w'] - lp['load_w']) / 1e3:,.0f} kW", bar(lp["load_w"], lp["capacity_w"]))
+        binding = ", ".join(f"{k} ({n} GPUs)" for k, n in list(s["binding"].items())[:3]) or "none"
+        title = (f"caps · plan {s['plan_id']} · budget {s['budget_w'] / 1e6:,.2f} MW ({s['budget_reason']}) · "
+                 f"{s['gpus_capped']:,} GPUs capped · binding: {binding} · solve {s['solve_ms']:.1f} ms")
+        out.append(Panel(tab, title=title, border_style="green"))
+    health = plane.collectors.health()
+    up = sum(1 for h in health if h.up)
+    rejected = sum(sum(h.rejected.values()) for h in health)
+    st = plane.sink.stats()
+    line = (f"devices up {up}/{len(health)} · readings {plane.stats.readings:,} · rejected {rejected:,} · "
+            f"store: written {st.written_points:,}, spooled {st.spooled_points:,}, dropped {st.dropped_points:,} · "
+            f"plans {plane.stats.plans:,}, violations {plane.stats.plans_with_violations}")
+    down = [h.device for h in health if not h.up and h.polls]
+    if down:
+        line += f" · [red]down: {', '.join(down[:4])}[/red]"
+    out.append(Panel(Text.from_markup(line), title="collectors and store", border_style="blue"))
+    return out
+
+
+def plane_rows(plane: ControlPlane, summary: Summary) -> list[tuple[str, str]]:
+    """Summary rows about the control plane."""
+    st, sink = plane.stats, plane.sink.stats()
+    health = plane.collectors.health()
+    rejected: Counter[str] = Counter()
+    for h in health:
+        for reason, n in h.rejected.items():
+            rejected[reason.name.lower()] += n
+    why = f" ({', '.join(f'{k} {v}' for k, v in rejected.items())})" if rejected else ""
+    rows = [
+        ("collected", f"{st.readings:,} readings from {sum(1 for h in health if h.polls or h.readings)} of "
+                      f"{len(health)} devices (Modbus, SNMP, MQTT); rejected {sum(rejected.values()):,}{why}"),
+        ("stored", f"{sink.written_points:,} points, {sink.written_events:,} events; spooled {sink.spooled_points:,}, "
+                   f"rejected {sink.rejected_points:,}, dropped {sink.dropped_points:,}"),
+    ]
+    if plane.loop is not None:
+        ok = "[green]no plan granted over a limit[/green]" if not st.plans_with_violations else \
+            f"[red]{st.plans_with_violations} plans granted over a limit[/red]: {st.violations[0]}"
+        rows.append(("cap plans", f"{st.plans:,} plans, {ok}; worst solve {st.worst_solve_ms:.1f} ms; "
+                                  f"{st.infeasible_plans} with an infeasible constraint; "
+                                  f"{st.periods_at_risk} periods with a limit at risk from GPUs lagging their caps"))
+    else:
+        rows.append(("cap plans", "controller off (--no-control): GPUs run uncapped"))
+    return rows
+
+
 async def run_demo(opts: DemoOptions, console: Console) -> int:
     """Run the demo; return the process exit status."""
     site = load_site(opts.site)
     start_ns = int(site.twin.start.timestamp() * NS_PER_S) if site.twin.start else None
     clock = ScaledClock(opts.speed, start_ns)
+    store_cfg = replace(opts.store, site=site.site.name)
+    sink = open_sink(store_cfg)
     broker = await start_broker(opts.mqtt_url)
     twin = Twin(site, clock, mqtt=(broker.host, broker.port), seed=opts.seed)
     live_view = sys.stdout.isatty() if opts.live is None else opts.live
     summary = Summary()
+    plane: ControlPlane | None = None
     try:
         await twin.start()
         twin.run_in_background()
         eps = twin.endpoints()
+        devices = devices_from_twin(eps, site.site.name, topo=twin.topo, interval_s=opts.collect_interval_s,
+                                    timeout_s=max(0.5, opts.collect_interval_s / 2))
+        devices = [paced(d, site.controller.period_s, opts.collect_interval_s) for d in devices]
+
+        def apply(plan: CapPlan) -> None:
+            twin.sim.set_caps(plan.caps_w)
+
+        # Server-level power: on a real site the node agents report it; here the twin does.
+        plane = ControlPlane(site, twin.topo, clock, sink, devices=devices,
+                             sources=[TwinFeed.nodes(twin.sim, site.site.name).batch],
+                             apply=apply, control=opts.control)
+        await plane.start()
         counts = {p: sum(1 for e in eps if e.protocol == p) for p in ("modbus", "snmp", "mqtt")}
         console.print(f"[bold]powerplane demo[/bold] · site {site.site.name} ({opts.site}) · "
                       f"{twin.topo.n_gpus:,} GPUs in {twin.topo.count(L_RACK)} racks · x{opts.speed:g}")
         console.print(f"twin: {counts['modbus']} Modbus devices, {counts['snmp']} SNMP devices on udp/"
-                      f"{twin.snmp.port if twin.snmp else '-'}, MQTT via {broker.describe()}")
+                      f"{twin.snmp.port if twin.snmp else '-'}, MQTT via {broker.describe()}; collecting every "
+                      f"{opts.collect_interval_s:g} s; controller {'on' if opts.control else 'OFF'}; "
+                      f"store: {describe_store(store_cfg)}", highlight=False)
         end_t = opts.duration_s
         last_line = -math.inf
+
+        def snapshot() -> ViewState:
+            vs = view_state(twin, opts, scenario_notes(site, twin.sim.t_s))
+            assert plane is not None
+            return replace(vs, extra=plane_panels(plane))
+
         if live_view:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while twin.sim.t_s < end_t:
                     summary.observe(twin.sim)
-                    live.update(render(view_state(twin, opts, scenario_notes(site, twin.sim.t_s))))
+                    live.update(render(snapshot()))
                     await asyncio.sleep(VIEW_PERIOD_WALL_S)
         else:
             while twin.sim.t_s < end_t:
                 summary.observe(twin.sim)
                 if twin.sim.t_s - last_line >= 30.0:
-                    console.print(render_line(view_state(twin, opts, [])), highlight=False)
+                    line = render_line(view_state(twin, opts, []))
+                    if plane.last_plan is not None:
+                        p = plane.last_plan
+                        line += f" budget={p.budget_w / 1e6:.3f}MW capped={p.gpus_capped}"
+                    console.print(line, highlight=False)
                     last_line = twin.sim.t_s
                 await asyncio.sleep(VIEW_PERIOD_WALL_S)
         summary.observe(twin.sim)
     finally:
+        if plane is not None:
+            await plane.stop()
         await twin.stop()
         await broker.stop()
-    console.print(summary.table(twin.topo))
+        sink.close()
+    tab = summary.table(twin.topo)
+    if plane is not None:
+        for k, v in plane_rows(plane, summary):
+            tab.add_row(k, v)
+    console.print(tab)
+    if not store_cfg.influx_url:
+        console.print(f"telemetry kept in {store_cfg.data_dir}/ — `powerplane report --data-dir "
+                      f"{store_cfg.data_dir}` summarises it and plots it", highlight=False)
+    if plane is not None and plane.stats.plans_with_violations:
+        return 1
     return 0
+
+
+def paced(d: DeviceConfig, period_s: float, interval_s: float) -> DeviceConfig:
+    """The demo's polling plan: CDUs every control period (loop capacity moves fastest: a pump
+    trips), PDUs and UPSes over SNMP every ``max(10 s, interval)`` (sites poll them every 10-60 s;
+    the caps do not depend on them), everything else every ``interval_s``."""
+    if dict(d.tags).get("loop"):
+        return replace(d, interval_s=min(interval_s, period_s), timeout_s=min(d.timeout_s, period_s))
+    if d.protocol == "snmp":
+        return replace(d, interval_s=max(10.0, interval_s), timeout_s=max(d.timeout_s, 2.0))
+    return d
+
+
+def describe_store(cfg: StoreConfig) -> str:
+    """Where telemetry goes, for one line of output."""
+    if cfg.influx_url:
+        return f"InfluxDB {cfg.influx_url} bucket {cfg.influx_bucket} (spool {cfg.spool_dir})"
+    return f"embedded SQLite in {cfg.data_dir}"

@@ -127,11 +127,17 @@ def build_plan(profile: ModbusProfile, device: DeviceConfig, registry: SeriesReg
     # metric_map renames an entity total (a point without point tags), e.g. a site meter's
     # power.power_w -> site.facility_w; sub-points keep their metric.
     metric_map: Mapping[str, str] = device.option("metric_map", {}) or {}
+    # child_ratings_w: {child id: rating}, so a tap-off read as a rack is range-checked (and
+    # its headroom reported) against the rack's rating, not the busway's.
+    child_ratings: Mapping[str, float] = device.option("child_ratings_w", {}) or {}
     fields: list[Field] = []
     for p, addr, extra, scope in inst:
         target = p.target
         if target is not None and not target.tags and not extra and target.metric in metric_map:
             target = replace(target, metric=metric_map[target.metric])
+        child = dict(extra).get("id") if "level" in dict(extra) else None
+        if target is not None and target.rating_w is None and child is not None and child in child_ratings:
+            target = replace(target, rating_w=float(child_ratings[child]))
         sid = series_id(registry, device, target, extra) if target is not None else -1
         sf = -1
         if p.scale_factor is not None:

@@ -125,21 +125,27 @@ class ModbusDeviceServer:
 # SNMP
 
 
+# Real PDUs and UPSes refresh their SNMP values about once a second; so does the twin. It
+# keeps a table walk (several GETBULKs) consistent and keeps re-encoding off the hot path.
+SNMP_REFRESH_S = 1.0
+
+
 class _DeviceMib:
-    """MIB instrumentation serving one device's OID table, refreshed once per sim step."""
+    """MIB instrumentation serving one device's OID table, refreshed every SNMP_REFRESH_S."""
 
     def __init__(self, sim: TwinSim, dev: DeviceSpec) -> None:
         self.sim = sim
         self.dev = dev
         self._encode = SNMP_ENCODERS[dev.model]
         self._step = -1
+        self._snap_ns = -(1 << 62)
         self._oids: list[tuple[int, ...]] = []
         self._values: list[Any] = []
         self._index: dict[tuple[int, ...], int] = {}
         self.requests = 0
 
     def _refresh(self) -> None:
-        if self._step == self.sim.steps:
+        if self._step == self.sim.steps or self.sim.now_ns - self._snap_ns < SNMP_REFRESH_S * 1e9:
             return
         from pysnmp.proto import rfc1902
 
@@ -155,6 +161,7 @@ class _DeviceMib:
             self._index = {o: i for i, o in enumerate(oids)}
         self._values = [conv[kind](value) for _, kind, value in rows]
         self._step = self.sim.steps
+        self._snap_ns = self.sim.now_ns
 
     def read_variables(self, *var_binds: Any, **context: Any) -> list[tuple[Any, Any]]:
         """GET: the value of each OID, or noSuchObject/noSuchInstance."""

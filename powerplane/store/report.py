@@ -101,11 +101,9 @@ def summarize(store: EmbeddedStore, site: str, start_ns: int, end_ns: int) -> Su
         s.min_site_headroom_w = float((lim_at - fac["value"]).min())
     rows = []
     for level in LEVELS:
-        frame = q("power.power_w", level=level)
+        frame, limits = _entity_power(store, site, level, start_ns, end_ns)
         if frame.empty:
             continue
-        ser = store.series("power.power_w", site=site, level=level)
-        limits = pd.Series(ser["_rating"].to_numpy(np.float64), index=ser["id"].astype(str))
         rows.append({"level": level, **analytics.level_summary(frame, limits).to_dict()})
     s.levels = pd.DataFrame(rows, columns=["level", "entities", "peak_w", "min_headroom_w", "tightest"])
     active, target = q("grid.dr_active"), q("grid.dr_target_w")
@@ -114,12 +112,27 @@ def summarize(store: EmbeddedStore, site: str, start_ns: int, end_ns: int) -> Su
     return s
 
 
-def _level_headroom(store: EmbeddedStore, site: str, level: str, start_ns: int, end_ns: int) -> pd.Series:
+def _entity_power(store: EmbeddedStore, site: str, level: str, start_ns: int, end_ns: int
+                  ) -> tuple[pd.DataFrame, pd.Series]:
+    """Power of the entity totals of ``level`` and each entity's limit (its series' rating)."""
     frame = store.query("power.power_w", start_ns, end_ns, site=site, level=level)
+    # Entity totals only: a series with further tags (phase, outlet...) is a sub-point.
+    detail = [c for c in frame.columns if c not in ("site", "level", "id", "device", "value", "quality")]
+    if detail and not frame.empty:
+        frame = frame[frame[detail].isna().all(axis=1)]
+    ser = store.series("power.power_w", site=site, level=level)
+    if ser.empty or "id" not in ser.columns:
+        return frame, pd.Series(dtype=np.float64)
+    ser = ser[ser[[c for c in ser.columns if c in detail]].isna().all(axis=1)] if detail else ser
+    # One id may be measured by several devices: the tightest rating holds.
+    limits = pd.Series(ser["_rating"].to_numpy(np.float64), index=ser["id"].astype(str))
+    return frame, limits.groupby(level=0).min()
+
+
+def _level_headroom(store: EmbeddedStore, site: str, level: str, start_ns: int, end_ns: int) -> pd.Series:
+    frame, limits = _entity_power(store, site, level, start_ns, end_ns)
     if frame.empty:
         return pd.Series(dtype=np.float64)
-    ser = store.series("power.power_w", site=site, level=level)
-    limits = pd.Series(ser["_rating"].to_numpy(np.float64), index=ser["id"].astype(str))
     wide = frame.reset_index().pivot_table(index="time", columns="id", values="value", aggfunc="last")
     room = limits.reindex(wide.columns).to_numpy() - wide
     return room.min(axis=1)

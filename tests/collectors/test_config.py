@@ -85,6 +85,8 @@ def test_devices_from_twin_profiles_and_tags(demo_topo: Topology) -> None:
     bus = devs["busway-row-a1"]
     assert bus.options["children"] == ["r01", "r02"] and dict(bus.tags)["level"] == "row"
     assert bus.rating_w is not None and bus.rating_w > 0
+    # tap-offs read as racks are checked against the racks' ratings (600 kW), not the row's
+    assert bus.options["child_ratings_w"] == {"r01": 600e3, "r02": 600e3}
     assert dict(devs["cdu-1"].tags) == {"site": "s1", "loop": "cdu-1"}
     pdu = devs["r01-pdu-a"]
     assert (pdu.protocol, pdu.profile, dict(pdu.options)) == ("snmp", "apc-rpdu2",

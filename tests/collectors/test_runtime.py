@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -120,7 +121,8 @@ def test_rejected_values_are_counted_and_never_delivered(demo_site: SiteConfig, 
             devs = devices_from_twin(twin.endpoints(), site, topo=demo_topo)
             bus = next(d for d in devs if d.name == "busway-row-a1")
             # a rating far below what the row draws: its power (and the racks', rated alike) must be rejected
-            bus = replace(bus, rating_w=1000.0)
+            ratings = {r: 1000.0 for r in bus.options["child_ratings_w"]}
+            bus = replace(bus, rating_w=1000.0, options=MappingProxyType({**bus.options, "child_ratings_w": ratings}))
             reg = SeriesRegistry()
             batches: list[ReadingBatch] = []
             cs = CollectorSet([bus], clock=clock, registry=reg, on_batch=batches.append)

@@ -43,15 +43,26 @@ def test_twin_prints_endpoints(tmp_path: Path) -> None:
     assert len(doc["endpoints"]) == 28
 
 
-def test_demo_runs_and_summarises() -> None:
+def test_demo_collects_controls_stores_and_reports(tmp_path: Path) -> None:
     t0 = time.monotonic()
-    r = pp("demo", "--duration", "90", "--speed", "30", "--no-live", timeout=180,
-           env={**os.environ, "COLUMNS": "160"})
+    data = tmp_path / "data"
+    # 150 simulated s: the demand-response event starts at 120 s.
+    r = pp("demo", "--duration", "150", "--speed", "15", "--no-live", "--data-dir", str(data), timeout=240,
+           env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
-    assert "powerplane demo summary" in r.stdout
-    assert "energy" in r.stdout and "MWh" in r.stdout
+    out = r.stdout
+    assert "powerplane demo summary" in out
+    assert "energy" in out and "MWh" in out
+    assert "no plan granted over a limit" in out
+    assert "devices (Modbus, SNMP, MQTT); rejected 0" in out
+    assert "dropped 0" in out
     assert "Traceback" not in r.stderr
-    print(f"demo: 90 simulated s in {time.monotonic() - t0:.1f} s")
+    print(f"demo: 150 simulated s in {time.monotonic() - t0:.1f} s")
+
+    rep = pp("report", "--data-dir", str(data), "--out", str(tmp_path / "plots"))
+    assert rep.returncode == 0, rep.stderr
+    assert "facility energy" in rep.stdout and "DR compliance" in rep.stdout
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["headroom.png", "pue.png", "site_power.png"]
 
 
 def test_bad_mqtt_url_is_a_clear_error() -> None:
