@@ -229,8 +229,12 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
     start_ns = int(site.twin.start.timestamp() * NS_PER_S) if site.twin.start else None
     clock = ScaledClock(opts.speed, start_ns)
     store_cfg = replace(opts.store, site=site.site.name)
-    sink = open_sink(store_cfg)
-    broker = await start_broker(opts.mqtt_url)
+    broker = await start_broker(opts.mqtt_url)  # a bad --mqtt fails here, before anything is written
+    try:
+        sink = open_sink(store_cfg)
+    except BaseException:
+        await broker.stop()
+        raise
     twin = Twin(site, clock, mqtt=(broker.host, broker.port), seed=opts.seed)
     live_view = sys.stdout.isatty() if opts.live is None else opts.live
     summary = Summary()
