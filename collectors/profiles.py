@@ -19,9 +19,9 @@ import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from models.configfile import read_toml, validation_problems
 from models.errors import ConfigError, ProfileError
@@ -78,25 +78,28 @@ class Header(BaseModel):
     vendor: str = ""
 
 
+def known_metric(name: str) -> str:
+    """``name`` if it is a registered metric, else a ValueError that says where they are."""
+    try:
+        metric(name)
+    except KeyError:
+        raise ValueError(f"unknown metric {name!r} (see models/readings.py)") from None
+    return name
+
+
+MetricName = Annotated[str, AfterValidator(known_metric)]
+
+
 class TargetSpec(BaseModel):
     """Common point keys that choose the metric a value lands in (shared by all protocols)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    metric: str
+    metric: MetricName
     scale: float = 1.0
     offset: float = 0.0
     tags: dict[str, str] = {}
     counter: bool = False
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, v: str) -> str:
-        try:
-            metric(v)
-        except KeyError:
-            raise ValueError(f"unknown metric {v!r} (see models/readings.py)") from None
-        return v
 
 
 def validate_model(path: Path, data: dict[str, Any], model: type[M]) -> M:

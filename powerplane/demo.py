@@ -197,7 +197,7 @@ def plane_panels(plane: ControlPlane) -> list[RenderableType]:
     return out
 
 
-def plane_rows(plane: ControlPlane, summary: Summary) -> list[tuple[str, str]]:
+def plane_rows(plane: ControlPlane) -> list[tuple[str, str]]:
     """Summary rows about the control plane."""
     st, sink = plane.stats, plane.sink.stats()
     health = plane.collectors.health()
@@ -296,7 +296,7 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         sink.close()
     tab = summary.table(twin.topo)
     if plane is not None:
-        for k, v in plane_rows(plane, summary):
+        for k, v in plane_rows(plane):
             tab.add_row(k, v)
     console.print(tab)
     if not store_cfg.influx_url:

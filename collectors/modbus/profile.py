@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from collectors.base import PointTarget
 from collectors.modbus.decode import SUNSPEC_SENTINELS, ByteOrder, RegType, width
-from collectors.profiles import validate_model
+from collectors.profiles import MetricName, validate_model
 from models.errors import ProfileError
 from models.readings import metric
 
@@ -64,7 +64,7 @@ class PointSpec(BaseModel):
     bit: int | None = Field(None, ge=0, le=15)
     byte_order: ByteOrder | None = None
     table: Table | None = None
-    metric: str | None = None
+    metric: MetricName | None = None
     scale: float = 1.0
     offset: float = 0.0
     scale_factor: str | None = None
@@ -72,16 +72,6 @@ class PointSpec(BaseModel):
     counter: bool = False
     point_class: Literal["fast", "slow"] = Field("fast", alias="class")
     sentinels: list[float] | None = None
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                metric(v)
-            except KeyError:
-                raise ValueError(f"unknown metric {v!r} (see models/readings.py)") from None
-        return v
 
     @field_validator("scale", "offset")
     @classmethod
@@ -112,7 +102,7 @@ class DerivedSpec(BaseModel):
 
     name: str
     sum: list[str] = Field(min_length=1)
-    metric: str
+    metric: MetricName
     scale: float = 1.0
     offset: float = 0.0
     tags: dict[str, str] = {}

@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from collectors.base import PointTarget
-from collectors.profiles import validate_model
+from collectors.profiles import MetricName, validate_model
 from models.errors import ProfileError
 from models.readings import metric
 
@@ -46,21 +46,11 @@ class MqttPointSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["value", "dr_event"] = "value"
-    metric: str | None = None
+    metric: MetricName | None = None
     field: str | None = None
     scale: float = 1.0
     offset: float = 0.0
     tags: dict[str, str] = {}
-
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                metric(v)
-            except KeyError:
-                raise ValueError(f"unknown metric {v!r} (see models/readings.py)") from None
-        return v
 
 
 class SubscriptionSpec(BaseModel):
