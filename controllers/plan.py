@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controllers.problem import KIND_LOOP, KIND_POWER, SiteProblem
-from models.events import Event
+from models.events import EV_INFEASIBLE, Event
 from models.physics import OverheadModel
 from models.readings import REGISTRY, ReadingBatch, SeriesRegistry
 from models.topology import L_FEED, L_NODE, L_RACK, L_UPS, LEVELS, Topology
@@ -222,10 +222,10 @@ class CapPlan:
                             {"gpus": float(n), "load_w": float(self.constraint_load_w[c]),
                              "limit_w": float(self.constraint_limit_w[c])}))
         for inf in self.infeasible:
-            ev.append(Event(self.ts_ns, "cap_infeasible", "error", "controller",
+            ev.append(Event(self.ts_ns, EV_INFEASIBLE, "error", "controller",
                             f"{inf.constraint}: floors exceed the limit by {inf.deficit_w / 1e3:,.1f} kW; "
                             f"move {', '.join(inf.jobs) or 'nothing movable'}", inf.constraint,
-                            {"deficit_w": inf.deficit_w}))
+                            {"value": inf.deficit_w, "deficit_w": inf.deficit_w}))
         if self.overdraw_gpus:
             ev.append(Event(self.ts_ns, "cap_overdraw", "warning", "controller",
                             f"{self.overdraw_gpus} GPUs draw over their cap (accounted at measured draw): "

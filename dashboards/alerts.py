@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from dashboards.influxql import DATASOURCE_UID
-from dashboards.panels import EV_INFEASIBLE
+from models.events import EV_INFEASIBLE
 
 FOLDER = "powerplane"
 GROUP = "powerplane"

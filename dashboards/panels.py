@@ -137,15 +137,4 @@ def value_map(mapping: dict[str, tuple[str, str]]) -> list[dm.ValueMapping]:
                                  for i, (k, (t, c)) in enumerate(mapping.items())})]
 
 
-# Event kinds the dashboards and alerts read (``events`` measurement, tag ``kind``). The
-# controller and the agents raise them; these names are the contract.
-EV_CAP_CHANGED = "cap_changed"  # entity=<job>, value=cap W, priority=<0..n> field
-EV_INFEASIBLE = "constraint_infeasible"  # entity=<constraint id>, value=deficit W
-EV_NON_COMPLIANT = "node_noncompliant"  # entity=<node>, value=draw above cap W
-EV_LEASE_FALLBACK = "lease_fallback"  # entity=<node>, value=safe cap W
-EV_MOVE = "move_recommendation"  # entity=<job>, value=power freed W
-EV_HEADROOM_LOW = "headroom_low"  # entity=<constraint id>, value=headroom W
-EV_DR_START = "dr_start"  # entity=<DR event id>, value=target W
-EV_DR_END = "dr_end"
-EVENT_KINDS = (EV_CAP_CHANGED, EV_INFEASIBLE, EV_NON_COMPLIANT, EV_LEASE_FALLBACK, EV_MOVE, EV_HEADROOM_LOW,
-               EV_DR_START, EV_DR_END)
+# Event kinds the dashboards and alerts read: the contract lives in models.events.

@@ -238,6 +238,56 @@ class Controller(_Model):
         return self
 
 
+class Actuation(_Model):
+    """How caps reach the GPUs: MQTT cap commands with leases, and the agents' fallback."""
+
+    topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "powerplane"
+    lease_s: Annotated[float, Field(ge=2, le=600, allow_inf_nan=False)] = Field(
+        default=10.0, description="a node falls back to its safe cap when no plan renews its caps this long")
+    renew_s: PosFloat | None = Field(default=None, description="re-send unchanged caps this often (default lease/3)")
+    safe_cap_w: PosFloat | None = Field(
+        default=None, description="per-GPU cap a node falls back to (default: the rack type's gpu_min_w)")
+    settle_s: PosFloat = Field(default=3.0, description="a node must enforce and follow a lowered cap within this")
+    quantum_w: Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)] = Field(
+        default=5.0, description="caps are sent rounded down to this step (never above the plan)")
+    raise_deadband_w: NonNegFloat = Field(default=20.0, description="a raise smaller than this waits for renewal")
+    status_every_s: PosFloat = Field(default=5.0, description="agents report enforced limit and power this often")
+
+    @model_validator(mode="after")
+    def _renew(self) -> Actuation:
+        if self.renew_s is not None and self.renew_s >= self.lease_s:
+            raise ValueError(f"renew_s ({self.renew_s}) must be shorter than lease_s ({self.lease_s})")
+        return self
+
+    @property
+    def renew_every_s(self) -> float:
+        """How often unchanged caps are re-sent."""
+        return self.renew_s if self.renew_s is not None else self.lease_s / 3.0
+
+
+class Webhook(_Model):
+    """One HTTP endpoint that receives scheduler events."""
+
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    secret_env: str | None = Field(default=None, description="environment variable holding the HMAC secret")
+    secret_file: str | None = Field(default=None, description="file holding the HMAC secret")
+    kinds: list[str] = Field(default_factory=list, description="event kinds to send (empty: all hook kinds)")
+    max_tries: Annotated[int, Field(ge=1, le=100)] = 6
+    timeout_s: PosFloat = 5.0
+
+
+class Hooks(_Model):
+    """Where scheduler events go: webhooks, MQTT event topics, Slurm and Kubernetes adapters."""
+
+    webhooks: list[Webhook] = []
+    mqtt_events: bool = True
+    dead_letter: str = Field(default="powerplane-data/hooks-dead-letter.jsonl",
+                             description="events a webhook never accepted, one JSON per line")
+    slurm: Literal["off", "dry-run", "apply"] = "off"
+    kubernetes: Literal["off", "dry-run", "apply"] = "off"
+    headroom_low_share: Fraction = Field(default=0.05, description="headroom_low below this share of a limit")
+
+
 class SiteConfig(_Model):
     """A whole site: power tree, cooling loops, racks, jobs, grid and twin scenario."""
 
@@ -254,6 +304,8 @@ class SiteConfig(_Model):
     grid: Grid = Grid()
     twin: Twin = Twin()
     controller: Controller = Controller()
+    actuation: Actuation = Actuation()
+    hooks: Hooks = Hooks()
 
     def rack_type(self, rack: Rack) -> RackType:
         """The type of ``rack``."""

@@ -7,17 +7,19 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from dashboards.panels import (
     BY_TIME,
-    EV_CAP_CHANGED,
-    EV_INFEASIBLE,
-    EV_LEASE_FALLBACK,
-    EV_MOVE,
-    EV_NON_COMPLIANT,
     WHERE_SITE,
     new_dashboard,
     stat_panel,
     steps,
     table_panel,
     ts_panel,
+)
+from models.events import (
+    EV_CAP_CHANGED,
+    EV_INFEASIBLE,
+    EV_LEASE_FALLBACK,
+    EV_MOVE,
+    EV_NON_COMPLIANT,
 )
 
 UID = "powerplane-capping"

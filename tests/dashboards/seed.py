@@ -19,7 +19,8 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from dashboards.panels import (
+from models.clock import NS_PER_S
+from models.events import (
     EV_CAP_CHANGED,
     EV_DR_END,
     EV_DR_START,
@@ -28,9 +29,8 @@ from dashboards.panels import (
     EV_LEASE_FALLBACK,
     EV_MOVE,
     EV_NON_COMPLIANT,
+    Event,
 )
-from models.clock import NS_PER_S
-from models.events import Event
 from models.readings import ReadingBatch, SeriesRegistry
 from models.site import SiteConfig
 from models.topology import L_NODE, L_RACK, LEVELS, Topology
