@@ -53,14 +53,24 @@ class ControlLoop:
         self._last_ns: int | None = None
         self._power_mask = p.con_kind == KIND_POWER
 
-    def step(self, now_ns: int) -> CapPlan:
-        """Solve one period at site time ``now_ns``."""
+    def draw_per_gpu_w(self) -> np.ndarray:
+        """Each server's measured draw per GPU, from the latest telemetry (NaN where none)."""
+        return self.problem.per_gpu_draw_w(self.state.node_power_w[self.topo.level_slice(L_NODE)])
+
+    def step(self, now_ns: int, pinned_w: np.ndarray | None = None) -> CapPlan:
+        """Solve one period at site time ``now_ns``.
+
+        ``pinned_w`` (per server, per GPU; NaN where not pinned): servers that do not follow
+        their caps (``controllers.actuation.verify``) are accounted at this fixed load.
+        """
         p, cfg, st = self.problem, self.cfg, self.state
         sl = self.topo.level_slice(L_NODE)
         draw = p.per_gpu_draw_w(st.node_power_w[sl])
         demand, stale = self.demand.update(draw, st.node_power_ts_ns[sl], now_ns)
         acc = safety.account(demand, draw, stale, self.enforced_w, p.floor_w, p.ceiling_w,
                              self._throttled_until_ns > now_ns)
+        if pinned_w is not None:
+            acc = safety.pin(acc, pinned_w)
         peak_ns = int(cfg.demand_peak_s * NS_PER_S)
         self._throttled_until_ns = np.where(acc.throttled & ~acc.stale, now_ns + peak_ns, self._throttled_until_ns)
 

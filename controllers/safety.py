@@ -66,6 +66,20 @@ def account(demand_w: F64, draw_w: F64, stale: B, enforced_w: F64, floor_w: F64,
     return Accounting(lo, d, hi, stale_all, overdraw, throttled)
 
 
+def pin(acc: Accounting, pinned_w: F64) -> Accounting:
+    """Account consumers with a finite or +inf ``pinned_w`` at that load (clipped to their
+    range), as an overdrawing one: a node that does not follow its caps."""
+    pin_mask = ~np.isnan(pinned_w)
+    if not pin_mask.any():
+        return acc
+    fixed = np.clip(np.where(pin_mask, pinned_w, 0.0), acc.floor_w, None)
+    fixed = np.where(np.isposinf(pinned_w), np.maximum(acc.ceiling_w, acc.floor_w), fixed)
+    fixed = np.maximum(fixed, np.where(acc.overdraw, acc.floor_w, 0.0))
+    return Accounting(np.where(pin_mask, fixed, acc.floor_w), np.where(pin_mask, fixed, acc.demand_w),
+                      np.where(pin_mask, fixed, acc.ceiling_w), acc.stale, acc.overdraw | pin_mask,
+                      acc.throttled & ~pin_mask)
+
+
 def ramp(prev_w: F64, new_w: F64, dt_s: float, ramp_w_per_s: float) -> F64:
     """Caps fall at once; rises are limited to ``ramp_w_per_s * dt_s``."""
     up = prev_w + ramp_w_per_s * max(dt_s, 0.0)

@@ -357,3 +357,12 @@ def build_topology(site: SiteConfig) -> Topology:
         rack_first_pdu=rack_first_pdu_local + offset[L_PDU],
         rack_pdus=rack_pdus.astype(np.int32),
     )
+
+
+def server_gpus(topo: Topology) -> dict[str, NDArray[np.intp]]:
+    """Server (node-level) id -> global indices of its GPUs, in GPU order."""
+    off = int(topo.level_offset[L_NODE])
+    node_of_gpu = topo.gpu_member[L_NODE] - off
+    order = np.argsort(node_of_gpu, kind="stable")
+    bounds = np.searchsorted(node_of_gpu[order], np.arange(topo.count(L_NODE) + 1))
+    return {nid: order[bounds[k]:bounds[k + 1]] for k, nid in enumerate(topo.ids(L_NODE))}

@@ -15,15 +15,18 @@ import asyncio
 import contextlib
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from collectors.base import DeviceConfig
 from collectors.runtime import CollectorSet
+from controllers.actuation.actuator import Actuator
 from controllers.loop import ControlLoop
+from controllers.notices import Notices
 from controllers.plan import CapPlan
 from models.clock import NS_PER_S, Clock
 from models.errors import PowerplaneError
@@ -38,6 +41,16 @@ log = logging.getLogger("powerplane.runtime")
 
 Source = Callable[[], ReadingBatch]
 Apply = Callable[[CapPlan], None]
+# Extra per-period advice on a plan (move recommendations): events, each with an optional
+# JSON-able detail for the scheduler hooks.
+Advisor = Callable[[CapPlan, SiteState, int], list[tuple[Event, dict[str, Any] | None]]]
+
+
+class HookSink(Protocol):
+    """Where scheduler events go (``controllers.hooks``): must not block."""
+
+    def submit(self, events: Sequence[Event], details: Mapping[int, dict[str, Any]] | None = None) -> None:
+        """Queue ``events`` (``details`` keyed by ``id(event)``) for delivery."""
 
 
 @dataclass
@@ -61,7 +74,9 @@ class ControlPlane:
     def __init__(self, site: SiteConfig, topo: Topology, clock: Clock, sink: Sink, *,
                  devices: Sequence[DeviceConfig] = (), sources: Sequence[Source] = (),
                  apply: Apply | None = None, control: bool = True, registry: SeriesRegistry = REGISTRY,
-                 health_period_s: float = 10.0, on_event: Callable[[Event], None] | None = None) -> None:
+                 health_period_s: float = 10.0, on_event: Callable[[Event], None] | None = None,
+                 actuator: Actuator | None = None, hooks: HookSink | None = None,
+                 advisors: Sequence[Advisor] = ()) -> None:
         self.site = site
         self.site_id = site.site.name
         self.topo = topo
@@ -71,6 +86,10 @@ class ControlPlane:
         self.state = SiteState(topo, registry)
         self.sources = list(sources)
         self.apply = apply
+        self.actuator = actuator
+        self.hooks = hooks
+        self.advisors = list(advisors)
+        self.notices = Notices(site, topo)
         self.health_period_s = health_period_s
         self.stats = PlaneStats()
         self.recent: deque[Event] = deque(maxlen=200)
@@ -104,6 +123,8 @@ class ControlPlane:
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
         """Start collecting, and controlling if enabled."""
+        if self.actuator is not None:
+            await self.actuator.start()
         await self.collectors.start()
         loop = asyncio.get_running_loop()
         self._tasks.append(loop.create_task(self._health(), name="health"))
@@ -119,6 +140,8 @@ class ControlPlane:
                 await t
         self._tasks.clear()
         await self.collectors.stop()
+        if self.actuator is not None:
+            self.actuator.stop()
         self._write_health(self.clock.now_ns())
         self.sink.flush()
 
@@ -163,8 +186,9 @@ class ControlPlane:
         for b in batches:
             self.state.ingest(b)
         events: list[Event] = []
+        details: dict[int, dict[str, Any]] = {}
         try:
-            return self._plan(now_ns, batches, events)
+            return self._plan(now_ns, batches, events, details)
         finally:
             batch = ReadingBatch.concat(batches)
             self.sink.write(batch)
@@ -173,11 +197,19 @@ class ControlPlane:
                 self.sink.write_events(events)
                 for ev in events:
                     self._noted(ev)
+                if self.hooks is not None:
+                    self.hooks.submit(events, details)
 
-    def _plan(self, now_ns: int, batches: list[ReadingBatch], events: list[Event]) -> CapPlan | None:
+    def _plan(self, now_ns: int, batches: list[ReadingBatch], events: list[Event],
+              details: dict[int, dict[str, Any]]) -> CapPlan | None:
         if self.loop is None:
             return None
-        plan = self.loop.step(now_ns)
+        pinned = None
+        if self.actuator is not None:
+            events += self.actuator.statuses()
+            verdicts, pinned = self.actuator.check(now_ns, self.loop.draw_per_gpu_w())
+            events += verdicts
+        plan = self.loop.step(now_ns, pinned)
         self.last_plan = plan
         st = self.stats
         st.plans += 1
@@ -191,8 +223,8 @@ class ControlPlane:
             events.append(Event(now_ns, "plan_violation", "critical", "controller",
                                 f"plan {plan.plan_id} grants over a limit; only its cuts applied: {granted[0]}",
                                 self.site_id, {"violations": float(len(granted))}))
-            if self.apply is not None and self._applied is not None:
-                self.apply(replace(plan, caps_w=np.minimum(plan.caps_w, self._applied)))
+            if self._applied is not None:
+                self._apply(replace(plan, caps_w=np.minimum(plan.caps_w, self._applied)))
             return plan
         at_risk = plan.violations(self.topo)
         if at_risk:
@@ -204,12 +236,23 @@ class ControlPlane:
                                 {"limits": float(len(at_risk)), "gpus": float(plan.overdraw_gpus)}))
         if plan.infeasible:
             st.infeasible_plans += 1
-        if self.apply is not None:
-            self.apply(plan)
+        self._apply(plan)
         self._applied = plan.caps_w
         batches.append(plan.to_batch(self.site_id, self.registry))
         events.extend(plan.events(self.site_id))
+        events.extend(self.notices.events(plan, self.state, now_ns))
+        for advise in self.advisors:
+            for advice, detail in advise(plan, self.state, now_ns):
+                events.append(advice)
+                if detail is not None:
+                    details[id(advice)] = detail
         return plan
+
+    def _apply(self, plan: CapPlan) -> None:
+        if self.apply is not None:
+            self.apply(plan)
+        if self.actuator is not None:
+            self.actuator.apply(plan)
 
     async def _control(self) -> None:
         period_s = self.site.controller.period_s

@@ -17,6 +17,7 @@ from pathlib import Path
 from models.clock import NS_PER_S, Clock
 from models.site import SiteConfig
 from models.topology import Topology, build_topology
+from models.twin.boards import GpuBoards
 from models.twin.devices import bms_messages, grid_messages, inventory
 from models.twin.servers import (
     SNMP_V3_AUTH_KEY,
@@ -77,6 +78,7 @@ class Twin:
         self._snmp_port = snmp_port
         self._mqtt_addr = mqtt
         self.mqtt: MqttPublisher | None = None
+        self.boards: GpuBoards | None = None
         self._next_grid_ns = 0
         self._next_bms_ns = 0
         self._task: asyncio.Task[None] | None = None
@@ -98,11 +100,15 @@ class Twin:
         if self._mqtt_addr is not None:
             self.mqtt = MqttPublisher(*self._mqtt_addr, client_id=f"powerplane-twin-{self.site.site.name}")
             self.mqtt.start()
+            self.boards = GpuBoards(self.sim, *self._mqtt_addr)
+            self.boards.start()
 
     def tick(self) -> int:
         """Catch the simulation up with the clock and publish what is due; return steps taken."""
         n = self.sim.advance_to(self.clock.now_ns())
         now = self.sim.now_ns
+        if self.boards is not None:
+            self.boards.tick()
         if self.mqtt is not None:
             if now >= self._next_grid_ns:
                 self.mqtt.publish(grid_messages(self.sim))
@@ -136,6 +142,8 @@ class Twin:
             await self.snmp.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
+        if self.boards is not None:
+            self.boards.stop()
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint the twin serves."""
