@@ -15,7 +15,7 @@ import importlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from fractions import Fraction
+from decimal import Decimal
 from types import ModuleType
 from typing import Any
 
@@ -30,9 +30,11 @@ def w_to_mw_floor(power_w: float) -> int:
     """Watts to whole milliwatts, rounded down exactly; ``ValueError`` on NaN or infinity."""
     if not math.isfinite(power_w):
         raise ValueError(f"power {power_w!r} W is not a finite number")
-    # Exact arithmetic: 250.3 * 1000 is 250299.99999999997 in floats, but the float 250.3
-    # is slightly above 250.3, so its exact floor is 250300 mW.
-    return math.floor(Fraction(power_w) * 1000)
+    # Round the decimal the float stands for (its shortest repr, which is also what the cap
+    # command's JSON carries), not the float: 250.3 * 1000 is 250299.99999999997, and the
+    # float nearest 0.7 W is below 0.7, yet both mean a whole number of mW. This keeps
+    # mW -> W -> mW exact, so re-applying a limit read back from NVML never sets it again.
+    return math.floor(Decimal(repr(power_w)) * 1000)
 
 
 def mw_to_w(power_mw: int) -> float:
@@ -66,26 +68,34 @@ def caps_to_mw(caps_w: Sequence[float], min_mw: Sequence[int], max_mw: Sequence[
 
 # ---- NVML errors, translated here and nowhere else ----------------------------------------
 def _translate(nv: ModuleType, exc: Exception, where: str, action: str) -> PowerplaneError:
-    """One ``ControlError`` for an NVML failure of ``action`` on ``where``, most specific class first."""
+    """One ``ControlError`` for an NVML failure of ``action`` on ``where``."""
+    return ControlError(f"{where}: {_why(nv, exc, action)}")
+
+
+def _why(nv: ModuleType, exc: Exception, action: str) -> str:
+    """Why ``action`` failed, in words an operator can act on; most specific NVML class first."""
     if isinstance(exc, nv.NVMLError_NoPermission):
-        why = f"{action} needs root (or CAP_SYS_ADMIN): run the agent as root"
-    elif isinstance(exc, nv.NVMLError_NotSupported):
-        why = f"{action} is not supported by this board, so it cannot be power-capped through NVML"
-    elif isinstance(exc, nv.NVMLError_LibraryNotFound | nv.NVMLError_DriverNotLoaded):
-        why = f"no NVIDIA driver: {exc}"
-    elif isinstance(exc, nv.NVMLError_GpuIsLost):
-        why = f"{action} failed: the GPU fell off the bus (GPU is lost)"
-    elif isinstance(exc, nv.NVMLError_InvalidArgument):
-        why = f"{action} was refused as an invalid argument (limit outside the board's range?)"
-    elif isinstance(exc, nv.NVMLLibraryMismatchError):
-        why = f"nvidia-ml-py does not match the driver's NVML: {exc}"
-    else:
-        why = f"{action} failed: {exc}"
-    return ControlError(f"{where}: {why}")
+        return f"{action} needs root (or CAP_SYS_ADMIN): run the agent as root"
+    if isinstance(exc, nv.NVMLError_NotSupported):
+        # Every action on a limit path names the limit; a board without one cannot be capped.
+        cannot_cap = ", so NVML cannot cap its power" if "limit" in action else ""
+        return f"{action} is not supported by this board{cannot_cap}"
+    if isinstance(exc, nv.NVMLError_LibraryNotFound | nv.NVMLError_DriverNotLoaded):
+        return f"no NVIDIA driver: {exc}"
+    if isinstance(exc, nv.NVMLError_GpuIsLost):
+        return f"{action} failed: the GPU fell off the bus (GPU is lost)"
+    if isinstance(exc, nv.NVMLError_InvalidArgument):
+        return f"{action} was refused as an invalid argument"
+    if isinstance(exc, _nvml_errors(nv)[1:]):
+        return f"nvidia-ml-py does not match the driver's NVML: {exc}"
+    return f"{action} failed: {exc}"
 
 
 def _nvml_errors(nv: ModuleType) -> tuple[type[Exception], ...]:
-    return (nv.NVMLError, nv.NVMLLibraryMismatchError)
+    """NVML's error base class, then its library-mismatch error where the version has one."""
+    # NVMLLibraryMismatchError (not an NVMLError) is missing from older releases (12.535.77).
+    mismatch = getattr(nv, "NVMLLibraryMismatchError", None)
+    return (nv.NVMLError,) if mismatch is None else (nv.NVMLError, mismatch)
 
 
 def _import_pynvml() -> ModuleType:
@@ -116,6 +126,8 @@ class NvmlBackend:
 
     def __init__(self, gpu_indices: Sequence[int] | None = None) -> None:
         if gpu_indices is not None:
+            if not gpu_indices:
+                raise ValueError("no GPU indices given (None means every GPU)")
             if any(i < 0 for i in gpu_indices):
                 raise ValueError(f"GPU indices must be >= 0, got {list(gpu_indices)}")
             if len(set(gpu_indices)) != len(gpu_indices):
@@ -123,6 +135,8 @@ class NvmlBackend:
         self._indices = None if gpu_indices is None else tuple(gpu_indices)
         self._nv: ModuleType | None = None
         self._gpus: tuple[_Gpu, ...] = ()
+        # One NVML operation at a time: a close must not shut NVML down under a running apply.
+        self._lock = asyncio.Lock()
 
     async def open(self) -> BoardLimits:
         """Initialise NVML, take the GPUs' handles and return their limit ranges."""
@@ -178,7 +192,8 @@ class NvmlBackend:
         """Set each GPU's limit to its cap (rounded down to mW, clamped to the range); return the enforced limits."""
         nv = self._require_open()
         targets_mw, _ = caps_to_mw(caps_w, [g.min_mw for g in self._gpus], [g.max_mw for g in self._gpus])
-        enforced_mw = await asyncio.to_thread(self._apply_sync, nv, targets_mw)
+        async with self._lock:
+            enforced_mw = await asyncio.to_thread(self._apply_sync, nv, targets_mw)
         return tuple(mw_to_w(mw) for mw in enforced_mw)
 
     def _apply_sync(self, nv: ModuleType, targets_mw: list[int]) -> list[int]:
@@ -208,7 +223,8 @@ class NvmlBackend:
     async def read(self) -> GpuReading:
         """Enforced limits and measured power now (``None`` where the board does not report it)."""
         nv = self._require_open()
-        return await asyncio.to_thread(self._read_sync, nv)
+        async with self._lock:
+            return await asyncio.to_thread(self._read_sync, nv)
 
     def _read_sync(self, nv: ModuleType) -> GpuReading:
         enforced = tuple(self._get_w(nv, g, nv.nvmlDeviceGetEnforcedPowerLimit, "reading the enforced limit")
@@ -227,13 +243,14 @@ class NvmlBackend:
 
     async def close(self) -> None:
         """Shut NVML down; the limits stay as set. Closing twice is harmless."""
-        nv, self._nv, self._gpus = self._nv, None, ()
-        if nv is None:
-            return
-        try:
-            await asyncio.to_thread(nv.nvmlShutdown)
-        except _nvml_errors(nv) as exc:
-            raise _translate(nv, exc, "NVML", "shutting NVML down") from exc
+        async with self._lock:
+            nv, self._nv, self._gpus = self._nv, None, ()
+            if nv is None:
+                return
+            try:
+                await asyncio.to_thread(nv.nvmlShutdown)
+            except _nvml_errors(nv) as exc:
+                raise _translate(nv, exc, "NVML", "shutting NVML down") from exc
 
 
 # ---- probe ---------------------------------------------------------------------------------
@@ -250,43 +267,44 @@ def probe(gpu_indices: Sequence[int] | None = None) -> str:
     try:
         return _probe_sync(nv, gpu_indices)
     finally:
-        nv.nvmlShutdown()
+        with contextlib.suppress(*_nvml_errors(nv)):
+            nv.nvmlShutdown()
 
 
 def _probe_sync(nv: ModuleType, gpu_indices: Sequence[int] | None) -> str:
-    def attempt(where: str, action: str, fn: Callable[..., Any], *args: Any) -> Any:
+    def attempt(action: str, fn: Callable[..., Any], *args: Any) -> Any:
         # A probe reports every failure in its text and carries on to the next item.
         try:
             return fn(*args)
         except _nvml_errors(nv) as exc:
-            return Failed(str(_translate(nv, exc, where, action)))
+            return _Failed(f"unknown ({_why(nv, exc, action)})")
 
-    driver = attempt("NVML", "reading the driver version", nv.nvmlSystemGetDriverVersion)
-    count = attempt("NVML", "counting GPUs", nv.nvmlDeviceGetCount)
-    if isinstance(count, Failed):
-        return f"NVML driver {driver}: {count}"
+    driver = attempt("reading the driver version", nv.nvmlSystemGetDriverVersion)
+    count = attempt("counting GPUs", nv.nvmlDeviceGetCount)
+    if isinstance(count, _Failed):
+        return f"NVML driver {driver}: GPU count {count}"
     lines = [f"NVML driver {driver}: {count} GPU(s)"]
     for i in range(count) if gpu_indices is None else gpu_indices:
         where = f"GPU {i}"
         if not 0 <= i < count:
             lines.append(f"  {where}: not present")
             continue
-        handle = attempt(where, "opening the GPU", nv.nvmlDeviceGetHandleByIndex, i)
-        if isinstance(handle, Failed):
+        handle = attempt("opening the GPU", nv.nvmlDeviceGetHandleByIndex, i)
+        if isinstance(handle, _Failed):
             lines.append(f"  {where}: {handle}")
             continue
-        name = attempt(where, "reading the name", nv.nvmlDeviceGetName, handle)
-        rng = attempt(where, "reading the power-limit range", nv.nvmlDeviceGetPowerManagementLimitConstraints, handle)
-        enf = attempt(where, "reading the enforced limit", nv.nvmlDeviceGetEnforcedPowerLimit, handle)
-        pwr = attempt(where, "reading power usage", nv.nvmlDeviceGetPowerUsage, handle)
-        rng_s = rng if isinstance(rng, Failed) else f"{mw_to_w(rng[0]):g}..{mw_to_w(rng[1]):g} W"
-        enf_s = enf if isinstance(enf, Failed) else f"{mw_to_w(enf):g} W"
-        pwr_s = pwr if isinstance(pwr, Failed) else f"{mw_to_w(pwr):.1f} W"
+        name = attempt("reading the name", nv.nvmlDeviceGetName, handle)
+        rng = attempt("reading the power-limit range", nv.nvmlDeviceGetPowerManagementLimitConstraints, handle)
+        enf = attempt("reading the enforced limit", nv.nvmlDeviceGetEnforcedPowerLimit, handle)
+        pwr = attempt("reading power usage", nv.nvmlDeviceGetPowerUsage, handle)
+        rng_s = rng if isinstance(rng, _Failed) else f"{mw_to_w(rng[0]):g}..{mw_to_w(rng[1]):g} W"
+        enf_s = enf if isinstance(enf, _Failed) else f"{mw_to_w(enf):g} W"
+        pwr_s = pwr if isinstance(pwr, _Failed) else f"{mw_to_w(pwr):.1f} W"
         lines.append(f"  {where}: {name}, limit range {rng_s}, enforced {enf_s}, drawing {pwr_s}")
     return "\n".join(lines)
 
 
-class Failed(str):
+class _Failed(str):
     """A probe item NVML would not give, as its explanation."""
 
     __slots__ = ()
