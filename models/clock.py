@@ -56,6 +56,21 @@ class ScaledClock:
         """Return the scaled site time in ns."""
         return self._site0 + int((time.monotonic_ns() - self._wall0) * self.speed)
 
+    def anchor(self) -> str:
+        """``scaled:SPEED:SITE0_NS:MONO0_NS``: lets another process on this host share this clock
+        (CLOCK_MONOTONIC is system-wide on Linux)."""
+        return f"scaled:{self.speed!r}:{self._site0}:{self._wall0}"
+
+    @classmethod
+    def from_anchor(cls, text: str) -> ScaledClock:
+        """The clock ``anchor()`` described; ValueError if ``text`` is not one."""
+        kind, speed, site0, wall0 = text.split(":")
+        if kind != "scaled":
+            raise ValueError(f"not a scaled clock anchor: {text!r}")
+        c = cls(float(speed), int(site0))
+        c._wall0 = int(wall0)
+        return c
+
     async def sleep(self, seconds: float) -> None:
         """Sleep for ``seconds`` of site time (``seconds / speed`` of wall time)."""
         await asyncio.sleep(max(0.0, seconds) / self.speed)

@@ -160,6 +160,22 @@ for _m in (
     Metric("store", "spooled_points", "1", "gauge", 0.0, 1e18, None, "points waiting in the durable spool"),
     Metric("store", "rejected_points", "1", "counter", 0.0, 1e18, None, "points the server refused (4xx)"),
     Metric("store", "dropped_points", "1", "counter", 0.0, 1e18, None, "points dropped at the spool bound"),
+    # actuation: cap commands, agent acknowledgements and verification (tags: site)
+    Metric("actuation", "commands", "1", "counter", 0.0, 1e18, None, "cap commands sent"),
+    Metric("actuation", "lowered", "1", "counter", 0.0, 1e18, None, "commands that lowered a cap"),
+    Metric("actuation", "raised", "1", "counter", 0.0, 1e18, None, "commands that raised a cap"),
+    Metric("actuation", "renewed", "1", "counter", 0.0, 1e18, None, "commands that only renewed a lease"),
+    Metric("actuation", "statuses", "1", "counter", 0.0, 1e18, None, "agent statuses received"),
+    Metric("actuation", "bad_statuses", "1", "counter", 0.0, 1e18, None, "agent statuses rejected"),
+    Metric("actuation", "settled", "1", "counter", 0.0, 1e18, None, "lowered caps enforced and followed"),
+    Metric("actuation", "settle_p50_s", "s", "gauge", 0.0, 3600.0, None, "median settling time"),
+    Metric("actuation", "settle_p95_s", "s", "gauge", 0.0, 3600.0, None, "95th percentile settling time"),
+    Metric("actuation", "settle_max_s", "s", "gauge", 0.0, 3600.0, None, "longest settling time"),
+    Metric("actuation", "noncompliant_nodes", "1", "gauge", 0.0, 1e8, None, "nodes not following their caps"),
+    Metric("actuation", "noncompliant_episodes", "1", "counter", 0.0, 1e18, None, "times a node missed its deadline"),
+    Metric("actuation", "lease_fallbacks", "1", "counter", 0.0, 1e18, None, "agents that fell back on their lease"),
+    Metric("actuation", "nodes_controlled", "1", "gauge", 0.0, 1e8, None, "agents enforcing a current plan"),
+    Metric("actuation", "nodes_fallback", "1", "gauge", 0.0, 1e8, None, "agents at their safe cap"),
 ):
     register_metric(_m)
 

@@ -243,7 +243,7 @@ class Actuation(_Model):
 
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "powerplane"
     lease_s: Annotated[float, Field(ge=2, le=600, allow_inf_nan=False)] = Field(
-        default=10.0, description="a node falls back to its safe cap when no plan renews its caps this long")
+        default=15.0, description="a node falls back to its safe cap when no plan renews its caps this long")
     renew_s: PosFloat | None = Field(default=None, description="re-send unchanged caps this often (default lease/3)")
     safe_cap_w: PosFloat | None = Field(
         default=None, description="per-GPU cap a node falls back to (default: the rack type's gpu_min_w)")

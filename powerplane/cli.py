@@ -174,8 +174,22 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
 
     opts = DemoOptions(site=Path(args.site), duration_s=args.duration, speed=args.speed, seed=args.seed,
                        mqtt_url=args.mqtt, live=False if args.no_live else None, control=not args.no_control,
-                       collect_interval_s=args.collect_interval, store=store_config_from_args(args))
+                       collect_interval_s=args.collect_interval, store=store_config_from_args(args),
+                       agent_procs=args.agent_procs, outage=args.outage)
     return asyncio.run(run_demo(opts, console))
+
+
+def _outage(text: str) -> tuple[float, float] | None:
+    """``AT:DOWN`` simulated seconds, or ``off``."""
+    if text == "off":
+        return None
+    try:
+        at, down = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected AT:DOWN seconds (e.g. 380:30) or off, got {text!r}") from None
+    if at < 0 or down <= 0:
+        raise argparse.ArgumentTypeError(f"AT must be >= 0 and DOWN > 0, got {text!r}")
+    return at, down
 
 
 # ---- parser -----------------------------------------------------------------------------
@@ -200,6 +214,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the GPUs uncapped (to see which limits the controller keeps)")
     d.add_argument("--collect-interval", type=_positive(float), default=2.0, metavar="S",
                    help="simulated seconds between polls of each device (default 2)")
+    d.add_argument("--agent-procs", type=_positive(int), default=2, metavar="N",
+                   help="node agent processes the twin's nodes are split over (default 2)")
+    d.add_argument("--outage", type=_outage, default=(380.0, 30.0), metavar="AT:DOWN",
+                   help="kill the controller at AT for DOWN simulated seconds and check that every agent "
+                        "falls back within one lease (default 380:30; off: no drill)")
     add_store_arguments(d)
     d.set_defaults(handler=cmd_demo)
 
@@ -248,11 +267,12 @@ def command_registrars() -> tuple[Registrar, ...]:
     Explicit on purpose (no plugin discovery by import side effects): add one line here.
     """
     from collectors.cli import register as collectors
+    from controllers.actuation.cli import register as actuation
     from controllers.cli import register as controllers
     from dashboards.cli import register as dashboards
     from powerplane.store.cli import register as store
 
-    return (collectors, store, controllers, dashboards)
+    return (collectors, store, controllers, actuation, dashboards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -23,14 +23,17 @@ from rich.text import Text
 
 from collectors.base import DeviceConfig
 from collectors.config import devices_from_twin
-from controllers.plan import CapPlan
+from controllers.actuation.actuator import Actuator
+from controllers.actuation.link import MqttAddress
+from controllers.actuation.messages import SiteKey
 from models.clock import NS_PER_S, ScaledClock
 from models.site import SiteConfig, load_site
-from models.topology import L_HALL, L_RACK, L_ROW, LEVELS, Topology
+from models.topology import L_HALL, L_NODE, L_RACK, L_ROW, LEVELS, Topology
 from models.twin.feed import TwinFeed
 from models.twin.runner import Twin
 from models.twin.sim import TwinSim
 from powerplane.broker import start_broker
+from powerplane.fleet import AgentFleet, OutageDrill
 from powerplane.runtime import ControlPlane
 from powerplane.store.config import StoreConfig, open_sink
 from powerplane.view import LoopRow, PowerRow, ViewState, bar, render, render_line
@@ -52,6 +55,8 @@ class DemoOptions:
     control: bool = True  # False: run the twin uncapped, to see what the controller prevents
     collect_interval_s: float = 2.0  # site seconds between polls of every device
     store: StoreConfig = field(default_factory=StoreConfig)
+    agent_procs: int = 2  # node agent processes (caps reach the GPUs only through them)
+    outage: tuple[float, float] | None = (380.0, 30.0)  # controller killed at (t, for s), None: no drill
 
 
 @dataclass
@@ -236,6 +241,9 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         await broker.stop()
         raise
     twin = Twin(site, clock, mqtt=(broker.host, broker.port), seed=opts.seed)
+    key = SiteKey.generate()  # per run; the agents get it through their environment
+    fleet: AgentFleet | None = None
+    drill = OutageDrill(*opts.outage) if opts.outage and opts.control else None
     live_view = sys.stdout.isatty() if opts.live is None else opts.live
     summary = Summary()
     plane: ControlPlane | None = None
@@ -247,14 +255,24 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
                                     timeout_s=max(0.5, opts.collect_interval_s / 2))
         devices = [paced(d, site.controller.period_s, opts.collect_interval_s) for d in devices]
 
-        def apply(plan: CapPlan) -> None:
-            twin.sim.set_caps(plan.caps_w)
-
-        # Server-level power: on a real site the node agents report it; here the twin does.
+        actuator: Actuator | None = None
+        if opts.control:
+            # Caps reach the twin's GPUs only through the node agents, over MQTT, signed.
+            actuator = Actuator(site, twin.topo, key, MqttAddress(broker.host, broker.port))
+            fleet = AgentFleet(opts.site, twin.topo, broker.url, clock.anchor(), key,
+                               Path(store_cfg.data_dir) / "agents", procs=opts.agent_procs)
+            await fleet.start()
+        # Server-level power: on a real site the node agents (NVML) report it every few seconds;
+        # here the twin's in-process feed reports it every period as well.
         plane = ControlPlane(site, twin.topo, clock, sink, devices=devices,
                              sources=[TwinFeed.nodes(twin.sim, site.site.name).batch],
-                             apply=apply, control=opts.control)
+                             control=opts.control, actuator=actuator)
         await plane.start()
+        if fleet is not None and actuator is not None:
+            ready = await wait_agents(actuator, twin.topo.count(L_NODE), fleet)
+            console.print(f"agents: {ready:,}/{twin.topo.count(L_NODE):,} nodes reporting from {fleet.n} "
+                          f"`powerplane agent --backend sim` processes; site key {key.kid}; lease "
+                          f"{site.actuation.lease_s:g} s", highlight=False)
         counts = {p: sum(1 for e in eps if e.protocol == p) for p in ("modbus", "snmp", "mqtt")}
         console.print(f"[bold]powerplane demo[/bold] · site {site.site.name} ({opts.site}) · "
                       f"{twin.topo.n_gpus:,} GPUs in {twin.topo.count(L_RACK)} racks · x{opts.speed:g}")
@@ -274,11 +292,15 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             with Live(console=console, refresh_per_second=4, transient=False) as live:
                 while twin.sim.t_s < end_t:
                     summary.observe(twin.sim)
+                    await run_drill(drill, plane, site, twin, key, broker.host, broker.port)
                     live.update(render(snapshot()))
                     await asyncio.sleep(VIEW_PERIOD_WALL_S)
         else:
             while twin.sim.t_s < end_t:
                 summary.observe(twin.sim)
+                note = await run_drill(drill, plane, site, twin, key, broker.host, broker.port)
+                if note:
+                    console.print(note, highlight=False)
                 if twin.sim.t_s - last_line >= 30.0:
                     line = render_line(view_state(twin, opts, []))
                     if plane.last_plan is not None:
@@ -288,9 +310,14 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
                     last_line = twin.sim.t_s
                 await asyncio.sleep(VIEW_PERIOD_WALL_S)
         summary.observe(twin.sim)
+        if drill is not None and drill.restart_ns >= 0 and plane.actuator is not None:
+            plane.step(clock.now_ns())  # take in the last statuses
+            drill.evaluate(plane.actuator, site.actuation.lease_s)
     finally:
         if plane is not None:
             await plane.stop()
+        if fleet is not None:
+            await fleet.stop()
         await twin.stop()
         await broker.stop()
         sink.close()
@@ -298,13 +325,73 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
     if plane is not None:
         for k, v in plane_rows(plane):
             tab.add_row(k, v)
+        for k, v in actuation_rows(plane, fleet, drill):
+            tab.add_row(k, v)
     console.print(tab)
     if not store_cfg.influx_url:
         console.print(f"telemetry kept in {store_cfg.data_dir}/ — `powerplane report --data-dir "
                       f"{store_cfg.data_dir}` summarises it and plots it", highlight=False)
     if plane is not None and plane.stats.plans_with_violations:
         return 1
+    if drill is not None and drill.result is not None and not drill.result.ok:
+        return 1
     return 0
+
+
+async def wait_agents(actuator: Actuator, nodes: int, fleet: AgentFleet, timeout_s: float = 60.0) -> int:
+    """Wait (wall time) until every node's agent has reported; return how many did."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout_s
+    while loop.time() < end and fleet.alive() == fleet.n:
+        seen = int((actuator.verifier.mode != "unknown").sum())
+        if seen >= nodes:
+            return seen
+        await asyncio.sleep(0.1)
+    return int((actuator.verifier.mode != "unknown").sum())
+
+
+async def run_drill(drill: OutageDrill | None, plane: ControlPlane, site: SiteConfig, twin: Twin, key: SiteKey,
+                    host: str, port: int) -> str:
+    """Advance the controller-outage drill; return a line to print when something happened."""
+    if drill is None or (plane.actuator is None and not drill.down):
+        return ""
+    t = twin.sim.t_s
+    now = twin.sim.now_ns
+    if drill.kill_ns < 0 and t >= drill.at_s:
+        plane.paused = True
+        assert plane.actuator is not None
+        drill.kill(plane.actuator, now)
+        plane.actuator = None
+        return f"t={t:.0f}s controller killed (drill): no plans, no lease renewals for {drill.down_s:.0f} s"
+    if drill.down and t >= drill.at_s + drill.down_s:
+        fresh = Actuator(site, twin.topo, key, MqttAddress(host, port))
+        await fresh.start()
+        plane.actuator = fresh
+        plane.paused = False
+        drill.restarted(now)
+        return f"t={t:.0f}s controller restarted (drill)"
+    return ""
+
+
+def actuation_rows(plane: ControlPlane, fleet: AgentFleet | None,
+                   drill: OutageDrill | None) -> list[tuple[str, str]]:
+    """Summary rows about caps reaching the GPUs."""
+    a = plane.actuator
+    if fleet is None or a is None:
+        return []
+    p, v = a.publisher.stats, a.verifier.stats
+    p50, p95, worst = v.settle_percentiles()
+    rows = [("actuation", f"{p.commands:,} signed cap commands since the last controller start ({p.lowered:,} "
+                          f"lowering, {p.raised:,} raising, {p.renewed:,} lease renewals); {v.statuses:,} agent "
+                          f"statuses; settling p50 {p50:.1f} s, p95 {p95:.1f} s, max {worst:.1f} s; "
+                          f"{v.noncompliant_episodes} non-compliance episodes"),
+            ("agents", f"{sum(v.modes.values()):,} nodes in {fleet.n} processes: "
+                       + ", ".join(f"{k} {n:,}" for k, n in sorted(v.modes.items())))]
+    if drill is not None and drill.result is not None:
+        r = drill.result
+        color = "green" if r.ok else "red"
+        rows.append(("outage drill", f"[{color}]{r.describe()}[/{color}]"))
+    return rows
 
 
 def paced(d: DeviceConfig, period_s: float, interval_s: float) -> DeviceConfig:

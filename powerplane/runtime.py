@@ -100,6 +100,7 @@ class ControlPlane:
         self.last_plan: CapPlan | None = None
         self._applied: NDArray[np.float64] | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self.paused = False  # the demo's outage drill: no planning, no caps sent
         self._derived_it_ns = -1  # stamp of the last site.it_w derived() wrote, to tell it from a device's
 
     # ---- data paths ----------------------------------------------------------------------
@@ -182,10 +183,16 @@ class ControlPlane:
         Everything the period produces reaches the store in one batch and one events write:
         one transaction per period rather than one per source.
         """
-        batches = [src() for src in self.sources] + [self.derived(now_ns)]
+        events: list[Event] = []
+        sources = list(self.sources)
+        if self.actuator is not None:
+            # Agent statuses first: their GPU power is this period's server power where no
+            # other source reports it.
+            events += self.actuator.statuses()
+            sources.append(self.actuator.power_batch)
+        batches = [src() for src in sources] + [self.derived(now_ns)]
         for b in batches:
             self.state.ingest(b)
-        events: list[Event] = []
         details: dict[int, dict[str, Any]] = {}
         try:
             return self._plan(now_ns, batches, events, details)
@@ -206,7 +213,6 @@ class ControlPlane:
             return None
         pinned = None
         if self.actuator is not None:
-            events += self.actuator.statuses()
             verdicts, pinned = self.actuator.check(now_ns, self.loop.draw_per_gpu_w())
             events += verdicts
         plan = self.loop.step(now_ns, pinned)
@@ -260,7 +266,8 @@ class ControlPlane:
         while True:
             now = self.clock.now_ns()
             try:
-                self.step(now)
+                if not self.paused:
+                    self.step(now)
             except PowerplaneError as exc:
                 # A failed period keeps the caps in force; the next period tries again.
                 self.stats.control_errors += 1
@@ -274,5 +281,7 @@ class ControlPlane:
             self._write_health(self.clock.now_ns())
 
     def _write_health(self, now_ns: int) -> None:
-        self.sink.write(ReadingBatch.concat([self.collectors.health_batch(now_ns, self.site_id),
-                                             self.sink.health_batch(now_ns, self.site_id)]))
+        batches = [self.collectors.health_batch(now_ns, self.site_id), self.sink.health_batch(now_ns, self.site_id)]
+        if self.actuator is not None:
+            batches.append(self.actuator.health_batch(now_ns))
+        self.sink.write(ReadingBatch.concat(batches))

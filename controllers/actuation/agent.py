@@ -72,17 +72,19 @@ class AgentStats:
 class NodeAgent:
     """Caps one node's GPUs as the controller commands, within a lease."""
 
-    def __init__(self, site: str, node: str, key: SiteKey, backend: GpuBackend, clock: Clock, publish: Publish, *,
+    def __init__(self, site: str, node: str, key: SiteKey, backend: GpuBackend, clock: Clock,
+                 publish: Publish | None = None, *,
                  prefix: str = "powerplane", safe_cap_w: float | None = None, status_every_s: float = 5.0,
                  state_dir: str | Path | None = None) -> None:
         self.site, self.node, self.key, self.backend, self.clock = site, node, key, backend, clock
         self.prefix = prefix
-        self._publish = publish
+        self._publish: Publish = publish or (lambda topic, payload: None)
         self.status_every_s = status_every_s
         self._safe_cap_w = safe_cap_w
         self.safe_caps: tuple[float, ...] = ()
         self.limits: BoardLimits | None = None
         self.mode: Mode = "starting"
+        self.mode_since_ns = clock.now_ns()
         self.last_seq = 0
         self.plan_id = 0
         self.requested: tuple[float, ...] = ()
@@ -97,6 +99,10 @@ class NodeAgent:
         self._state_path = Path(state_dir) / f"{node.replace('/', '@')}.json" if state_dir else None
         self._lock = asyncio.Lock()
         self._next_status_ns = 0
+
+    def bind(self, publish: Publish) -> None:
+        """Send statuses through ``publish`` (the host's MQTT connection)."""
+        self._publish = publish
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
@@ -149,6 +155,8 @@ class NodeAgent:
                 self.stats.applied += 1
             else:
                 self.stats.renewed += 1
+            if self.mode != "controlled":
+                self.mode_since_ns = now
             self.mode = "controlled"
             self._save_seq()
             if was != "controlled":
@@ -166,6 +174,7 @@ class NodeAgent:
                 return False
             caps = tuple(min(c, s) for c, s in zip(self.enforced or self.safe_caps, self.safe_caps, strict=True))
             self.mode = "fallback"
+            self.mode_since_ns = self.clock.now_ns()
             self.stats.fallbacks += 1
             log.warning("%s: lease of plan %d ran out: falling back to the safe cap (%.0f W per GPU)",
                         self.node, self.plan_id, max(self.safe_caps))
@@ -199,7 +208,8 @@ class NodeAgent:
             enforced_w=[_num(x) for x in (enforced_w or self.enforced)],
             power_w=[_num(x) for x in power_w], apply_ms=round(self.last_apply_ms, 3), applied_ns=self.applied_ns,
             lease_expires_ns=self.lease_expires_ns, safe_cap_w=max(self.safe_caps, default=0.0),
-            backend=self.backend.name, rejected=dict(self.stats.rejected), last_reject=self.last_reject)
+            backend=self.backend.name, rejected=dict(self.stats.rejected), last_reject=self.last_reject,
+            mode_since_ns=self.mode_since_ns)
 
     def publish_status(self, power_w: Sequence[float | None] = (),
                        enforced_w: Sequence[float | None] = ()) -> None:
@@ -245,6 +255,8 @@ class AgentHost:
     def __init__(self, agents: Sequence[NodeAgent], addr: MqttAddress, clock: Clock, *, client_id: str,
                  check_every_s: float = 0.25) -> None:
         self.agents = {a.topic: a for a in agents}
+        for a in agents:
+            a.bind(self.publish)
         self.addr = addr
         self.clock = clock
         self.client_id = client_id
@@ -264,8 +276,7 @@ class AgentHost:
         for topic in self.agents:
             self.link.subscribe(topic, qos=1)
         self.link.start()
-        for a in self.agents.values():
-            await a.open()
+        await asyncio.gather(*(a.open() for a in self.agents.values()))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._commands(), name="agent-commands"),
                        loop.create_task(self._watch(), name="agent-lease")]
@@ -284,6 +295,7 @@ class AgentHost:
 
     async def _commands(self) -> None:
         assert self.link is not None
+        pending: set[asyncio.Task[object]] = set()
         while True:
             topic, payload = await self.link.messages.get()
             agent = self.agents.get(topic)
@@ -291,7 +303,11 @@ class AgentHost:
                 log.warning("message on %s (node %s) that no agent here serves", topic,
                             node_of_topic(topic.rsplit("/", 1)[-1]))
                 continue
-            await agent.handle(payload)
+            # Nodes apply concurrently (a slow board must not hold up the others); one node's
+            # commands stay in order because its lock wakes waiters first come, first served.
+            t: asyncio.Task[object] = asyncio.get_running_loop().create_task(agent.handle(payload))
+            pending.add(t)
+            t.add_done_callback(pending.discard)
 
     async def _watch(self) -> None:
         while True:

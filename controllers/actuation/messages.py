@@ -28,7 +28,7 @@ AgentStatus (JSON, not signed: the broker's ACL lets only the node write its top
     {"v": 1, "site", "node", "ts_ns", "mode": "starting|controlled|fallback",
      "seq", "plan_id", "requested_w": [...], "enforced_w": [...], "power_w": [...],
      "apply_ms", "applied_ns", "lease_expires_ns", "safe_cap_w", "backend",
-     "rejected": {"bad_signature": 0, ...}, "last_reject": "..."}
+     "rejected": {"bad_signature": 0, ...}, "last_reject": "...", "mode_since_ns"}
 """
 
 from __future__ import annotations
@@ -239,6 +239,7 @@ class AgentStatus:
     backend: str
     rejected: dict[str, int]
     last_reject: str = ""
+    mode_since_ns: int = 0  # when the node entered its mode (a fallback's moment survives later heartbeats)
 
     def to_json(self) -> bytes:
         """The status message as published."""

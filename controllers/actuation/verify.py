@@ -66,6 +66,8 @@ class Verifier:
         self.ack_ns = np.full(n, -1, np.int64)
         self.enforced_w = np.full(pub.topo.n_gpus, np.nan)  # per GPU, as reported
         self.mode = np.array(["unknown"] * n, dtype=object)
+        self.fallback_ns = np.full(n, -1, np.int64)  # when each node last fell back (its own clock)
+        self.controlled_ns = np.full(n, -1, np.int64)  # when each node last came (back) under control
         self.settled_seq = np.zeros(n, np.int64)  # the lowering already settled (or being waited for)
         self.bad = np.zeros(n, bool)
         self.reason: dict[int, str] = {}
@@ -87,9 +89,12 @@ class Verifier:
             self.ack_ns[k] = st.ts_ns
         was = self.mode[k]
         self.mode[k] = st.mode
+        if st.mode == "controlled" and was != "controlled":
+            self.controlled_ns[k] = st.mode_since_ns or st.ts_ns
         if st.mode == "fallback" and was != "fallback":
+            self.fallback_ns[k] = st.mode_since_ns or st.ts_ns
             self.stats.fallbacks += 1
-            return [Event(st.ts_ns, EV_LEASE_FALLBACK, "warning", "agent",
+            return [Event(int(self.fallback_ns[k]), EV_LEASE_FALLBACK, "warning", "agent",
                           f"{st.node} fell back to its safe cap {st.safe_cap_w:.0f} W per GPU: no plan renewed "
                           f"its lease (plan {st.plan_id})", st.node, {"value": st.safe_cap_w})]
         return []
