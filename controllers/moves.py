@@ -49,6 +49,7 @@ from models.topology import L_FEED, L_NODE, L_RACK, L_UPS, LEVELS, Topology
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 Action = Literal["move", "preempt", "drain"]
+DrBasis = Literal["protect", "floor", "demand"]
 REL_TOL = 1e-9
 DR_PREFIX = "demand response"
 
@@ -117,8 +118,8 @@ class LoadState:
         for lv in range(L_FEED, L_NODE + 1):
             u, inv = np.unique(t.gpu_member[lv][g], return_inverse=True)
             nodes.append(u.astype(np.int64))
-            dws.append(np.asarray(np.bincount(inv, weights=self._feed[g] * dw if lv == L_FEED else up, minlength=u.size),
-                                   np.float64))
+            w = self._feed[g] * dw if lv == L_FEED else up
+            dws.append(np.asarray(np.bincount(inv, weights=w, minlength=u.size), np.float64))
         rack_lo = int(t.level_offset[L_RACK])
         rack_n = nodes[L_RACK] - rack_lo
         heat = dws[L_RACK] * self._rack_lf[rack_n]
@@ -196,8 +197,9 @@ class DrDeficit:
     """A site-wide shortfall: IT watts to shed, the DR event behind it and when it ends."""
 
     deficit_w: float  # site IT watts (sum of UPS outputs)
-    event_id: str | None
-    until_ns: int | None
+    event_id: str | None = None
+    until_ns: int | None = None
+    basis: DrBasis = "protect"  # the load basis the deficit is measured on; relief is counted on the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,25 +235,40 @@ class MoveRecommendation:
                 "until_ns": self.until_ns}
 
 
+def site_basis_w(topo: Topology, plan: CapPlan, basis: DrBasis) -> F64:
+    """Per GPU watts a site deficit is measured on (see ``dr_deficit``)."""
+    demand = demand_basis_w(topo, plan)
+    floor = np.minimum(demand, topo.gpu_min_w)  # a GPU asking less than its floor draws that
+    if basis == "demand":
+        return demand
+    keep = topo.gpu_job < 0  # jobless GPUs draw what they draw
+    if basis == "protect":
+        keep = keep | (topo.gpu_priority == 0)
+    return np.asarray(np.where(keep, demand, floor), np.float64)
+
+
 def dr_deficit(topo: Topology, plan: CapPlan, dr_events: Iterable[DemandResponseEvent] = (), *,
-               basis: Literal["demand", "floor"] = "demand") -> DrDeficit | None:
+               basis: DrBasis = "protect") -> DrDeficit | None:
     """The site-wide deficit of a plan whose budget is set by demand response, else None.
 
-    ``demand``: IT power the GPUs ask for minus the IT budget (what caps would cut);
-    ``floor``: only what even the floors exceed (what caps cannot fix). The event id comes
-    from ``plan.budget_reason``; its end from the matching event (``state.dr_events.values()``).
+    The deficit is the IT power (sum of UPS outputs) by which ``plan.it_budget_w`` falls short
+    of the load on ``basis``: ``protect`` (default) — priority-0 work at its demand, all other
+    work at its floor: caps absorb the rest by cutting lower priorities first, and beyond
+    that only suspending work spares priority 0; ``floor`` — only what even the floors
+    exceed; ``demand`` — everything the GPUs ask for (suspend instead of capping at all).
+    The event id comes from ``plan.budget_reason``; its end from the matching event
+    (pass ``state.dr_events.values()``).
     """
     if not plan.budget_reason.startswith(DR_PREFIX):
         return None
-    gpu_w = demand_basis_w(topo, plan) if basis == "demand" else np.maximum(plan.accounted_w, topo.gpu_min_w)
-    it_w = float(planned_node_load_w(topo, gpu_w)[topo.level_slice(L_UPS)].sum())
+    it_w = float(planned_node_load_w(topo, site_basis_w(topo, plan, basis))[topo.level_slice(L_UPS)].sum())
     deficit = it_w - plan.it_budget_w
     if deficit <= 0:
         return None
     ident = plan.budget_reason[len(DR_PREFIX):].strip()
     event_id = ident if ident and not ident.startswith("(") else None
     until = next((e.end_ns for e in dr_events if e.id == event_id), None)
-    return DrDeficit(deficit, event_id, until)
+    return DrDeficit(deficit, event_id, until, basis)
 
 
 def _order_key(topo: Topology, j: int) -> tuple[bool, int, bool]:
@@ -300,11 +317,11 @@ class _Planner:
             float(freed_w), constraint, reason, until_ns))
 
     # -- site-wide: suspend --
-    def site_deficit(self, deficit_w: float, constraint: str, why: str, until_ns: int | None) -> None:
-        """Suspend jobs whose IT power covers ``deficit_w`` (moving within the site cannot help)."""
+    def site_deficit(self, deficit_w: float, basis_w: F64, constraint: str, why: str, until_ns: int | None) -> None:
+        """Suspend jobs whose IT power (on ``basis_w``) covers ``deficit_w``; moving within the site cannot help."""
         t = self.topo
         gain = self.load._up
-        relief = {j: float(((self.load.gpu_w[g] - t.gpu_idle_w[g]) * gain[g]).sum())
+        relief = {j: float(((basis_w[g] - t.gpu_idle_w[g]) * gain[g]).sum())
                   for j, g in enumerate(self.job_gpus) if g.size and j not in self.handled}
         remaining = deficit_w
         groups: dict[tuple[bool, int, bool], list[int]] = {}
@@ -322,7 +339,8 @@ class _Planner:
                 g = self.job_gpus[j]
                 protected = key[0]
                 note = " (priority 0, not checkpointable: nothing else covers the deficit)" if protected else ""
-                until = f" until {until_ns}" if until_ns is not None else ""
+                until = (f" until the event ends in {(until_ns - self.plan.ts_ns) / 1e9:,.0f} s"
+                         if until_ns is not None else "")
                 action = self._stop_action(j)
                 reason = (f"{action} {t.job_ids[j]} (priority {int(t.job_priority[j])}, {g.size} GPUs){until}: "
                           f"frees {relief[j] / 1e3:,.1f} kW of the {remaining / 1e3:,.1f} kW {why}{note}")
@@ -451,9 +469,11 @@ def recommend(topo: Topology, plan: CapPlan, *, dr: DrDeficit | None = None) -> 
     if dr is not None and dr.deficit_w > 0:
         deficit = max(dr.deficit_w, site_inf.deficit_w if site_inf else 0.0)
         label = f"demand response {dr.event_id}" if dr.event_id else "demand response"
-        pl.site_deficit(deficit, "site", f"IT demand exceeds the {label} budget", dr.until_ns)
+        pl.site_deficit(deficit, site_basis_w(topo, plan, dr.basis), "site",
+                        f"by which the {dr.basis} load exceeds the {label} IT budget", dr.until_ns)
     elif site_inf is not None:
-        pl.site_deficit(site_inf.deficit_w, "site", "floors exceed the site IT budget", None)
+        pl.site_deficit(site_inf.deficit_w, np.maximum(plan.accounted_w, topo.gpu_idle_w), "site",
+                        "by which floors exceed the site IT budget", None)
     names = {n: c for c, n in enumerate(plan.constraint_names)}
     for inf in sorted(plan.infeasible, key=lambda x: -x.deficit_w):
         c = names.get(inf.constraint)
@@ -499,5 +519,5 @@ class MoveTracker:
                 or abs(b.freed_w - a.freed_w) > self.change_share * max(abs(a.freed_w), 1.0))
 
 
-__all__ = ["DrDeficit", "Fit", "LoadState", "MoveRecommendation", "MoveTracker", "demand_basis_w", "dr_deficit",
-           "free_gpus_by_rack", "recommend", "take_free"]
+__all__ = ["DrBasis", "DrDeficit", "Fit", "LoadState", "MoveRecommendation", "MoveTracker", "demand_basis_w",
+           "dr_deficit", "free_gpus_by_rack", "recommend", "site_basis_w", "take_free"]
