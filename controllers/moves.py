@@ -215,6 +215,7 @@ class MoveRecommendation:
     nodes: tuple[str, ...]  # server ids the action frees
     from_racks: tuple[str, ...]
     to_racks: tuple[str, ...]  # empty unless action == "move"
+    to_nodes: tuple[str, ...]  # servers the moved GPUs land on (empty unless "move")
     freed_w: float  # power freed at the constraint, in the constraint's own watts
     constraint: str  # what it relieves: "rack r01", "loop cdu-1", "site"
     reason: str
@@ -230,7 +231,7 @@ class MoveRecommendation:
         """JSON-able form for webhook payloads."""
         return {"ts_ns": self.ts_ns, "action": self.action, "job": self.job, "priority": self.priority,
                 "checkpointable": self.checkpointable, "gpus": self.gpus, "nodes": list(self.nodes),
-                "from_racks": list(self.from_racks), "to_racks": list(self.to_racks),
+                "from_racks": list(self.from_racks), "to_racks": list(self.to_racks), "to_nodes": list(self.to_nodes),
                 "freed_w": self.freed_w, "constraint": self.constraint, "reason": self.reason,
                 "until_ns": self.until_ns}
 
@@ -314,6 +315,7 @@ class _Planner:
         self.out.append(MoveRecommendation(
             self.plan.ts_ns, action, t.job_ids[j], int(t.job_priority[j]), bool(t.job_checkpointable[j]),
             int(gpus.size), self._servers(gpus), self._racks(gpus), self._racks(to) if to is not None else (),
+            self._servers(to) if to is not None else (),
             float(freed_w), constraint, reason, until_ns))
 
     # -- site-wide: suspend --
@@ -515,7 +517,7 @@ class MoveTracker:
         return out
 
     def _material(self, a: MoveRecommendation, b: MoveRecommendation) -> bool:
-        return (a.gpus != b.gpus or a.to_racks != b.to_racks or a.until_ns != b.until_ns
+        return (a.gpus != b.gpus or a.to_racks != b.to_racks or a.nodes != b.nodes or a.until_ns != b.until_ns
                 or abs(b.freed_w - a.freed_w) > self.change_share * max(abs(a.freed_w), 1.0))
 
 
