@@ -49,7 +49,10 @@ from models.topology import L_FEED, L_NODE, L_RACK, L_UPS, LEVELS, Topology
 F64 = NDArray[np.float64]
 I64 = NDArray[np.int64]
 Action = Literal["move", "preempt", "drain"]
-DrBasis = Literal["protect", "floor", "demand"]
+DrBasis = Literal["protect", "floor", "demand", "useful"]
+# "useful": a job held below this share of its demand for a whole DR event is better
+# checkpointed and suspended (it keeps its progress and frees all its power).
+USEFUL_SHARE = 0.75
 REL_TOL = 1e-9
 DR_PREFIX = "demand response"
 
@@ -243,6 +246,9 @@ def site_basis_w(topo: Topology, plan: CapPlan, basis: DrBasis) -> F64:
     if basis == "demand":
         return demand
     keep = topo.gpu_job < 0  # jobless GPUs draw what they draw
+    if basis == "useful":
+        useful = np.maximum(floor, USEFUL_SHARE * demand)
+        return np.asarray(np.where(keep | (topo.gpu_priority == 0), demand, useful), np.float64)
     if basis == "protect":
         keep = keep | (topo.gpu_priority == 0)
     return np.asarray(np.where(keep, demand, floor), np.float64)
@@ -256,7 +262,10 @@ def dr_deficit(topo: Topology, plan: CapPlan, dr_events: Iterable[DemandResponse
     of the load on ``basis``: ``protect`` (default) — priority-0 work at its demand, all other
     work at its floor: caps absorb the rest by cutting lower priorities first, and beyond
     that only suspending work spares priority 0; ``floor`` — only what even the floors
-    exceed; ``demand`` — everything the GPUs ask for (suspend instead of capping at all).
+    exceed; ``demand`` — everything the GPUs ask for (suspend instead of capping at all);
+    ``useful`` — priority 0 at its demand and every other job at ``USEFUL_SHARE`` of its
+    demand: below that for the whole event, suspending a job beats crawling (the controller's
+    choice for its DR recommendations).
     The event id comes from ``plan.budget_reason``; its end from the matching event
     (pass ``state.dr_events.values()``).
     """
@@ -521,5 +530,26 @@ class MoveTracker:
                 or abs(b.freed_w - a.freed_w) > self.change_share * max(abs(a.freed_w), 1.0))
 
 
-__all__ = ["DrBasis", "DrDeficit", "Fit", "LoadState", "MoveRecommendation", "MoveTracker", "demand_basis_w",
-           "dr_deficit", "free_gpus_by_rack", "recommend", "site_basis_w", "take_free"]
+__all__ = ["DrBasis", "DrDeficit", "Fit", "LoadState", "MoveAdvisor", "MoveRecommendation", "MoveTracker",
+           "demand_basis_w", "dr_deficit", "free_gpus_by_rack", "recommend", "site_basis_w", "take_free"]
+
+
+class MoveAdvisor:
+    """The control plane's per-period advisor: recommendations for infeasible constraints and
+    demand-response shortfalls, each emitted once (``MoveTracker``) as a ``move_recommendation``
+    event with its detail for the scheduler hooks."""
+
+    def __init__(self, topo: Topology, site: str, *, basis: DrBasis = "useful") -> None:
+        self.topo = topo
+        self.site = site
+        self.basis = basis
+        self.tracker = MoveTracker()
+        self.emitted = 0
+
+    def __call__(self, plan: CapPlan, state: Any, now_ns: int) -> list[tuple[Event, dict[str, Any] | None]]:
+        """This period's new or changed recommendations."""
+        dr = dr_deficit(self.topo, plan, state.dr_events.values(), basis=self.basis)
+        recs = recommend(self.topo, plan, dr=dr) if (dr is not None or plan.infeasible) else []
+        out = [(r.to_event(self.site), r.detail()) for r in self.tracker.update(recs)]
+        self.emitted += len(out)
+        return out

@@ -268,11 +268,12 @@ def command_registrars() -> tuple[Registrar, ...]:
     """
     from collectors.cli import register as collectors
     from controllers.actuation.cli import register as actuation
+    from controllers.advise import register as advise
     from controllers.cli import register as controllers
     from dashboards.cli import register as dashboards
     from powerplane.store.cli import register as store
 
-    return (collectors, store, controllers, actuation, dashboards)
+    return (collectors, store, controllers, actuation, advise, dashboards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

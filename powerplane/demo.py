@@ -26,6 +26,7 @@ from collectors.config import devices_from_twin
 from controllers.actuation.actuator import Actuator
 from controllers.actuation.link import MqttAddress
 from controllers.actuation.messages import SiteKey
+from controllers.moves import MoveAdvisor
 from models.clock import NS_PER_S, ScaledClock
 from models.site import SiteConfig, load_site
 from models.topology import L_HALL, L_NODE, L_RACK, L_ROW, LEVELS, Topology
@@ -266,7 +267,8 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         # here the twin's in-process feed reports it every period as well.
         plane = ControlPlane(site, twin.topo, clock, sink, devices=devices,
                              sources=[TwinFeed.nodes(twin.sim, site.site.name).batch],
-                             control=opts.control, actuator=actuator)
+                             control=opts.control, actuator=actuator,
+                             advisors=[MoveAdvisor(twin.topo, site.site.name)] if opts.control else [])
         await plane.start()
         if fleet is not None and actuator is not None:
             ready = await wait_agents(actuator, twin.topo.count(L_NODE), fleet)

@@ -254,5 +254,7 @@ def build_hooks(site: Any, addr: Any) -> Any:
 
 
 def build_advisors(site: Any, topo: Any) -> list[Any]:
-    """Per-period advisors (move recommendations) for ``site``."""
-    return []
+    """Per-period advisors for ``site``: move/preempt recommendations."""
+    from controllers.moves import MoveAdvisor
+
+    return [MoveAdvisor(topo, site.site.name)]

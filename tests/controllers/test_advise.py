@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import powerplane.cli
-from controllers.advise import advise, by_hall, register
+from controllers.advise import advise, by_hall
 from models.errors import ConfigError
 from powerplane.cli import main
 from tests.conftest import DEMO_SITE
@@ -73,10 +72,8 @@ def test_impossible_requests_are_rejected(gpus: int, watts: float, message: str)
 # ---- CLI --------------------------------------------------------------------------------------
 
 @pytest.fixture
-def cli(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``powerplane`` with ``advise`` registered (the main CLI wires it in separately)."""
-    registrars = powerplane.cli.command_registrars
-    monkeypatch.setattr(powerplane.cli, "command_registrars", lambda: (*registrars(), register))
+def cli() -> None:
+    """``powerplane`` as an operator runs it (``advise`` is one of its commands)."""
 
 
 @pytest.fixture
