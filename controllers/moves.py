@@ -550,6 +550,7 @@ class MoveAdvisor:
         """This period's new or changed recommendations."""
         dr = dr_deficit(self.topo, plan, state.dr_events.values(), basis=self.basis)
         recs = recommend(self.topo, plan, dr=dr) if (dr is not None or plan.infeasible) else []
-        out = [(r.to_event(self.site), r.detail()) for r in self.tracker.update(recs)]
+        out: list[tuple[Event, dict[str, Any] | None]] = [(r.to_event(self.site), r.detail())
+                                                         for r in self.tracker.update(recs)]
         self.emitted += len(out)
         return out

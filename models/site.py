@@ -251,6 +251,7 @@ class Actuation(_Model):
     quantum_w: Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)] = Field(
         default=5.0, description="caps are sent rounded down to this step (never above the plan)")
     raise_deadband_w: NonNegFloat = Field(default=20.0, description="a raise smaller than this waits for renewal")
+    raise_every_s: NonNegFloat = Field(default=2.0, description="a node gets a raise at most this often")
     status_every_s: PosFloat = Field(default=5.0, description="agents report enforced limit and power this often")
 
     @model_validator(mode="after")

@@ -139,6 +139,7 @@ class NodeAgent:
                     self.publish_status()
                 return res
             changed = res.caps_w != self.enforced
+            enforced_before = self.enforced or tuple(float("inf") for _ in res.caps_w)
             was = self.mode
             self.last_seq = res.seq
             self.plan_id = res.plan_id
@@ -163,7 +164,9 @@ class NodeAgent:
                 self.stats.resumed += was == "fallback"
                 log.info("%s: controlled (plan %d, lease %.1f s)", self.node, res.plan_id,
                          (res.expires_ns - now) / NS_PER_S)
-            if changed or was != "controlled":
+            # Acknowledge a cut at once (the controller times its settling); raises and
+            # renewals show in the next heartbeat.
+            if was != "controlled" or any(c < e for c, e in zip(res.caps_w, enforced_before, strict=False)):
                 self.publish_status()
             return res
 

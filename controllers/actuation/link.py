@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -62,9 +61,10 @@ class MqttLink:
         self.disconnects = 0
         self._loop = asyncio.get_running_loop()
         self._subs: dict[str, int] = {}
-        # Held across publish + registration so that the PUBACK callback cannot look for a
-        # mid before it is registered (re-entrant: paho may call back in the caller's thread).
-        self._lock = threading.RLock()
+        # Futures of publish_acked, by mid. Only the event loop touches this: paho's PUBACK
+        # callback posts the mid to the loop, and a publish registers its mid before the loop
+        # can run that callback. (Taking a lock in the callback would deadlock: paho calls it
+        # holding the mutex its publish() needs.)
         self._acks: dict[int, asyncio.Future[None]] = {}
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
         if addr.username:
@@ -116,17 +116,15 @@ class MqttLink:
     async def publish_acked(self, topic: str, payload: bytes, *, timeout_s: float, retain: bool = False) -> bool:
         """Publish at QoS 1 and wait for the broker's PUBACK; False on timeout."""
         fut: asyncio.Future[None] = self._loop.create_future()
-        with self._lock:
-            mid = self.publish(topic, payload, qos=1, retain=retain)
-            self._acks[mid] = fut
+        mid = self.publish(topic, payload, qos=1, retain=retain)
+        self._acks[mid] = fut
         try:
             await asyncio.wait_for(fut, timeout_s)
             return True
         except TimeoutError:
             return False
         finally:
-            with self._lock:
-                self._acks.pop(mid, None)
+            self._acks.pop(mid, None)
 
     # ---- paho callbacks (network thread) ---------------------------------------------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -146,13 +144,9 @@ class MqttLink:
         self._loop.call_soon_threadsafe(self.messages.put_nowait, (msg.topic, bytes(msg.payload)))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-        with self._lock:
-            fut = self._acks.get(mid)
-            if fut is None:  # a plain publish nobody waits for
-                return
-        self._loop.call_soon_threadsafe(_resolve, fut)
+        self._loop.call_soon_threadsafe(self._acked, mid)
 
-
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)
+    def _acked(self, mid: int) -> None:
+        fut = self._acks.get(mid)  # None: a plain publish nobody waits for
+        if fut is not None and not fut.done():
+            fut.set_result(None)

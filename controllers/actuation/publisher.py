@@ -3,8 +3,9 @@
 Per node, a command is sent when (vectorised over every node each period):
 
 * any GPU's cap goes **down** (always, at once: the plan counts on it);
-* a cap goes up by at least ``raise_deadband_w``, or back to the GPU's ceiling (a smaller
-  raise waits: running below the plan is safe);
+* a cap goes up by at least ``raise_deadband_w``, or back to the GPU's ceiling, and the
+  node's last command is ``raise_every_s`` old (a raise can wait: running below the plan
+  is safe, and a ramp of caps would otherwise cost a message per node per period);
 * the last command is ``renew_every_s`` old (renews the lease);
 * the node never had one.
 
@@ -87,7 +88,9 @@ class CapPublisher:
         node_lower = np.maximum.reduceat(lower.astype(np.int8), first) > 0
         node_raise = (np.maximum.reduceat(up, first) >= cfg.raise_deadband_w) | \
             (np.maximum.reduceat(to_max.astype(np.int8), first) > 0)
-        renew = (self.sent_ns < 0) | (now_ns - self.sent_ns >= int(cfg.renew_every_s * NS_PER_S))
+        age = now_ns - self.sent_ns
+        node_raise &= age >= int(cfg.raise_every_s * NS_PER_S)
+        renew = (self.sent_ns < 0) | (age >= int(cfg.renew_every_s * NS_PER_S))
         send = np.flatnonzero(node_lower | node_raise | renew)
         if send.size == 0:
             return []
