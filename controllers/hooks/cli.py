@@ -55,16 +55,18 @@ def _line(p: dict[str, Any]) -> str:
 
 def cmd_receive(args: argparse.Namespace, console: Console) -> int:
     """Run the reference receiver; print each verified event on one line."""
-    rx = WebhookReceiver(_secret(args), host=args.host, port=args.port,
-                         on_event=lambda p: console.print(_line(p), highlight=False, markup=False))
+    rx = WebhookReceiver(_secret(args), host=args.host, port=args.port)
     rx.start()
     console.print(f"receiving on {rx.url} (Ctrl-C to stop)", highlight=False)
+    deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
+    printed = 0
     try:
-        if args.count:
-            rx.wait_for(args.count, timeout_s=args.timeout or 1e9)
-        else:
-            while True:
-                time.sleep(0.5)
+        # Print from this thread, not the server's: the console belongs to the caller.
+        while (not args.count or printed < args.count) and time.monotonic() < deadline:
+            rx.wait_for(printed + 1, timeout_s=min(0.5, max(0.0, deadline - time.monotonic())))
+            for p in rx.received[printed:]:
+                console.print(_line(p), highlight=False, markup=False)
+                printed += 1
     except KeyboardInterrupt:
         pass
     finally:
