@@ -34,6 +34,7 @@ from controllers.hooks.mqtt import MqttAddress, MqttEventPublisher
 from controllers.hooks.payloads import HookEvent, build_payload, hook_events
 from controllers.hooks.slurm import SlurmAdapter, default_node_name
 from controllers.hooks.webhook import Backoff, DeadLetter, SinkStats, WebhookSender, load_secret
+from models.errors import ConfigError
 from models.events import (
     EV_CAP_CHANGED,
     EV_DR_END,
@@ -42,6 +43,7 @@ from models.events import (
     EV_LEASE_FALLBACK,
     EV_MOVE,
     EV_NON_COMPLIANT,
+    EVENT_KINDS,
     Event,
 )
 from models.site import Hooks
@@ -198,6 +200,10 @@ class HookDispatcher:
         self.dead_letter = DeadLetter(hooks.dead_letter)
         self.webhooks: list[WebhookSender] = []
         for i, hook in enumerate(hooks.webhooks):
+            unknown = sorted(set(hook.kinds) - set(EVENT_KINDS))
+            if unknown:
+                raise ConfigError("site", [(f"hooks.webhooks[{i}].kinds", f"unknown event kinds {unknown} "
+                                            f"(known: {', '.join(EVENT_KINDS)})")])
             secret = secrets[i] if secrets is not None else load_secret(hook, f"hooks.webhooks[{i}]")
             self.webhooks.append(WebhookSender(
                 hook.url, secret, self.dead_letter, max_tries=hook.max_tries, timeout_s=hook.timeout_s,

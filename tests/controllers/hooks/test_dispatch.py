@@ -113,3 +113,15 @@ def test_endpoint_down_dead_letters_on_close_and_submit_does_not_wait(tmp_path: 
         assert st.sinks[f"webhook[1] {dead}"].dead_lettered == 5
     finally:
         srv.stop()
+
+
+def test_unknown_kind_or_missing_secret_is_a_config_error() -> None:
+    import pytest
+
+    from models.errors import ConfigError
+
+    bad = Hooks(webhooks=[Webhook(url="http://x", kinds=["move_recomendation"])])
+    with pytest.raises(ConfigError, match=r"hooks.webhooks\[0\].kinds: unknown event kinds \['move_recomendation'\]"):
+        HookDispatcher(bad, "demo", secrets=[SECRET])
+    with pytest.raises(ConfigError, match="no secret"):
+        HookDispatcher(Hooks(webhooks=[Webhook(url="http://x")]), "demo")
