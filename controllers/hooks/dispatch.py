@@ -31,7 +31,7 @@ from typing import Any
 
 from controllers.hooks.kubernetes import KubernetesAdapter
 from controllers.hooks.mqtt import MqttAddress, MqttEventPublisher
-from controllers.hooks.payloads import HookEvent, build_payload, hook_events
+from controllers.hooks.payloads import EventLike, HookEvent, build_payload, hook_events
 from controllers.hooks.slurm import SlurmAdapter, default_node_name
 from controllers.hooks.webhook import Backoff, DeadLetter, SinkStats, WebhookSender, load_secret
 from models.errors import ConfigError
@@ -44,7 +44,6 @@ from models.events import (
     EV_MOVE,
     EV_NON_COMPLIANT,
     EVENT_KINDS,
-    Event,
 )
 from models.site import Hooks
 
@@ -184,6 +183,12 @@ class DispatchStats:
     sinks: dict[str, SinkStats] = field(default_factory=dict)
 
 
+def _ts_ns(e: EventLike) -> int:
+    if isinstance(e, tuple):
+        return e[0].ts_ns
+    return e.event.ts_ns if isinstance(e, HookEvent) else e.ts_ns
+
+
 class HookDispatcher:
     """Fans hook events out to every configured sink; ``start()`` / ``submit()`` / ``close()``."""
 
@@ -242,18 +247,18 @@ class HookDispatcher:
         for lane in self._lanes.values():
             lane.start()
 
-    def submit(self, events: Iterable[Event | HookEvent], details: Mapping[int, Mapping[str, Any]] | None = None,
+    def submit(self, events: Iterable[EventLike], details: Mapping[int, Mapping[str, Any]] | None = None,
                now_ns: int | None = None) -> int:
         """Hand one period's events over; returns how many hook events went out to the sinks now.
 
         ``details`` maps ``id(event)`` to the structured detail of that event (or pass
-        ``HookEvent(event, detail)``). ``now_ns`` (site time) drives the coalescing window;
-        by default the newest event's timestamp. Never blocks on I/O.
+        ``HookEvent(event, detail)`` or ``(event, detail)`` pairs, as ``MoveAdvisor`` returns).
+        ``now_ns`` (site time) drives the coalescing window; by default the newest event's
+        timestamp. Never blocks on I/O.
         """
         evs = list(events)
         with self._lock:
-            now = now_ns if now_ns is not None else max(
-                (e.event.ts_ns if isinstance(e, HookEvent) else e.ts_ns for e in evs), default=self._now_ns)
+            now = now_ns if now_ns is not None else max((_ts_ns(e) for e in evs), default=self._now_ns)
             self._now_ns = max(self._now_ns, now)
             out = self.coalescer.due(self._now_ns)
             for hev in hook_events(evs, details):

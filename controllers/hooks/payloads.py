@@ -16,8 +16,9 @@ Payload (``v`` 1), the same on webhooks and on MQTT event topics::
      "value": 12500.0,              # fields["value"] (meaning per kind), or null
      "message": "move job-7 from r01 to r03 (frees 12.5 kW)",
      "fields": {"gpus": 64.0},      # the event's other numeric fields (non-finite numbers become null)
-     "detail": {...}}               # structured detail, e.g. for a move: action, from_racks, from_nodes,
-                                    # to_racks, gpus; {} when none
+     "detail": {...}}               # structured detail, e.g. for a move (controllers.moves): action,
+                                    # job, nodes, from_racks, to_racks, to_nodes, gpus, checkpointable, ...;
+                                    # {} when none
 
 A webhook signs ``f"{timestamp}.{body}"`` (timestamp = the unix seconds sent in
 ``X-Powerplane-Timestamp``) with HMAC-SHA256 under its own secret and sends
@@ -73,12 +74,19 @@ def is_hook_event(ev: Event) -> bool:
     return ev.kind in HOOK_KINDS
 
 
-def hook_events(events: Iterable[Event | HookEvent],
+EventLike = Event | HookEvent | tuple[Event, Mapping[str, Any] | None]
+
+
+def hook_events(events: Iterable[EventLike],
                 details: Mapping[int, Mapping[str, Any]] | None = None) -> list[HookEvent]:
-    """The hook events among ``events``; ``details`` maps ``id(event)`` to its detail."""
+    """The hook events among ``events`` (events, ``HookEvent``s or ``(event, detail)`` pairs as
+    ``controllers.moves.MoveAdvisor`` returns them); ``details`` maps ``id(event)`` to its detail."""
     out: list[HookEvent] = []
     for ev in events:
-        if isinstance(ev, HookEvent):
+        if isinstance(ev, tuple):
+            if is_hook_event(ev[0]):
+                out.append(HookEvent(ev[0], ev[1] or {}))
+        elif isinstance(ev, HookEvent):
             if is_hook_event(ev.event):
                 out.append(ev)
         elif is_hook_event(ev):
@@ -166,8 +174,8 @@ def move_action(hev: HookEvent) -> str:
 
 
 def move_from_nodes(hev: HookEvent, rack_nodes: Mapping[str, Sequence[str]] | None = None) -> list[str]:
-    """The node ids a recommendation frees: detail ``from_nodes``, else every node of ``from_racks``."""
-    nodes = hev.detail.get("from_nodes")
+    """The node ids a recommendation frees: detail ``nodes`` (or ``from_nodes``), else the nodes of ``from_racks``."""
+    nodes = hev.detail.get("nodes") or hev.detail.get("from_nodes")
     if nodes:
         return [str(n) for n in nodes]
     out: list[str] = []

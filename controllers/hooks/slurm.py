@@ -6,16 +6,17 @@ event              argv (no shell; ``<nodes>`` is a Slurm hostlist such as ``nod
 move               ``scontrol update nodename=<nodes> state=drain reason=powerplane: ...``
 drain              the same
 preempt            the same, then ``scontrol requeue <job>``
-                   (or ``scancel --signal=<SIG> --batch <job>`` with ``preempt_signal``)
+                   (checkpointable + ``preempt_signal``: ``scancel --signal=<SIG> --batch <job>``)
 DR end             ``scontrol update nodename=<nodes we drained> state=resume``
 =================  ===========================================================================
 
 A *move* only drains: the running job is not killed, it finishes (or checkpoints at its
 own boundary) and Slurm places the next work elsewhere. A *preempt* requeues, which
 kills and resubmits the job (it must be requeue-able, Slurm's default for batch jobs);
-a job that checkpoints on a signal is better served by ``preempt_signal="USR1"``
-(``scancel --signal=USR1 --batch``): the batch script traps it, checkpoints and requeues
-itself, the same way Slurm's own preemption ``GraceTime`` works. Only nodes this adapter
+a job the recommendation marks ``checkpointable`` is better served, when the site sets
+``preempt_signal="USR1"``, by ``scancel --signal=USR1 --batch``: the batch script traps
+it, checkpoints and requeues itself, the way Slurm's own preemption ``GraceTime`` works.
+It is not the default because a script that does not trap the signal simply dies. Only nodes this adapter
 drained are resumed, never nodes an operator drained.
 
 Dry-run (the default) logs and records exactly the argv it would run; ``apply`` runs it
@@ -100,7 +101,7 @@ def slurm_actions(hev: HookEvent, drained: Iterable[str] = (), *,
         reason = f"powerplane: {action} {job}: {ev.message}"[:REASON_MAX_CHARS]
         out.append([scontrol, "update", f"nodename={hostlist(names)}", "state=drain", f"reason={reason}"])
     if action == "preempt" and job:
-        if preempt_signal:
+        if preempt_signal and hev.detail.get("checkpointable"):
             out.append([scancel, f"--signal={preempt_signal}", "--batch", job])
         else:
             out.append([scontrol, "requeue", job])

@@ -60,8 +60,9 @@ def test_only_hook_kinds_pass_and_details_attach_by_identity() -> None:
     m = move()
     cap = Event(TS, EV_CAP_CHANGED, "info", "controller", "cap", "job-1", {"value": 500.0})
     assert not is_hook_event(other) and all(is_hook_event(Event(TS, k, "info", "c", "m")) for k in EVENT_KINDS)
-    out = hook_events([other, m, cap, HookEvent(other)], details={id(m): {"action": "drain"}})
-    assert [h.event for h in out] == [m, cap]
+    out = hook_events([other, m, cap, HookEvent(other), (cap, {"x": 1}), (other, None), (cap, None)],
+                      details={id(m): {"action": "drain"}})
+    assert [h.event for h in out] == [m, cap, cap, cap] and out[2].detail == {"x": 1} and out[3].detail == {}
     assert out[0].detail == {"action": "drain"} and out[1].detail == {}
 
 
@@ -81,6 +82,7 @@ def test_rfc3339_epoch() -> None:
 
 def test_move_nodes_from_detail_or_racks() -> None:
     assert move_from_nodes(HookEvent(move(), {"from_nodes": ["r01/node-000"]})) == ["r01/node-000"]
+    assert move_from_nodes(HookEvent(move(), {"nodes": ["r01/node-001"], "from_racks": ["r01"]})) == ["r01/node-001"]
     racks = {"r01": ["r01/node-000", "r01/node-001"]}
     assert move_from_nodes(HookEvent(move(), {"from_racks": ["r01", "r09"]}), racks) == racks["r01"]
     assert move_from_nodes(HookEvent(move(), {"from_racks": ["r01"]})) == []

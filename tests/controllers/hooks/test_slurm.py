@@ -63,7 +63,9 @@ def test_dry_run_argv() -> None:
 
 
 def test_racks_map_to_nodes_and_checkpoint_signal() -> None:
-    ev = HookEvent(move("preempt").event, {"action": "preempt", "from_racks": ["r02"]})
+    ev = HookEvent(move("preempt").event, {"action": "preempt", "from_racks": ["r02"], "checkpointable": True})
+    assert slurm_actions(HookEvent(ev.event, {"action": "preempt"}), preempt_signal="USR1") == [
+        ["scontrol", "requeue", "4242"]]  # not checkpointable: requeue even with a signal configured
     argv = slurm_actions(ev, rack_nodes={"r02": ["r02/gpu07", "r02/gpu08"]}, preempt_signal="USR1")
     assert argv == [["scontrol", "update", "nodename=gpu[07-08]", "state=drain",
                      "reason=powerplane: preempt 4242: preempt 4242: r01 over its limit"],
