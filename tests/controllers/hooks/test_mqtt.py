@@ -1,0 +1,69 @@
+"""Hook events on MQTT event topics, against a real mosquitto."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from controllers.hooks.dispatch import HookDispatcher
+from controllers.hooks.mqtt import MqttAddress
+from controllers.hooks.payloads import event_id
+from models.errors import ConfigError
+from models.events import EV_DR_START, EV_MOVE, Event
+from models.site import Hooks
+from tests.realservers import Mosquitto
+
+pytestmark = pytest.mark.servers
+
+
+def test_events_arrive_on_their_topics_qos1_not_retained(mosquitto: Mosquitto, tmp_path: Path) -> None:
+    got: list[tuple[str, dict[str, Any], int, bool]] = []
+    cond = threading.Condition()
+    subscribed = threading.Event()
+
+    def on_message(_c: mqtt.Client, _u: Any, msg: mqtt.MQTTMessage) -> None:
+        with cond:
+            got.append((msg.topic, json.loads(msg.payload), msg.qos, bool(msg.retain)))
+            cond.notify_all()
+
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="test-sub")
+    sub.on_message = on_message
+    sub.on_subscribe = lambda *_a: subscribed.set()
+    sub.on_connect = lambda c, *_a: c.subscribe("pp/demo/events/#", qos=1)
+    sub.connect("127.0.0.1", mosquitto.port)
+    sub.loop_start()
+    d = HookDispatcher(Hooks(dead_letter=str(tmp_path / "dl.jsonl")), "demo",
+                       mqtt=MqttAddress.parse(mosquitto.url), topic_prefix="pp")
+    try:
+        assert subscribed.wait(10)
+        d.start()
+        move = Event(1_000, EV_MOVE, "warning", "controller", "move job-7", "job-7", {"value": 9000.0})
+        dr = Event(2_000, EV_DR_START, "info", "controller", "DR", "dr-1", {"value": 3.9e6})
+        d.submit([move, Event(1_500, "cap_plan", "info", "controller", "plan"), dr],
+                 details={id(move): {"action": "drain", "from_racks": ["r01"]}})
+        d.close(timeout_s=10)
+        with cond:
+            assert cond.wait_for(lambda: len(got) >= 2, 10)
+        assert [(t, p["id"], q, r) for t, p, q, r in got] == [
+            ("pp/demo/events/move_recommendation", event_id("demo", move), 1, False),
+            ("pp/demo/events/dr_start", event_id("demo", dr), 1, False)]
+        assert got[0][1]["detail"] == {"action": "drain", "from_racks": ["r01"]} and got[1][1]["value"] == 3.9e6
+        st = d.stats().sinks["mqtt"]
+        assert st.delivered == 2 and st.queue_depth == 0 and st.failed == 0
+    finally:
+        d.close()
+        sub.disconnect()
+        sub.loop_stop()
+
+
+def test_mqtt_address_parse() -> None:
+    a = MqttAddress.parse("mqtt://u:pw@broker:1884")
+    assert (a.host, a.port, a.username, a.password) == ("broker", 1884, "u", "pw") and "pw" not in repr(a)
+    assert MqttAddress.parse("mqtt://b").port == 1883
+    with pytest.raises(ConfigError):
+        MqttAddress.parse("http://b")
