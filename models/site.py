@@ -244,15 +244,15 @@ class Actuation(_Model):
     topic_prefix: Annotated[str, Field(pattern=r"^[A-Za-z0-9_\-]+$")] = "powerplane"
     lease_s: Annotated[float, Field(ge=2, le=600, allow_inf_nan=False)] = Field(
         default=15.0, description="a node falls back to its safe cap when no plan renews its caps this long")
-    renew_s: PosFloat | None = Field(default=None, description="re-send unchanged caps this often (default lease/3)")
+    renew_s: PosFloat | None = Field(default=None, description="re-send unchanged caps this often (default lease/2)")
     safe_cap_w: PosFloat | None = Field(
         default=None, description="per-GPU cap a node falls back to (default: the rack type's gpu_min_w)")
     settle_s: PosFloat = Field(default=3.0, description="a node must enforce and follow a lowered cap within this")
     quantum_w: Annotated[float, Field(ge=0, le=50, allow_inf_nan=False)] = Field(
-        default=5.0, description="caps are sent rounded down to this step (never above the plan)")
+        default=10.0, description="caps are sent rounded down to this step (never above the plan)")
     raise_deadband_w: NonNegFloat = Field(default=20.0, description="a raise smaller than this waits for renewal")
     raise_every_s: NonNegFloat = Field(default=2.0, description="a node gets a raise at most this often")
-    status_every_s: PosFloat = Field(default=5.0, description="agents report enforced limit and power this often")
+    status_every_s: PosFloat = Field(default=10.0, description="agents report enforced limit and power this often")
 
     @model_validator(mode="after")
     def _renew(self) -> Actuation:
@@ -263,7 +263,7 @@ class Actuation(_Model):
     @property
     def renew_every_s(self) -> float:
         """How often unchanged caps are re-sent."""
-        return self.renew_s if self.renew_s is not None else self.lease_s / 3.0
+        return self.renew_s if self.renew_s is not None else self.lease_s / 2.0
 
 
 class Webhook(_Model):

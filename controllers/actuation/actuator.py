@@ -115,8 +115,9 @@ class Actuator:
                 "noncompliant_nodes": v.noncompliant_now, "noncompliant_episodes": v.noncompliant_episodes,
                 "lease_fallbacks": v.fallbacks, "nodes_controlled": v.modes.get("controlled", 0),
                 "nodes_fallback": v.modes.get("fallback", 0)}
+        vals = {k: float(x) for k, x in vals.items() if np.isfinite(x)}  # no settling time yet: no reading
         sids = [self.registry.id(f"actuation.{k}", site=self.site_id) for k in vals]
-        return ReadingBatch.of(now_ns, sids, [float(x) for x in vals.values()], 0, self.registry)
+        return ReadingBatch.of(now_ns, sids, list(vals.values()), 0, self.registry)
 
     def check(self, now_ns: int, draw_per_gpu_w: NDArray[np.float64]) -> tuple[list[Event], NDArray[np.float64]]:
         """Verification at ``now_ns`` (see ``Verifier.check``)."""

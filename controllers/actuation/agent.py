@@ -314,9 +314,11 @@ class AgentHost:
 
     async def _watch(self) -> None:
         while True:
-            for a in self.agents.values():
-                await a.check_lease()
-                await a.heartbeat()
+            now = self.clock.now_ns()
+            # Concurrently: one node's fallback must not wait for another's board to answer.
+            await asyncio.gather(*(a.check_lease() for a in self.agents.values()
+                                   if a.mode == "controlled" and now >= a.lease_expires_ns))
+            await asyncio.gather(*(a.heartbeat() for a in self.agents.values() if now >= a._next_status_ns))
             await self.clock.sleep(self.check_every_s)
 
     def modes(self) -> Counter[str]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -16,6 +18,7 @@ from urllib.parse import unquote, urlparse
 from models.errors import ConfigError
 
 log = logging.getLogger("powerplane.actuation.link")
+EARLY_VALID_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -50,7 +53,8 @@ class MqttLink:
     """A paho client whose messages arrive on an asyncio queue and whose QoS 1 acks can be awaited."""
 
     def __init__(self, addr: MqttAddress, client_id: str, *, clean_session: bool = True,
-                 will: tuple[str, bytes] | None = None, max_queued: int = 200_000) -> None:
+                 will: tuple[str, bytes] | None = None, max_queued: int = 200_000,
+                 max_inflight: int = 2_000) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
@@ -61,11 +65,13 @@ class MqttLink:
         self.disconnects = 0
         self._loop = asyncio.get_running_loop()
         self._subs: dict[str, int] = {}
-        # Futures of publish_acked, by mid. Only the event loop touches this: paho's PUBACK
-        # callback posts the mid to the loop, and a publish registers its mid before the loop
-        # can run that callback. (Taking a lock in the callback would deadlock: paho calls it
-        # holding the mutex its publish() needs.)
+        # Futures of publish_acked, by mid, and PUBACKs that came before their future was
+        # registered (or for plain publishes nobody waits for), with when they came. paho calls
+        # on_publish holding the mutex publish() needs, so publish() is never called under
+        # this lock (that deadlocks); a PUBACK only wakes the loop when someone waits for it.
+        self._lock = threading.Lock()
         self._acks: dict[int, asyncio.Future[None]] = {}
+        self._early: dict[int, float] = {}
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
         if addr.username:
             c.username_pw_set(addr.username, addr.password)
@@ -73,6 +79,9 @@ class MqttLink:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.reconnect_delay_set(1, 5)
         c.max_queued_messages_set(max_queued)
+        # paho allows 20 unacknowledged QoS 1 messages by default: with a busy interpreter
+        # delaying PUBACK reads, 1,152 nodes' commands then queue for seconds and expire.
+        c.max_inflight_messages_set(max_inflight)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
@@ -117,14 +126,19 @@ class MqttLink:
         """Publish at QoS 1 and wait for the broker's PUBACK; False on timeout."""
         fut: asyncio.Future[None] = self._loop.create_future()
         mid = self.publish(topic, payload, qos=1, retain=retain)
-        self._acks[mid] = fut
+        with self._lock:
+            t = self._early.pop(mid, None)
+            if t is not None and time.monotonic() - t < EARLY_VALID_S:
+                return True
+            self._acks[mid] = fut
         try:
             await asyncio.wait_for(fut, timeout_s)
             return True
         except TimeoutError:
             return False
         finally:
-            self._acks.pop(mid, None)
+            with self._lock:
+                self._acks.pop(mid, None)
 
     # ---- paho callbacks (network thread) ---------------------------------------------------
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
@@ -144,9 +158,18 @@ class MqttLink:
         self._loop.call_soon_threadsafe(self.messages.put_nowait, (msg.topic, bytes(msg.payload)))
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
-        self._loop.call_soon_threadsafe(self._acked, mid)
+        with self._lock:
+            fut = self._acks.get(mid)
+            if fut is None:
+                # A plain publish, or an awaited one not registered yet. Entries expire: mids
+                # wrap at 65,535 and a stale one must not ack a later publish.
+                if len(self._early) > 10_000:
+                    self._early.clear()
+                self._early[mid] = time.monotonic()
+                return
+        self._loop.call_soon_threadsafe(_resolve, fut)
 
-    def _acked(self, mid: int) -> None:
-        fut = self._acks.get(mid)  # None: a plain publish nobody waits for
-        if fut is not None and not fut.done():
-            fut.set_result(None)
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

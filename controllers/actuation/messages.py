@@ -39,7 +39,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -243,7 +243,7 @@ class AgentStatus:
 
     def to_json(self) -> bytes:
         """The status message as published."""
-        d = asdict(self)
+        d = {f: getattr(self, f) for f in _STATUS_FIELDS}  # dataclasses.asdict deep-copies: 4x slower
         d["v"] = VERSION
         return json.dumps(d, separators=(",", ":"), allow_nan=False).encode()
 
@@ -260,3 +260,6 @@ class AgentStatus:
         if st.mode not in ("starting", "controlled", "fallback"):
             raise ValueError(f"bad mode {st.mode!r}")
         return st
+
+
+_STATUS_FIELDS = tuple(f.name for f in fields(AgentStatus))

@@ -27,7 +27,7 @@ from models.topology import L_NODE, L_RACK, server_gpus
 from models.twin.sim import TwinSim
 
 log = logging.getLogger("powerplane.twin.boards")
-BOARD_PERIOD_S = 1.0
+BOARD_PERIOD_S = 2.0
 
 
 def set_topic(site: str) -> str:
