@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import secrets
 import sys
 from collections import Counter
 from dataclasses import dataclass, field, replace
@@ -24,11 +25,14 @@ from rich.text import Text
 from collectors.base import DeviceConfig
 from collectors.config import devices_from_twin
 from controllers.actuation.actuator import Actuator
+from controllers.actuation.cli import build_hooks
 from controllers.actuation.link import MqttAddress
 from controllers.actuation.messages import SiteKey
+from controllers.hooks.dispatch import HookDispatcher
+from controllers.hooks.receiver import WebhookReceiver
 from controllers.moves import MoveAdvisor
 from models.clock import NS_PER_S, ScaledClock
-from models.site import SiteConfig, load_site
+from models.site import Hooks, SiteConfig, Webhook, load_site
 from models.topology import L_HALL, L_NODE, L_RACK, L_ROW, LEVELS, Topology
 from models.twin.feed import TwinFeed
 from models.twin.runner import Twin
@@ -57,7 +61,7 @@ class DemoOptions:
     collect_interval_s: float = 2.0  # site seconds between polls of every device
     store: StoreConfig = field(default_factory=StoreConfig)
     agent_procs: int = 2  # node agent processes (caps reach the GPUs only through them)
-    outage: tuple[float, float] | None = (380.0, 30.0)  # controller killed at (t, for s), None: no drill
+    outage: tuple[float, float] | None = (700.0, 30.0)  # controller killed at (t, for s), None: no drill
 
 
 @dataclass
@@ -244,7 +248,11 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
     twin = Twin(site, clock, mqtt=(broker.host, broker.port), seed=opts.seed)
     key = SiteKey.generate()  # per run; the agents get it through their environment
     fleet: AgentFleet | None = None
-    drill = OutageDrill(*opts.outage) if opts.outage and opts.control else None
+    hooks: HookDispatcher | None = None
+    receiver: WebhookReceiver | None = None
+    # The drill needs room after the restart: a lease to fall back, one to come back.
+    drill = (OutageDrill(*opts.outage) if opts.outage and opts.control
+             and sum(opts.outage) + 2 * site.actuation.lease_s <= opts.duration_s else None)
     live_view = sys.stdout.isatty() if opts.live is None else opts.live
     summary = Summary()
     plane: ControlPlane | None = None
@@ -258,6 +266,15 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
 
         actuator: Actuator | None = None
         if opts.control:
+            # Scheduler hooks: signed webhooks to a receiver on loopback (as a scheduler's
+            # endpoint would verify them), and MQTT event topics.
+            secret = secrets.token_hex(24).encode()
+            receiver = WebhookReceiver(secret).start()
+            site = site.model_copy(update={"hooks": Hooks(
+                webhooks=[Webhook(url=receiver.url)], mqtt_events=True,
+                dead_letter=str(Path(store_cfg.data_dir) / "hooks-dead-letter.jsonl"))})
+            hooks = build_hooks(site, MqttAddress(broker.host, broker.port), twin.topo, secrets=[secret])
+            hooks.start()
             # Caps reach the twin's GPUs only through the node agents, over MQTT, signed.
             actuator = Actuator(site, twin.topo, key, MqttAddress(broker.host, broker.port))
             fleet = AgentFleet(opts.site, twin.topo, broker.url, clock.anchor(), key,
@@ -267,11 +284,14 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         # here the twin's in-process feed reports it every period as well.
         plane = ControlPlane(site, twin.topo, clock, sink, devices=devices,
                              sources=[TwinFeed.nodes(twin.sim, site.site.name).batch],
-                             control=opts.control, actuator=actuator,
+                             control=opts.control, actuator=actuator, hooks=hooks,
                              advisors=[MoveAdvisor(twin.topo, site.site.name)] if opts.control else [])
+        # No plans until every agent has reported: a node without one is non-compliant.
+        plane.paused = actuator is not None
         await plane.start()
         if fleet is not None and actuator is not None:
-            ready = await wait_agents(actuator, twin.topo.count(L_NODE), fleet)
+            ready = await wait_agents(plane, actuator, twin.topo.count(L_NODE), fleet)
+            plane.paused = False
             console.print(f"agents: {ready:,}/{twin.topo.count(L_NODE):,} nodes reporting from {fleet.n} "
                           f"`powerplane agent --backend sim` processes; site key {key.kid}; lease "
                           f"{site.actuation.lease_s:g} s", highlight=False)
@@ -320,6 +340,10 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             await plane.stop()
         if fleet is not None:
             await fleet.stop()
+        if hooks is not None:
+            await asyncio.to_thread(hooks.close, 5.0)
+        if receiver is not None:
+            receiver.stop()
         await twin.stop()
         await broker.stop()
         sink.close()
@@ -329,6 +353,8 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             tab.add_row(k, v)
         for k, v in actuation_rows(plane, fleet, drill):
             tab.add_row(k, v)
+        if hooks is not None and receiver is not None:
+            tab.add_row("scheduler hooks", hook_summary(hooks, receiver))
     console.print(tab)
     if not store_cfg.influx_url:
         console.print(f"telemetry kept in {store_cfg.data_dir}/ — `powerplane report --data-dir "
@@ -340,11 +366,14 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
     return 0
 
 
-async def wait_agents(actuator: Actuator, nodes: int, fleet: AgentFleet, timeout_s: float = 60.0) -> int:
+async def wait_agents(plane: ControlPlane, actuator: Actuator, nodes: int, fleet: AgentFleet,
+                      timeout_s: float = 60.0) -> int:
     """Wait (wall time) until every node's agent has reported; return how many did."""
     loop = asyncio.get_running_loop()
     end = loop.time() + timeout_s
     while loop.time() < end and fleet.alive() == fleet.n:
+        for ev in actuator.statuses():  # the plane is paused: take the statuses in here
+            plane.event(ev)
         seen = int((actuator.verifier.mode != "unknown").sum())
         if seen >= nodes:
             return seen
@@ -394,6 +423,24 @@ def actuation_rows(plane: ControlPlane, fleet: AgentFleet | None,
         color = "green" if r.ok else "red"
         rows.append(("outage drill", f"[{color}]{r.describe()}[/{color}]"))
     return rows
+
+
+def hook_summary(hooks: HookDispatcher, receiver: WebhookReceiver) -> str:
+    """What the webhook receiver got, verified, and what the dispatcher could not deliver."""
+    kinds = Counter(str(p.get("kind")) for p in receiver.received)
+    moves = [p for p in receiver.received if p.get("kind") == "move_recommendation"]
+    jobs = sorted({f"{(p.get('detail') or {}).get('action', '?')} {p.get('entity')}" for p in moves})
+    st = hooks.stats()
+    dead = sum(s.dead_lettered for s in st.sinks.values())
+    mqtt = st.sinks.get("mqtt")
+    line = (f"{len(receiver.received):,} signed webhooks verified by the receiver ("
+            + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")
+    if jobs:
+        line += f"; move recommendations: {', '.join(jobs)}"
+    line += f"; rejected {sum(receiver.rejected.values())}, dead-lettered {dead}"
+    if mqtt is not None:
+        line += f"; {mqtt.delivered:,} on MQTT event topics"
+    return line
 
 
 def paced(d: DeviceConfig, period_s: float, interval_s: float) -> DeviceConfig:

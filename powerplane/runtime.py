@@ -49,7 +49,8 @@ Advisor = Callable[[CapPlan, SiteState, int], list[tuple[Event, dict[str, Any] |
 class HookSink(Protocol):
     """Where scheduler events go (``controllers.hooks``): must not block."""
 
-    def submit(self, events: Sequence[Event], details: Mapping[int, dict[str, Any]] | None = None) -> None:
+    def submit(self, events: Sequence[Event], details: Mapping[int, Mapping[str, Any]] | None = None,
+               now_ns: int | None = None) -> object:
         """Queue ``events`` (``details`` keyed by ``id(event)``) for delivery."""
 
 
@@ -205,7 +206,7 @@ class ControlPlane:
                 for ev in events:
                     self._noted(ev)
                 if self.hooks is not None:
-                    self.hooks.submit(events, details)
+                    self.hooks.submit(events, details, now_ns)
 
     def _plan(self, now_ns: int, batches: list[ReadingBatch], events: list[Event],
               details: dict[int, dict[str, Any]]) -> CapPlan | None:

@@ -220,7 +220,7 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     store_cfg = store_config_from_args(args, site.site.name)
     sink = open_sink(store_cfg)
     actuator = Actuator(site, topo, key, addr)
-    hooks = build_hooks(site, addr)
+    hooks = build_hooks(site, addr, topo)
     plane = ControlPlane(site, topo, clock, sink, devices=devices, actuator=actuator, hooks=hooks,
                          advisors=build_advisors(site, topo))
     console.print(f"powerplane controller · site {site.site.name} · {topo.count(L_NODE):,} nodes, "
@@ -248,9 +248,21 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     return 1 if plane.stats.plans_with_violations else 0
 
 
-def build_hooks(site: Any, addr: Any) -> Any:
-    """The scheduler hooks of ``site`` ([hooks]), or None when there are none to call."""
-    return None
+def build_hooks(site: Any, addr: Any, topo: Any = None, secrets: list[bytes] | None = None) -> Any:
+    """The scheduler hooks of ``site`` ([hooks]): webhooks, MQTT event topics, Slurm, Kubernetes."""
+    from controllers.hooks.dispatch import HookDispatcher
+    from models.topology import L_NODE, L_RACK
+
+    h = site.hooks
+    if not (h.webhooks or h.mqtt_events or h.slurm != "off" or h.kubernetes != "off"):
+        return None
+    rack_nodes: dict[str, list[str]] | None = None
+    if topo is not None:
+        rack_nodes = {r: [] for r in topo.ids(L_RACK)}
+        for n in topo.ids(L_NODE):
+            rack_nodes.setdefault(n.split("/", 1)[0], []).append(n)
+    return HookDispatcher(h, site.site.name, mqtt=addr, topic_prefix=site.actuation.topic_prefix,
+                          rack_nodes=rack_nodes, secrets=secrets)
 
 
 def build_advisors(site: Any, topo: Any) -> list[Any]:

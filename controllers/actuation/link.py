@@ -11,7 +11,7 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -28,25 +28,27 @@ class MqttAddress:
     host: str
     port: int = 1883
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False  # mqtts://: TLS with the system's CA certificates
 
     @classmethod
     def parse(cls, url: str, where: str = "--mqtt") -> MqttAddress:
         """Parse a broker URL; a bad one is a ConfigError naming ``where``."""
         u = urlparse(url)
-        if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-            raise ConfigError(where, [("", f"expected mqtt://[user:password@]host:port, got {url!r}")])
+        if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
+            raise ConfigError(where, [("", f"expected mqtt[s]://[user:password@]host:port, got {url!r}")])
+        tls = u.scheme in ("mqtts", "ssl")
         try:
-            port = u.port or 1883
+            port = u.port or (8883 if tls else 1883)
         except ValueError as exc:
             raise ConfigError(where, [("", f"bad port in {url!r}: {exc}")]) from None
         return cls(u.hostname, port, unquote(u.username) if u.username else None,
-                   unquote(u.password) if u.password else None)
+                   unquote(u.password) if u.password else None, tls)
 
     def url(self) -> str:
         """The address without the password."""
         user = f"{self.username}@" if self.username else ""
-        return f"mqtt://{user}{self.host}:{self.port}"
+        return f"mqtt{'s' if self.tls else ''}://{user}{self.host}:{self.port}"
 
 
 class MqttLink:
@@ -75,6 +77,8 @@ class MqttLink:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, clean_session=clean_session)
         if addr.username:
             c.username_pw_set(addr.username, addr.password)
+        if addr.tls:
+            c.tls_set()
         if will is not None:
             c.will_set(will[0], will[1], qos=1, retain=True)
         c.reconnect_delay_set(1, 5)

@@ -29,8 +29,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from controllers.actuation.link import MqttAddress
 from controllers.hooks.kubernetes import KubernetesAdapter
-from controllers.hooks.mqtt import MqttAddress, MqttEventPublisher
+from controllers.hooks.mqtt import MqttEventPublisher
 from controllers.hooks.payloads import EventLike, HookEvent, build_payload, hook_events
 from controllers.hooks.slurm import SlurmAdapter, default_node_name
 from controllers.hooks.webhook import Backoff, DeadLetter, SinkStats, WebhookSender, load_secret

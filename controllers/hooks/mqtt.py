@@ -12,38 +12,14 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
+from controllers.actuation.link import MqttAddress
 from controllers.actuation.messages import events_topic
 from controllers.hooks.payloads import encode
 from controllers.hooks.webhook import SinkStats
-from models.errors import ConfigError
 
 log = logging.getLogger("powerplane.hooks.mqtt")
-
-
-@dataclass(frozen=True)
-class MqttAddress:
-    """Where the event topics are published: a broker and optional credentials."""
-
-    host: str
-    port: int = 1883
-    username: str | None = None
-    password: str | None = field(default=None, repr=False)
-
-    @classmethod
-    def parse(cls, url: str) -> MqttAddress:
-        """``mqtt://[user:password@]host[:port]``; a bad URL is a ConfigError."""
-        u = urlsplit(url)
-        if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-            raise ConfigError("--mqtt", [("", f"expected mqtt://host:port, got {url!r}")])
-        try:
-            port = u.port or 1883
-        except ValueError as exc:
-            raise ConfigError("--mqtt", [("", f"bad port in {url!r}: {exc}")]) from None
-        return cls(u.hostname, port, u.username, u.password)
 
 
 class MqttEventPublisher:

@@ -306,8 +306,6 @@ def test_k8s_agent_logs_in_as_its_node() -> None:
     assert "mqtt://$(NODE_NAME):" in " ".join(c["args"])  # user name = node: the %u ACL pattern
 
 
-@pytest.mark.xfail(strict=True, reason="`powerplane controller` and `powerplane agent` land with the "
-                                       "controller and actuation issues; then this passes and must be unmarked")
 def test_service_commands_exist_in_the_cli() -> None:
     parser = build_parser()
     for path in UNITS:

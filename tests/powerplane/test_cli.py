@@ -47,7 +47,7 @@ def test_demo_collects_controls_stores_and_reports(tmp_path: Path) -> None:
     t0 = time.monotonic()
     data = tmp_path / "data"
     # 150 simulated s: the demand-response event starts at 120 s.
-    r = pp("demo", "--duration", "150", "--speed", "15", "--no-live", "--data-dir", str(data), timeout=240,
+    r = pp("demo", "--duration", "150", "--speed", "10", "--no-live", "--data-dir", str(data), timeout=240,
            env={**os.environ, "COLUMNS": "200"})
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -56,6 +56,8 @@ def test_demo_collects_controls_stores_and_reports(tmp_path: Path) -> None:
     assert "no plan granted over a limit" in out
     assert "devices (Modbus, SNMP, MQTT); rejected 0" in out
     assert "dropped 0" in out
+    assert "1,152 nodes in 2 processes" in out  # caps went through the agents
+    assert "signed webhooks verified by the receiver" in out and "dr_start 1" in out
     assert "Traceback" not in r.stderr
     print(f"demo: 150 simulated s in {time.monotonic() - t0:.1f} s")
 

@@ -10,8 +10,8 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
+from controllers.actuation.link import MqttAddress
 from controllers.hooks.dispatch import HookDispatcher
-from controllers.hooks.mqtt import MqttAddress
 from controllers.hooks.payloads import event_id
 from models.errors import ConfigError
 from models.events import EV_DR_START, EV_MOVE, Event
