@@ -259,7 +259,33 @@ class AgentStatus:
             raise ValueError(f"bad agent status: {exc}") from exc
         if st.mode not in ("starting", "controlled", "fallback"):
             raise ValueError(f"bad mode {st.mode!r}")
+        _check_types(st)
         return st
+
+
+def _is_num(x: object) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool)
+
+
+def _check_types(st: AgentStatus) -> None:
+    """A status from the wire is believed only with the right types (ints, numbers, lists, counts)."""
+    for name in ("ts_ns", "seq", "plan_id", "applied_ns", "lease_expires_ns", "mode_since_ns"):
+        v = getattr(st, name)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise ValueError(f"agent status: {name} must be an integer, got {v!r}")
+    for name in ("apply_ms", "safe_cap_w"):
+        if not _is_num(getattr(st, name)):
+            raise ValueError(f"agent status: {name} must be a number, got {getattr(st, name)!r}")
+    for name, nullable in (("requested_w", False), ("enforced_w", True), ("power_w", True)):
+        v = getattr(st, name)
+        if not isinstance(v, list) or not all(_is_num(x) or (nullable and x is None) for x in v):
+            raise ValueError(f"agent status: {name} must be a list of numbers, got {v!r}")
+    if not isinstance(st.rejected, dict) or not all(isinstance(k, str) and isinstance(n, int)
+                                                     for k, n in st.rejected.items()):
+        raise ValueError(f"agent status: rejected must map reasons to counts, got {st.rejected!r}")
+    for name in ("site", "node", "backend", "last_reject"):
+        if not isinstance(getattr(st, name), str):
+            raise ValueError(f"agent status: {name} must be a string")
 
 
 _STATUS_FIELDS = tuple(f.name for f in fields(AgentStatus))
