@@ -96,7 +96,7 @@ class SiteKey:
 
     @classmethod
     def parse(cls, text: str, where: str) -> SiteKey:
-        """A key from its text: 64+ hex digits are decoded, anything else is used as bytes."""
+        """A key from its text: 32+ hex digits (even count) are decoded, anything else is used as bytes."""
         t = text.strip()
         try:
             raw = bytes.fromhex(t) if len(t) >= 2 * MIN_KEY_BYTES and len(t) % 2 == 0 else t.encode()
