@@ -334,7 +334,7 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         summary.observe(twin.sim)
         if drill is not None and drill.restart_ns >= 0 and plane.actuator is not None:
             plane.step(clock.now_ns())  # take in the last statuses
-            drill.evaluate(plane.actuator, site.actuation.lease_s)
+            drill.evaluate(plane.actuator, site.actuation.lease_s, opts.speed)
     finally:
         if plane is not None:
             await plane.stop()
