@@ -216,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="simulated seconds between polls of each device (default 2)")
     d.add_argument("--agent-procs", type=_positive(int), default=2, metavar="N",
                    help="node agent processes the twin's nodes are split over (default 2)")
-    d.add_argument("--outage", type=_outage, default=(700.0, 30.0), metavar="AT:DOWN",
+    d.add_argument("--outage", type=_outage, default=(730.0, 20.0), metavar="AT:DOWN",
                    help="kill the controller at AT for DOWN simulated seconds and check that every agent "
-                        "falls back within one lease (default 700:30, during the supply excursion; off: no drill; "
+                        "falls back within one lease (default 730:20, after the last scenario event; off: no drill; "
                         "skipped when the run is too short to see the fallback and the return)")
     add_store_arguments(d)
     d.set_defaults(handler=cmd_demo)

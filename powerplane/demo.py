@@ -61,7 +61,7 @@ class DemoOptions:
     collect_interval_s: float = 2.0  # site seconds between polls of every device
     store: StoreConfig = field(default_factory=StoreConfig)
     agent_procs: int = 2  # node agent processes (caps reach the GPUs only through them)
-    outage: tuple[float, float] | None = (700.0, 30.0)  # controller killed at (t, for s), None: no drill
+    outage: tuple[float, float] | None = (730.0, 20.0)  # controller killed at (t, for s), None: no drill
 
 
 @dataclass
