@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
-from models.errors import ConfigError, PowerplaneError
+from controllers.actuation.link import MqttAddress
+from models.errors import PowerplaneError
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -96,13 +96,8 @@ class Broker:
 
 def parse_mqtt_url(url: str) -> tuple[str, int]:
     """``mqtt://host[:port]`` -> (host, port); a bad URL is a ConfigError naming --mqtt."""
-    u = urlparse(url)
-    if u.scheme not in ("mqtt", "tcp") or not u.hostname:
-        raise ConfigError("--mqtt", [("", f"expected mqtt://host:port, got {url!r}")])
-    try:
-        return u.hostname, u.port or 1883
-    except ValueError as exc:
-        raise ConfigError("--mqtt", [("", f"bad port in {url!r}: {exc}")]) from None
+    addr = MqttAddress.parse(url)
+    return addr.host, addr.port
 
 
 async def start_broker(url: str | None = None, prefer: str = "auto") -> Broker:

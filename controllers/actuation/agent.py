@@ -219,6 +219,10 @@ class NodeAgent:
         """Publish the status now."""
         self._publish(self.status_topic, self.status(power_w, enforced_w).to_json())
 
+    def status_due(self, now_ns: int) -> bool:
+        """Whether the next heartbeat is due at ``now_ns``."""
+        return now_ns >= self._next_status_ns
+
     async def heartbeat(self) -> bool:
         """Publish the status with a fresh board reading if one is due; True if it was."""
         now = self.clock.now_ns()
@@ -318,7 +322,7 @@ class AgentHost:
             # Concurrently: one node's fallback must not wait for another's board to answer.
             await asyncio.gather(*(a.check_lease() for a in self.agents.values()
                                    if a.mode == "controlled" and now >= a.lease_expires_ns))
-            await asyncio.gather(*(a.heartbeat() for a in self.agents.values() if now >= a._next_status_ns))
+            await asyncio.gather(*(a.heartbeat() for a in self.agents.values() if a.status_due(now)))
             await self.clock.sleep(self.check_every_s)
 
     def modes(self) -> Counter[str]:

@@ -36,7 +36,8 @@ class MqttAddress:
         """Parse a broker URL; a bad one is a ConfigError naming ``where``."""
         u = urlparse(url)
         if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not u.hostname:
-            raise ConfigError(where, [("", f"expected mqtt[s]://[user:password@]host:port, got {url!r}")])
+            raise ConfigError(where, [("", f"expected mqtt://host:port (mqtts:// for TLS, user:password@ "
+                                           f"before the host), got {url!r}")])
         tls = u.scheme in ("mqtts", "ssl")
         try:
             port = u.port or (8883 if tls else 1883)
