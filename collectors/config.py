@@ -179,12 +179,20 @@ def _entity_tags(level: str, entity: str, site: str) -> tuple[tuple[str, str], .
     return (("site", site),)
 
 
+SNMP_INTERVAL_S = 30.0
+
+
 def devices_from_twin(endpoints: Sequence[Endpoint], site: str, *, topo: Topology | None = None,
-                      interval_s: float = 1.0, timeout_s: float = 1.0) -> list[DeviceConfig]:
+                      interval_s: float = 2.0, timeout_s: float = 1.0,
+                      period_s: float | None = None) -> list[DeviceConfig]:
     """One DeviceConfig per twin endpoint, with its profile and entity tags.
 
     With ``topo``, busway tap-offs are tagged as their racks and power ratings set the
-    range checks; without it tap-offs are sub-points of their row.
+    range checks; without it tap-offs are sub-points of their row. With ``period_s`` (the
+    control period) the polling follows a site's usual plan: CDUs every period (loop
+    capacity moves fastest: a pump trips), PDUs and UPSes over SNMP every
+    ``max(30 s, interval)`` (sites poll them every 10-60 s; server power, which the caps
+    need every period, comes from the agents), everything else every ``interval_s``.
     """
     from models.topology import LEVELS
 
@@ -215,7 +223,13 @@ def devices_from_twin(endpoints: Sequence[Endpoint], site: str, *, topo: Topolog
         else:
             profile = TWIN_PROFILES.get(ep.model, ep.model)
             options["topic"] = ep.topic
-        out.append(DeviceConfig(ep.device, ep.protocol, profile, ep.host, ep.port, interval_s, timeout_s, 0.0,
+        iv, to = interval_s, timeout_s
+        if period_s is not None:
+            if ep.level == "loop":
+                iv, to = min(interval_s, period_s), min(timeout_s, period_s)
+            elif ep.protocol == "snmp":
+                iv, to = max(SNMP_INTERVAL_S, interval_s), max(timeout_s, 2.0)
+        out.append(DeviceConfig(ep.device, ep.protocol, profile, ep.host, ep.port, iv, to, 0.0,
                                 tags, rating, MappingProxyType(options)))
     return out
 

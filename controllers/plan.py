@@ -124,6 +124,13 @@ class CapPlan:
 
     # ---- derived views --------------------------------------------------------------------
     @property
+    def demand_facility_w(self) -> float:
+        """Facility power if every GPU drew its predicted demand (the twin's physics)."""
+        topo = self.problem.topo
+        load = planned_node_load_w(topo, self.demand_w)
+        return float(self.overhead.facility_w(float(load[topo.level_slice(L_UPS)].sum())))
+
+    @property
     def gpus_capped(self) -> int:
         """GPUs whose cap is below their predicted demand."""
         capped = self.consumer_caps_w < self.consumer_demand_w * (1.0 - 1e-9)

@@ -102,3 +102,17 @@ class Hysteresis:
             stop = demand_load_w < self.release * limit_w
         self.active = (self.active | start) & ~stop
         return np.where(self.active, self.target, self.cap)
+
+
+def gate(planned_w: F64, granted_violations: list[str], applied_w: F64 | None) -> F64 | None:
+    """The caps to apply for a plan.
+
+    A plan that grants more than a limit allows (``granted_violations`` from
+    ``CapPlan.violations(of="caps")``) is a controller bug: apply only what lowers a cap,
+    never raise one on a bad plan — and nothing at all before any plan was applied.
+    """
+    if not granted_violations:
+        return planned_w
+    if applied_w is None:
+        return None
+    return np.minimum(planned_w, applied_w)

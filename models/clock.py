@@ -56,6 +56,11 @@ class ScaledClock:
         """Return the scaled site time in ns."""
         return self._site0 + int((time.monotonic_ns() - self._wall0) * self.speed)
 
+    @property
+    def start_ns(self) -> int:
+        """Site time when the clock started (site time 0 of a run)."""
+        return self._site0
+
     def anchor(self) -> str:
         """``scaled:SPEED:SITE0_NS:MONO0_NS``: lets another process on this host share this clock
         (CLOCK_MONOTONIC is system-wide on Linux)."""

@@ -85,6 +85,18 @@ def flow_for_heat_lpm(heat_w: float, delta_t_k: float, coolant: Coolant) -> floa
     return m_dot / coolant.density_kg_per_l * 60.0
 
 
+def pue(facility: float, it: float) -> float | None:
+    """Power usage effectiveness, facility / IT (powers or energies); None where undefined.
+
+    Undefined means: IT not positive, either side not finite, or facility below IT (a
+    meter disagreement, never a PUE under 1). The one PUE of powerplane: the controller's
+    derived totals, the twin's truth and the report all use it.
+    """
+    if not (math.isfinite(facility) and math.isfinite(it)) or it <= 0 or facility < it:
+        return None
+    return facility / it
+
+
 @dataclass(frozen=True, slots=True)
 class OverheadModel:
     """Facility overhead as a function of IT load (see module docstring)."""
@@ -105,7 +117,8 @@ class OverheadModel:
 
     def pue(self, it_w: float) -> float:
         """Power usage effectiveness at IT load ``it_w`` (inf at zero IT load)."""
-        return math.inf if it_w <= 0 else self.facility_w(it_w) / it_w
+        p = pue(self.facility_w(it_w), it_w)
+        return math.inf if p is None else p
 
     def it_budget_w(self, facility_limit_w: float) -> float:
         """Largest IT load whose facility power stays within ``facility_limit_w``."""

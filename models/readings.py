@@ -45,6 +45,7 @@ class Reason(enum.IntEnum):
     DEVICE_BAD = 6  # the device itself marked the value bad
     DECODE = 7  # the raw bytes / payload could not be decoded
     NOT_IMPLEMENTED = 8  # the device's "not implemented" sentinel (e.g. SunSpec 0x8000)
+    TIMESTAMP = 9  # stamped outside the accepted window around now
 
 
 Kind = Literal["gauge", "counter", "state"]
@@ -137,6 +138,7 @@ for _m in (
     Metric("site", "facility_w", "W", "gauge", 0.0, 5e9, None, "facility power at the interconnect"),
     Metric("site", "it_w", "W", "gauge", 0.0, 5e9, None, "IT power"),
     Metric("site", "pue", "1", "gauge", 1.0, 5.0, None, "power usage effectiveness"),
+    Metric("site", "it_age_s", "s", "gauge", 0.0, 1e6, None, "age of the oldest reading site.it_w was derived from"),
     # caps: what a cap plan grants, per entity (tags: site, level=<power level|loop|job|site>, id)
     Metric("caps", "cap_w", "W", "gauge", 0.0, 5e9, None, "sum of GPU caps under the entity"),
     Metric("caps", "demand_w", "W", "gauge", 0.0, 5e9, None, "predicted GPU demand under the entity"),
@@ -147,6 +149,7 @@ for _m in (
     Metric("caps", "binding", "1", "state", 0.0, 1.0, None, "1 if the entity's constraint binds"),
     Metric("caps", "gpus_capped", "1", "gauge", 0.0, 1e8, None, "GPUs capped below their demand"),
     Metric("caps", "solve_ms", "ms", "gauge", 0.0, 1e6, None, "solver time of the plan"),
+    Metric("caps", "gpu_cap_w", "W", "gauge", 0.0, 1e5, None, "per-GPU cap sent to a node (stored when it changes)"),
     # collector: per-device health (tags: site, device, protocol)
     Metric("collector", "up", "1", "state", 0.0, 1.0, None, "1 if the last poll succeeded"),
     Metric("collector", "latency_s", "s", "gauge", 0.0, 3600.0, None, "duration of the last poll"),
@@ -176,6 +179,28 @@ for _m in (
     Metric("actuation", "lease_fallbacks", "1", "counter", 0.0, 1e18, None, "agents that fell back on their lease"),
     Metric("actuation", "nodes_controlled", "1", "gauge", 0.0, 1e8, None, "agents enforcing a current plan"),
     Metric("actuation", "nodes_fallback", "1", "gauge", 0.0, 1e8, None, "agents at their safe cap"),
+    Metric("actuation", "nodes_unknown", "1", "gauge", 0.0, 1e8, None, "nodes no agent has reported"),
+    Metric("actuation", "command_bytes", "B", "counter", 0.0, 1e18, None, "bytes of cap commands sent"),
+    Metric("actuation", "statuses_dropped", "1", "counter", 0.0, 1e18, None,
+           "agent statuses dropped unread (oversize or inbox overflow)"),
+    # controller: the control loop's own health, every period (tags: site)
+    Metric("controller", "late_ms", "ms", "gauge", 0.0, 1e9, None, "how late the period started"),
+    Metric("controller", "period_ms", "ms", "gauge", 0.0, 1e9, None, "time the whole period took"),
+    Metric("controller", "ingest_ms", "ms", "gauge", 0.0, 1e9, None, "stage: readings and statuses in"),
+    Metric("controller", "verify_ms", "ms", "gauge", 0.0, 1e9, None, "stage: verification"),
+    Metric("controller", "solve_ms", "ms", "gauge", 0.0, 1e9, None, "stage: plan (demand, budget, solve)"),
+    Metric("controller", "publish_ms", "ms", "gauge", 0.0, 1e9, None, "stage: cap commands signed and sent"),
+    Metric("controller", "store_ms", "ms", "gauge", 0.0, 1e9, None, "stage: hand-off to the store and hooks"),
+    Metric("controller", "periods", "1", "counter", 0.0, 1e18, None, "periods since start"),
+    Metric("controller", "plans", "1", "counter", 0.0, 1e18, None, "plans made"),
+    Metric("controller", "missed_periods", "1", "counter", 0.0, 1e18, None, "periods skipped because late"),
+    Metric("controller", "errors", "1", "counter", 0.0, 1e18, None, "periods that raised"),
+    Metric("controller", "readings_in", "1", "counter", 0.0, 1e18, None, "readings taken in"),
+    Metric("controller", "batches_rejected", "1", "counter", 0.0, 1e18, None, "reading batches refused at the edge"),
+    Metric("controller", "store_queue", "1", "gauge", 0.0, 1e9, None, "writes waiting for the store thread"),
+    Metric("controller", "store_dropped", "1", "counter", 0.0, 1e18, None, "writes dropped at the store queue bound"),
+    Metric("controller", "dr_stranded_w", "W", "gauge", 0.0, 5e9, None,
+           "DR target minus site power while demand exceeds the target"),
 ):
     register_metric(_m)
 
@@ -198,6 +223,7 @@ class SeriesRegistry:
         self._keys: list[SeriesKey] = []
         self._lo: list[float] = []
         self._hi: list[float] = []
+        self._bounds: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -230,8 +256,14 @@ class SeriesRegistry:
         return self._keys
 
     def bounds(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Valid ``(lo, hi)`` of every series, indexed by id."""
-        return np.asarray(self._lo, np.float64), np.asarray(self._hi, np.float64)
+        """Valid ``(lo, hi)`` of every series, indexed by id (cached until a series is added)."""
+        cached = self._bounds
+        if cached is not None and cached[0].shape[0] == len(self._lo):
+            return cached
+        with self._lock:
+            b = (np.asarray(self._lo, np.float64), np.asarray(self._hi, np.float64))
+        self._bounds = b
+        return b
 
 
 REGISTRY = SeriesRegistry()  # the process-wide default
@@ -309,6 +341,14 @@ class ReadingBatch:
         cols["value"] = self.value
         cols["quality"] = self.quality
         return pd.DataFrame(cols)
+
+
+def rating_of(key: SeriesKey, hi: float) -> float | None:
+    """The entity rating a series was interned with, recovered from its upper bound."""
+    m = metric(key.metric)
+    if m.hi_rated is None or not np.isfinite(hi) or hi >= m.hi:
+        return None
+    return hi / m.hi_rated
 
 
 def check_ranges(batch: ReadingBatch) -> NDArray[np.uint8]:

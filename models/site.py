@@ -229,6 +229,9 @@ class Controller(_Model):
     demand_ewma_s: PosFloat = Field(default=5.0, description="time constant of the demand average")
     demand_peak_s: PosFloat = Field(default=10.0, description="window of the recent demand peak")
     dr_lead_s: NonNegFloat = Field(default=10.0, description="apply a DR target this long before it starts")
+    totals_max_age_s: PosFloat = Field(
+        default=75.0, description="site IT power and PUE are derived from UPS readings up to this old "
+                                  "(UPSes are polled every 10-60 s); their age is stored with them")
 
     @model_validator(mode="after")
     def _thresholds(self) -> Controller:
@@ -252,7 +255,20 @@ class Actuation(_Model):
         default=10.0, description="caps are sent rounded down to this step (never above the plan)")
     raise_deadband_w: NonNegFloat = Field(default=20.0, description="a raise smaller than this waits for renewal")
     raise_every_s: NonNegFloat = Field(default=2.0, description="a node gets a raise at most this often")
-    status_every_s: PosFloat = Field(default=10.0, description="agents report enforced limit and power this often")
+    hostname_template: Annotated[str, Field(max_length=200, pattern=r"^[A-Za-z0-9.{}:_\-]*\{index(:0?\d+d)?\}"
+                                                                     r"[A-Za-z0-9.{}:_\-]*$")] = Field(
+        default="{rack}-node-{index:03d}",
+        description="host name of a node (fields rack and index, rack order from 0): --node-from-hostname")
+    status_every_s: PosFloat = Field(default=1.0, description="agents report enforced limit and power this often "
+                                                              "(once per period: the controller's server power)")
+
+    @model_validator(mode="after")
+    def _hostname(self) -> Actuation:
+        try:
+            self.hostname_template.format(rack="r01", index=0)
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ValueError(f"hostname_template: only {{rack}} and {{index}} can be used ({exc})") from None
+        return self
 
     @model_validator(mode="after")
     def _renew(self) -> Actuation:

@@ -17,13 +17,15 @@ newer one. Demand-response events are structured, not scalar, and arrive through
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
 from models.grid import DemandResponseEvent, GridSignals
+from models.physics import pue
 from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
-from models.topology import L_NODE, L_PDU, LEVELS, Topology
+from models.topology import L_NODE, L_PDU, L_UPS, LEVELS, Topology
 
 LOOP_FIELDS = ("supply_c", "return_c", "flow_lpm", "dp_kpa", "heat_w", "capacity_w", "pumps_running", "leak")
 SITE_FIELDS = ("facility_w", "it_w", "pue")
@@ -33,6 +35,18 @@ _UNRESOLVED = -2
 _IGNORED = -1
 # Readings flagged with these bits are kept in the store but must not drive control.
 _UNUSABLE = Quality.UNCERTAIN | Quality.STALE
+
+
+@dataclass(frozen=True, slots=True)
+class SiteTotals:
+    """Site totals derived from the latest readings (None where they cannot be)."""
+
+    it_w: float | None  # sum of the UPS outputs, when every UPS has a reading within max_age
+    it_age_s: float  # age of the oldest UPS reading used (inf when none)
+    facility_w: float | None  # the site meter, when within max_age
+    pue: float | None
+    dr_active: bool
+    dr_target_w: float  # the lowest target of the DR events in force, 0 when none
 
 
 class SiteState:
@@ -171,6 +185,25 @@ class SiteState:
             carbon_g_per_kwh=self.grid("carbon_g_per_kwh")[0],
             events=tuple(e for e in self.dr_events.values() if e.end_ns > now_ns),
         )
+
+    def totals(self, now_ns: int, max_age_s: float) -> SiteTotals:
+        """IT power, facility power, PUE and DR state at ``now_ns``.
+
+        Each UPS is polled at its own interval (SNMP, 10-60 s), so IT power uses the latest
+        reading of every UPS that is at most ``max_age_s`` old — not only readings of the
+        last few seconds — and states its age.
+        """
+        sl = self.topo.level_slice(L_UPS)
+        ups, ts = self.node_power_w[sl], self.node_power_ts_ns[sl]
+        age = float((now_ns - int(ts.min())) / 1e9) if ups.size else float("inf")
+        it_w = float(ups.sum()) if ups.size and np.isfinite(ups).all() and (ts > 0).all() and \
+            age <= max_age_s else None
+        fac, fac_ts = self.site("facility_w")
+        facility = fac if np.isfinite(fac) and fac_ts > 0 and (now_ns - fac_ts) / 1e9 <= max_age_s else None
+        p = pue(facility, it_w) if facility is not None and it_w is not None else None
+        active = [e for e in self.dr_events.values() if e.state(now_ns) == "active"]
+        return SiteTotals(it_w, age if it_w is not None else float("inf"), facility, p, bool(active),
+                          min((e.target_w for e in active), default=0.0))
 
     def age_s(self, ts_ns: NDArray[np.int64], now_ns: int) -> NDArray[np.float64]:
         """Age in seconds of readings stamped ``ts_ns`` (inf for never seen)."""

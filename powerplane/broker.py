@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from controllers.actuation.link import MqttAddress
+from bus.mqtt import MqttAddress
 from models.errors import PowerplaneError
 
 
@@ -59,18 +59,20 @@ def mosquitto_config(port: int, host: str = "127.0.0.1", data_dir: str | None = 
 class Broker:
     """A running (or external) MQTT broker."""
 
-    def __init__(self, kind: str, host: str, port: int) -> None:
+    def __init__(self, kind: str, host: str, port: int, addr: MqttAddress | None = None) -> None:
         self.kind = kind  # external | mosquitto | amqtt
         self.host = host
         self.port = port
+        # The address clients use, credentials and TLS included (an external broker's, as given).
+        self.addr = addr if addr is not None else MqttAddress(host, port)
         self._proc: subprocess.Popen[bytes] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._amqtt: Any = None
 
     @property
     def url(self) -> str:
-        """``mqtt://host:port``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt[s]://[user@]host:port`` (never the password)."""
+        return self.addr.url()
 
     def describe(self) -> str:
         """One line for the operator."""
@@ -94,17 +96,13 @@ class Broker:
             self._tmp = None
 
 
-def parse_mqtt_url(url: str) -> tuple[str, int]:
-    """``mqtt://host[:port]`` -> (host, port); a bad URL is a ConfigError naming --mqtt."""
-    addr = MqttAddress.parse(url)
-    return addr.host, addr.port
-
-
-async def start_broker(url: str | None = None, prefer: str = "auto") -> Broker:
-    """Use ``url`` if given, else start mosquitto if found, else an embedded amqtt."""
+async def start_broker(url: str | None = None, prefer: str = "auto", *,
+                       password_file: str | None = None) -> Broker:
+    """Use ``url`` if given (password from ``password_file`` or the environment), else start
+    mosquitto if found, else an embedded amqtt."""
     if url:
-        host, port = parse_mqtt_url(url)
-        return Broker("external", host, port)
+        addr = MqttAddress.parse(url, password_file=password_file)
+        return Broker("external", addr.host, addr.port, addr)
     exe = shutil.which("mosquitto") or (shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin"))
     if exe and prefer in ("auto", "mosquitto"):
         return await _start_mosquitto(exe)

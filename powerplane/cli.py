@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -104,67 +102,6 @@ def cmd_site_show(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-# ---- twin -------------------------------------------------------------------------------
-
-def cmd_twin(args: argparse.Namespace, console: Console) -> int:
-    """Run the digital twin and print where each endpoint listens."""
-    return asyncio.run(_twin(args, console))
-
-
-async def _twin(args: argparse.Namespace, console: Console) -> int:
-    from rich.table import Table
-
-    from models.clock import NS_PER_S, ScaledClock
-    from models.site import load_site
-    from models.twin.runner import Twin
-    from powerplane.broker import start_broker
-
-    site = load_site(args.site)
-    start_ns = int(site.twin.start.timestamp() * NS_PER_S) if site.twin.start else None
-    clock = ScaledClock(args.speed, start_ns)
-    broker = await start_broker(args.mqtt) if not args.no_mqtt else None
-    twin = Twin(site, clock, host=args.host, mqtt=(broker.host, broker.port) if broker else None,
-                seed=args.seed, snmp_port=args.snmp_port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
-        await twin.start()
-        twin.run_in_background()
-        title = f"powerplane twin · {site.site.name} · x{args.speed:g} · seed {twin.sim.seed}"
-        rows = [(e.device, e.protocol, e.model, f"{e.level} {e.entity}", e.url()) for e in twin.endpoints()]
-        if console.is_terminal:
-            tab = Table(title=title)
-            for col in ("device", "protocol", "model", "measures", "endpoint"):
-                tab.add_column(col)
-            for row in rows:
-                tab.add_row(*row)
-            console.print(tab)
-        else:  # piped: one endpoint per line, whole URLs, easy to grep and parse
-            console.print(title, highlight=False)
-            for row in rows:
-                console.print("\t".join(row), highlight=False, markup=False)
-        if broker is not None:
-            console.print(f"MQTT: {broker.describe()}")
-        console.print("SNMP v2c: community = device name; v3: user powerplane, SHA/AES, "
-                      "keys powerplane-auth/powerplane-priv, context = device name", highlight=False)
-        if args.endpoints_out:
-            twin.write_endpoints(args.endpoints_out)
-            console.print(f"endpoints written to {args.endpoints_out}")
-        if args.duration:
-            timeout = args.duration / args.speed
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout)
-        else:
-            await stop.wait()
-    finally:
-        await twin.stop()
-        if broker is not None:
-            await broker.stop()
-    return 0
-
-
 # ---- demo -------------------------------------------------------------------------------
 
 def cmd_demo(args: argparse.Namespace, console: Console) -> int:
@@ -173,9 +110,11 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from powerplane.store.config import store_config_from_args
 
     opts = DemoOptions(site=Path(args.site), duration_s=args.duration, speed=args.speed, seed=args.seed,
-                       mqtt_url=args.mqtt, live=False if args.no_live else None, control=not args.no_control,
+                       mqtt_url=args.mqtt, mqtt_password_file=args.mqtt_password_file,
+                       live=False if args.no_live else None, control=not args.no_control,
                        collect_interval_s=args.collect_interval, store=store_config_from_args(args),
-                       agent_procs=args.agent_procs, outage=args.outage)
+                       agent_procs=args.agent_procs, outage=args.outage,
+                       summary_json=Path(args.summary_json) if args.summary_json else None)
     return asyncio.run(run_demo(opts, console))
 
 
@@ -208,7 +147,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--duration", type=_positive(float), default=780.0, help="simulated seconds (default 780)")
     d.add_argument("--speed", type=_positive(float), default=10.0, help="simulated seconds per second (default 10)")
     d.add_argument("--seed", type=int, default=None, help="twin seed (default: the site's)")
-    d.add_argument("--mqtt", default=None, metavar="URL", help="use this MQTT broker (mqtt://host:port)")
+    d.add_argument("--mqtt", default=None, metavar="URL",
+                   help="use this MQTT broker (mqtt://[user@]host:port; password: --mqtt-password-file or "
+                        "$POWERPLANE_MQTT_PASSWORD)")
+    d.add_argument("--mqtt-password-file", default=None, metavar="FILE", help="the MQTT user's password")
+    d.add_argument("--summary-json", default=None, metavar="FILE", help="write the run's summary as JSON")
     d.add_argument("--no-live", action="store_true", help="print log lines instead of the live view")
     d.add_argument("--no-control", action="store_true",
                    help="leave the GPUs uncapped (to see which limits the controller keeps)")
@@ -222,18 +165,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "skipped when the run is too short to see the fallback and the return)")
     add_store_arguments(d)
     d.set_defaults(handler=cmd_demo)
-
-    t = sub.add_parser("twin", help="run the digital twin and serve it over Modbus, SNMP and MQTT")
-    t.add_argument("--site", required=True, help="site file")
-    t.add_argument("--speed", type=_positive(float), default=1.0)
-    t.add_argument("--seed", type=int, default=None)
-    t.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    t.add_argument("--snmp-port", type=int, default=0, help="UDP port of the SNMP agent (default: free port)")
-    t.add_argument("--mqtt", default=None, metavar="URL", help="publish to this broker (default: start one)")
-    t.add_argument("--no-mqtt", action="store_true", help="do not publish MQTT")
-    t.add_argument("--duration", type=_positive(float), default=None, help="stop after this many simulated s")
-    t.add_argument("--endpoints-out", default=None, metavar="FILE", help="write the endpoints as JSON")
-    t.set_defaults(handler=cmd_twin)
 
     c = sub.add_parser("config", help="configuration files")
     csub = c.add_subparsers(dest="config_command", required=True, metavar="ACTION")
@@ -267,14 +198,16 @@ def command_registrars() -> tuple[Registrar, ...]:
 
     Explicit on purpose (no plugin discovery by import side effects): add one line here.
     """
-    from collectors.cli import register as collectors
-    from controllers.actuation.cli import register as actuation
+    from collectors.cli import register as profiles
     from controllers.advise import register as advise
     from controllers.cli import register as controllers
+    from controllers.hooks.cli import register as hooks
     from dashboards.cli import register as dashboards
+    from powerplane.commands import agent, collect, controller, twin
     from powerplane.store.cli import register as store
 
-    return (collectors, store, controllers, actuation, advise, dashboards)
+    return (twin.register, profiles, collect.register, store, controllers, controller.register, agent.register,
+            advise, hooks, dashboards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,50 +1,60 @@
-"""``powerplane demo``: the whole control plane against the digital twin, with no server to install.
+"""``powerplane demo``: the whole control plane against the digital twin, one process per job.
 
-It starts an MQTT broker (see ``powerplane.broker``), the twin with its Modbus, SNMP and
-MQTT endpoints on loopback, shows a live view and ends with a summary of energy, peaks and
-every limit that was exceeded (site, power tree, cooling).
+Processes (all on loopback, sharing one scaled clock):
+
+    broker      mosquitto on a free port (or --mqtt)
+    twin        `powerplane twin`: physics + Modbus/SNMP/MQTT device servers; ground truth
+    collect     `powerplane collect --publish`: polls the Modbus and SNMP devices, publishes batches
+    controller  `powerplane controller --readings`: the control loop; grid/BMS MQTT devices; store; hooks
+    agents      `powerplane agent --backend sim --rack ...` x N: caps the twin's GPUs, lease fallback
+    this one    live view (from the twin's and the controller's state topics), webhook receiver,
+                the outage drill (SIGKILL of the controller), the summary
+
+The summary is built from what each process recorded — the twin's truth (every limit, at
+every simulation step), the controller's run(s), the collector's device health, the agents'
+mode transitions and the webhook receiver — and, with ``--summary-json``, written as data.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import math
+import os
 import secrets
+import shutil
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 from rich.console import Console, RenderableType
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from collectors.base import DeviceConfig
-from collectors.config import devices_from_twin
-from controllers.actuation.actuator import Actuator
-from controllers.actuation.cli import build_hooks
-from controllers.actuation.link import MqttAddress
-from controllers.actuation.messages import SiteKey
-from controllers.hooks.dispatch import HookDispatcher
+from bus.mqtt import Inbox, MqttLink
+from controllers.actuation.messages import KEY_ENV, SiteKey
 from controllers.hooks.receiver import WebhookReceiver
-from controllers.moves import MoveAdvisor
 from models.clock import NS_PER_S, ScaledClock
-from models.site import Hooks, SiteConfig, Webhook, load_site
-from models.topology import L_HALL, L_NODE, L_RACK, L_ROW, LEVELS, Topology
-from models.twin.feed import TwinFeed
-from models.twin.runner import Twin
-from models.twin.sim import TwinSim
-from powerplane.broker import start_broker
-from powerplane.fleet import AgentFleet, OutageDrill
-from powerplane.runtime import ControlPlane
-from powerplane.store.config import StoreConfig, open_sink
+from models.files import read_json, write_json
+from models.histogram import Histogram
+from models.site import SiteConfig, load_site
+from models.topology import L_NODE, L_RACK, build_topology
+from models.twin.runner import view_topic
+from powerplane.broker import Broker, start_broker
+from powerplane.fleet import OutageDrill, Proc
+from powerplane.store.config import StoreConfig
 from powerplane.view import LoopRow, PowerRow, ViewState, bar, render, render_line
 
 DEFAULT_SITE = Path(__file__).resolve().parent.parent / "deploy" / "sites" / "demo.toml"
 VIEW_PERIOD_WALL_S = 0.25
+START_TIMEOUT_WALL_S = 90.0
+MIN_PLAN_SHARE = 0.98  # below this share of periods planned, the controller did not keep up
 
 
 @dataclass
@@ -56,104 +66,153 @@ class DemoOptions:
     speed: float = 10.0
     seed: int | None = None
     mqtt_url: str | None = None
+    mqtt_password_file: str | None = None
     live: bool | None = None  # None: live view only when stdout is a terminal
     control: bool = True  # False: run the twin uncapped, to see what the controller prevents
     collect_interval_s: float = 2.0  # site seconds between polls of every device
     store: StoreConfig = field(default_factory=StoreConfig)
-    agent_procs: int = 2  # node agent processes (caps reach the GPUs only through them)
+    agent_procs: int = 2  # agent processes (caps reach the GPUs only through them)
     outage: tuple[float, float] | None = (730.0, 20.0)  # controller killed at (t, for s), None: no drill
+    summary_json: Path | None = None
 
 
-@dataclass
-class Exceedance:
-    """How long and how far one limit was exceeded."""
+class Plane:
+    """The demo's child processes and where each keeps its records."""
 
-    seconds: float = 0.0
-    worst_over_w: float = 0.0
+    def __init__(self, opts: DemoOptions, site: SiteConfig, broker: Broker, clock: ScaledClock, run_dir: Path,
+                 key: SiteKey, hook_url: str | None, hook_secret_file: Path | None) -> None:
+        self.opts, self.site, self.broker, self.clock, self.dir = opts, site, broker, clock, run_dir
+        self.env = dict(os.environ, **{KEY_ENV: key.hex()}, PYTHONUNBUFFERED="1")
+        if broker.addr.password:
+            self.env["POWERPLANE_MQTT_PASSWORD"] = broker.addr.password
+        self.url = broker.url
+        self.anchor = clock.anchor()
+        self.eps = run_dir / "endpoints.json"
+        self.truth = run_dir / "truth.json"
+        self.hook_url, self.hook_secret_file = hook_url, hook_secret_file
+        self.controllers: list[Proc] = []
+        self.agents: list[Proc] = []
+        self.twin: Proc | None = None
+        self.collect: Proc | None = None
+        self.killed: list[Proc] = []  # by the drill
+
+    def _common(self) -> list[str]:
+        return ["--mqtt", self.url, "--clock", self.anchor]
+
+    async def start_twin(self) -> None:
+        args = ["twin", "--site", str(self.opts.site), *self._common(), "--endpoints-out", str(self.eps),
+                "--truth-out", str(self.truth)]
+        if self.opts.seed is not None:
+            args += ["--seed", str(self.opts.seed)]
+        if self.opts.control:
+            args.append("--start-capped")  # the agents start at their safe cap
+        self.twin = Proc("twin", args, self.dir / "twin.log", self.env)
+        await self.twin.start()
+
+    async def start_collect(self) -> None:
+        self.collect = Proc("collect", [
+            "collect", "--endpoints", str(self.eps), "--site", str(self.opts.site), "--protocols", "modbus,snmp",
+            "--interval", str(self.opts.collect_interval_s), "--publish", self.url, "--src", "collect-0",
+            "--clock", self.anchor, "--summary-out", str(self.dir / "collect.json")], self.dir / "collect.log",
+            self.env)
+        await self.collect.start()
+
+    async def start_controller(self) -> Proc:
+        k = len(self.controllers) + 1
+        cfg = self.opts.store
+        args = ["controller", "--site", str(self.opts.site), *self._common(), "--endpoints", str(self.eps),
+                "--protocols", "mqtt", "--readings", "--state-dir", str(self.dir / "controller-state"),
+                "--summary-out", str(self.dir / f"controller-{k}.json"), "--data-dir", str(cfg.data_dir)]
+        if cfg.influx_url:
+            args += ["--influx-url", cfg.influx_url, "--influx-org", cfg.influx_org, "--influx-bucket",
+                     cfg.influx_bucket, "--influx-api", cfg.influx_api]
+        if not self.opts.control:
+            args.append("--no-control")
+        elif self.hook_url and self.hook_secret_file:
+            args += ["--webhook", self.hook_url, "--webhook-secret-file", str(self.hook_secret_file)]
+        env = dict(self.env)
+        if cfg.influx_token:
+            env["POWERPLANE_INFLUX_TOKEN"] = cfg.influx_token  # never argv
+        p = Proc(f"controller-{k}", args, self.dir / f"controller-{k}.log", env)
+        await p.start()
+        self.controllers.append(p)
+        return p
+
+    async def start_agents(self, racks: list[str]) -> None:
+        n = max(1, min(self.opts.agent_procs, len(racks)))
+        for i in range(n):
+            args = ["agent", "--site", str(self.opts.site), "--backend", "sim", *self._common(),
+                    "--summary-out", str(self.dir / f"agent-{i}.json")]
+            for r in racks[i::n]:
+                args += ["--rack", r]
+            p = Proc(f"agent-{i}", args, self.dir / f"agent-{i}.log", self.env)
+            await p.start()
+            self.agents.append(p)
+
+    @property
+    def controller(self) -> Proc | None:
+        return self.controllers[-1] if self.controllers else None
+
+    def dead(self) -> list[Proc]:
+        """Children that ended on their own (the drill's killed controller is not one of them)."""
+        procs = [p for p in (self.twin, self.collect, *self.agents, self.controller)
+                 if p is not None and p not in self.killed]
+        return [p for p in procs if p.proc is not None and p.proc.returncode is not None]
+
+    async def stop(self) -> dict[str, int | None]:
+        """Collector and agents first (the GPUs keep their caps), then the controller, and the twin
+        last (its truth covers everything)."""
+        codes: dict[str, int | None] = {}
+        for p in [self.collect, *self.agents, *self.controllers[-1:], self.twin]:
+            if p is not None:
+                codes[p.name] = await p.stop()
+        return codes
 
 
-@dataclass
-class Summary:
-    """Totals and limit exceedances observed over the run (sampled every view tick)."""
+class Watcher:
+    """The live state of the twin and the controller, from their MQTT state topics."""
 
-    samples: int = 0
-    t_s: float = 0.0
-    peak_facility_w: float = 0.0
-    peak_it_w: float = 0.0
-    max_return_c: dict[str, float] = field(default_factory=dict)
-    over: dict[str, Exceedance] = field(default_factory=dict)
-    energy_start_wh: float = 0.0
-    energy_end_wh: float = 0.0
-    _last_t: float | None = None
+    def __init__(self, broker: Broker, site: SiteConfig) -> None:
+        self.link = MqttLink(broker.addr, f"powerplane-demo-view-{os.getpid()}", clean_session=True)
+        self.twin_box = self.link.subscribe(view_topic(site.site.name), qos=0, inbox=Inbox(16, 1 << 20))
+        prefix = site.actuation.topic_prefix
+        self.ctl_box = self.link.subscribe(f"{prefix}/{site.site.name}/controller/state", qos=0,
+                                           inbox=Inbox(16, 4 << 20))
+        self.twin: dict[str, Any] | None = None
+        self.controller: dict[str, Any] | None = None
+        self.controller_wall = 0.0
 
-    def _over(self, key: str, dt: float, excess_w: float) -> None:
-        if excess_w > 0:
-            e = self.over.setdefault(key, Exceedance())
-            e.seconds += dt
-            e.worst_over_w = max(e.worst_over_w, excess_w)
+    def start(self) -> None:
+        self.link.start()
 
-    def observe(self, sim: TwinSim) -> None:
-        """Record the twin's state now."""
-        t = sim.topo
-        dt = 0.0 if self._last_t is None else sim.t_s - self._last_t
-        if self._last_t is None:
-            self.energy_start_wh = sim.facility_energy_wh
-        self._last_t = sim.t_s
-        self.t_s = sim.t_s
-        self.samples += 1
-        self.energy_end_wh = sim.facility_energy_wh
-        self.peak_facility_w = max(self.peak_facility_w, sim.facility_w)
-        self.peak_it_w = max(self.peak_it_w, sim.it_w)
-        self._over("site: facility limit", dt, sim.facility_w - sim.grid().facility_limit_w())
-        excess = sim.node_power_w - t.node_limit_w
-        for n in np.flatnonzero(excess > 0):
-            self._over(f"{LEVELS[int(t.node_level[n])]} {t.node_id(int(n))}", dt, float(excess[n]))
-        for k, lid in enumerate(t.loop_ids):
-            self._over(f"loop {lid}: heat over capacity", dt,
-                       float(sim.loop_heat_w[k] - sim.loop_capacity_w[k]))
-            self.max_return_c[lid] = max(self.max_return_c.get(lid, -math.inf), float(sim.loop_return_c[k]))
+    def stop(self) -> None:
+        self.link.stop()
 
-    def table(self, topo: Topology) -> Table:
-        """The end-of-run summary."""
-        tab = Table(title="powerplane demo summary", show_header=False, expand=False)
-        tab.add_column(style="bold")
-        tab.add_column()
-        energy_mwh = (self.energy_end_wh - self.energy_start_wh) / 1e6
-        tab.add_row("simulated", f"{self.t_s:,.0f} s, {self.samples} samples")
-        tab.add_row("energy", f"{energy_mwh:,.3f} MWh at the interconnect")
-        tab.add_row("peak site power", f"{self.peak_facility_w / 1e6:,.3f} MW (IT {self.peak_it_w / 1e6:,.3f} MW)")
-        for lid, c in self.max_return_c.items():
-            k = topo.loop_ids.index(lid)
-            tab.add_row(f"max return {lid}", f"{c:.1f} °C (limit {topo.loop_max_return_c[k]:.0f} °C)")
-        if not self.over:
-            tab.add_row("limits", "[green]no limit exceeded[/green]")
-        for key, e in sorted(self.over.items(), key=lambda kv: -kv[1].seconds):
-            tab.add_row(f"[red]exceeded[/red] {key}", f"{e.seconds:,.1f} s, worst by {e.worst_over_w / 1e3:,.1f} kW")
-        return tab
+    def poll(self) -> None:
+        for _t, payload in self.twin_box.drain()[-1:]:
+            with contextlib.suppress(ValueError):
+                self.twin = json.loads(payload)
+        for _t, payload in self.ctl_box.drain()[-1:]:
+            try:
+                self.controller = json.loads(payload)
+                self.controller_wall = time.monotonic()
+            except ValueError:
+                pass
 
 
-def view_state(twin: Twin, opts: DemoOptions, notes: list[str]) -> ViewState:
-    """Build the view from the twin's state."""
-    sim, t = twin.sim, twin.topo
-    g = sim.grid()
-    active = [e for e in g.events if e.state(g.ts_ns) in ("announced", "active")]
+def view_state(doc: dict[str, Any], opts: DemoOptions, notes: list[str]) -> ViewState:
+    """The live view of the twin's published state."""
+    def rows(key: str) -> list[PowerRow]:
+        return [PowerRow(str(i), float(p), float(lim)) for i, p, lim in doc.get(key, [])]
 
-    def rows(level: int) -> list[PowerRow]:
-        sl = t.level_slice(level)
-        return [PowerRow(i, float(p), float(lim)) for i, p, lim in
-                zip(t.ids(level), sim.node_power_w[sl], t.node_limit_w[sl], strict=True)]
-
-    loops = [LoopRow(lid, float(sim.loop_supply_c[k]), float(sim.loop_return_c[k]),
-                     float(t.loop_max_return_c[k]), float(sim.loop_flow_lpm[k]), float(sim.loop_heat_w[k]),
-                     float(sim.loop_capacity_w[k]), int(sim.loop_pumps_running[k]), int(t.loop_pumps[k]))
-             for k, lid in enumerate(t.loop_ids)]
+    loops = [LoopRow(str(x[0]), *map(float, x[1:7]), int(x[7]), int(x[8])) for x in doc.get("loops", [])]
     return ViewState(
-        site=twin.site.site.name, source="twin state (in process)", t_s=sim.t_s,
-        duration_s=opts.duration_s, speed=opts.speed, facility_w=sim.facility_w, it_w=sim.it_w,
-        limit_w=g.limit_w, dr_target_w=active[0].target_w if active else None,
-        dr_state=active[0].state(g.ts_ns) if active else None, price_per_mwh=g.price_per_mwh,
-        currency=g.currency, carbon_g_per_kwh=g.carbon_g_per_kwh, frequency_hz=g.frequency_hz,
-        energy_mwh=sim.facility_energy_wh / 1e6, halls=rows(L_HALL), rows=rows(L_ROW), racks=rows(L_RACK),
+        site=str(doc["site"]), source="twin (own process)", t_s=float(doc["t_s"]), duration_s=opts.duration_s,
+        speed=opts.speed, facility_w=float(doc["facility_w"]), it_w=float(doc["it_w"]), limit_w=float(doc["limit_w"]),
+        dr_target_w=doc.get("dr_target_w"), dr_state=doc.get("dr_state"),
+        price_per_mwh=float(doc["price_per_mwh"]), currency=str(doc["currency"]),
+        carbon_g_per_kwh=float(doc["carbon_g_per_kwh"]), frequency_hz=float(doc["frequency_hz"]),
+        energy_mwh=float(doc["energy_mwh"]), halls=rows("halls"), rows=rows("rows"), racks=rows("racks"),
         loops=loops, notes=notes)
 
 
@@ -173,289 +232,431 @@ def scenario_notes(site: SiteConfig, t_s: float) -> list[str]:
     return notes
 
 
-def plane_panels(plane: ControlPlane) -> list[RenderableType]:
-    """Panels for the control plane: caps and headroom, collectors, store."""
+def controller_panels(ctl: dict[str, Any] | None) -> list[RenderableType]:
+    """Panels from the controller's state: caps and headroom, the loop's health."""
+    if not ctl:
+        return [Panel(Text("waiting for the controller ..."), title="controller", border_style="yellow")]
     out: list[RenderableType] = []
-    plan = plane.last_plan
-    if plan is not None:
-        s = plan.summary()
+    plan = ctl.get("plan")
+    if plan:
         tab = Table(expand=True, box=None, padding=(0, 1))
         for col in ("rack", "demand", "cap", "limit", "headroom", "load"):
             tab.add_column(col, justify="left" if col in ("rack", "load") else "right")
-        for r in s["racks"]:
+        for r in plan["racks"]:
             tab.add_row(r["id"], f"{r['demand_w'] / 1e3:,.0f} kW", f"{r['cap_w'] / 1e3:,.0f} kW",
                         f"{r['limit_w'] / 1e3:,.0f} kW", f"{r['headroom_w'] / 1e3:,.0f} kW",
                         bar(r["load_w"], r["limit_w"]))
-        for lp in s["loops"]:
+        for lp in plan["loops"]:
             tab.add_row(f"loop {lp['id']}", "", "", f"{lp['capacity_w'] / 1e3:,.0f} kW",
                         f"{(lp['capacity_w'] - lp['load_w']) / 1e3:,.0f} kW", bar(lp["load_w"], lp["capacity_w"]))
-        binding = ", ".join(f"{k} ({n} GPUs)" for k, n in list(s["binding"].items())[:3]) or "none"
-        title = (f"caps · plan {s['plan_id']} · budget {s['budget_w'] / 1e6:,.2f} MW ({s['budget_reason']}) · "
-                 f"{s['gpus_capped']:,} GPUs capped · binding: {binding} · solve {s['solve_ms']:.1f} ms")
-        out.append(Panel(tab, title=title, border_style="green"))
-    health = plane.collectors.health()
-    up = sum(1 for h in health if h.up)
-    rejected = sum(sum(h.rejected.values()) for h in health)
-    st = plane.sink.stats()
-    line = (f"devices up {up}/{len(health)} · readings {plane.stats.readings:,} · rejected {rejected:,} · "
-            f"store: written {st.written_points:,}, spooled {st.spooled_points:,}, dropped {st.dropped_points:,} · "
-            f"plans {plane.stats.plans:,}, violations {plane.stats.plans_with_violations}")
-    down = [h.device for h in health if not h.up and h.polls]
-    if down:
-        line += f" · [red]down: {', '.join(down[:4])}[/red]"
-    out.append(Panel(Text.from_markup(line), title="collectors and store", border_style="blue"))
+        binding = ", ".join(f"{k} ({n} GPUs)" for k, n in list(plan["binding"].items())[:3]) or "none"
+        title = (f"caps · plan {plan['plan_id']} · budget {plan['budget_w'] / 1e6:,.2f} MW ({plan['budget_reason']}) · "
+                 f"{plan['gpus_capped']:,} GPUs capped · binding: {binding}")
+        out.append(Panel(tab, title=Text(title), border_style="green"))
+    st = ctl.get("stage_ms", {})
+    act = ctl.get("actuation", {})
+    line = (f"periods {ctl['periods']:,} · plans {ctl['plans']:,} · missed {ctl['missed_periods']} · errors "
+            f"{ctl['errors']} · late p99 {ctl.get('late_ms') or 0:.0f} ms · stages "
+            + " ".join(f"{k} {v:.1f}" for k, v in st.items()) + " ms"
+            + (f" · nodes {ctl.get('modes')} · settle p95 {act.get('settle_p95_s', float('nan')):.1f} s"
+               if act else ""))
+    out.append(Panel(Text(line), title="control loop (own process)", border_style="blue"))
     return out
 
 
-def plane_rows(plane: ControlPlane) -> list[tuple[str, str]]:
-    """Summary rows about the control plane."""
-    st, sink = plane.stats, plane.sink.stats()
-    health = plane.collectors.health()
-    rejected: Counter[str] = Counter()
-    for h in health:
-        for reason, n in h.rejected.items():
-            rejected[reason.name.lower()] += n
-    why = f" ({', '.join(f'{k} {v}' for k, v in rejected.items())})" if rejected else ""
-    rows = [
-        ("collected", f"{st.readings:,} readings from {sum(1 for h in health if h.polls or h.readings)} of "
-                      f"{len(health)} devices (Modbus, SNMP, MQTT); rejected {sum(rejected.values()):,}{why}"),
-        ("stored", f"{sink.written_points:,} points, {sink.written_events:,} events; spooled {sink.spooled_points:,}, "
-                   f"rejected {sink.rejected_points:,}, dropped {sink.dropped_points:,}"),
-    ]
-    if plane.loop is not None:
-        ok = "[green]no plan granted over a limit[/green]" if not st.plans_with_violations else \
-            f"[red]{st.plans_with_violations} plans granted over a limit[/red]: {st.violations[0]}"
-        rows.append(("cap plans", f"{st.plans:,} plans, {ok}; worst solve {st.worst_solve_ms:.1f} ms; "
-                                  f"{st.infeasible_plans} with an infeasible constraint; "
-                                  f"{st.periods_at_risk} periods with a limit at risk from GPUs lagging their caps"))
+def merge_controllers(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The controller runs of the demo (before and after the drill) as one record."""
+    late = Histogram(1.0, 60_000.0)
+    settle = Histogram()
+    out: dict[str, Any] = {"runs": len(docs), "periods": 0, "plans": 0, "missed_periods": 0, "control_errors": 0,
+                           "plans_with_violations": 0, "violations": [], "infeasible_plans": 0,
+                           "periods_at_risk": 0, "worst_solve_ms": 0.0, "last_error": "", "commands": 0,
+                           "statuses": 0, "noncompliant_episodes": 0, "lease_fallbacks": 0, "bad_statuses": 0,
+                           "written_points": 0, "written_events": 0, "overwritten_points": 0, "dropped_points": 0,
+                           "dr_stranded_max_w": 0.0, "compile_s": 0.0, "stage_worst_ms": Counter(),
+                           "hooks_dead_lettered": 0, "batches_rejected": Counter(), "readings_rejected": Counter(),
+                           "devices": []}
+    for d in docs:
+        for k in ("periods", "plans", "missed_periods", "control_errors", "plans_with_violations",
+                  "infeasible_plans", "periods_at_risk"):
+            out[k] += int(d.get(k, 0))
+        out["violations"] += d.get("violations", [])
+        out["worst_solve_ms"] = max(out["worst_solve_ms"], float(d.get("worst_solve_ms", 0.0)))
+        out["compile_s"] = max(out["compile_s"], float(d.get("compile_s", 0.0)))
+        out["dr_stranded_max_w"] = max(out["dr_stranded_max_w"], float(d.get("dr_stranded_max_w") or 0.0))
+        out["last_error"] = d.get("last_error") or out["last_error"]
+        for k, v in d.get("stage_worst_ms", {}).items():
+            out["stage_worst_ms"][k] = max(out["stage_worst_ms"][k], float(v))
+        out["batches_rejected"].update(d.get("batches_rejected", {}))
+        out["readings_rejected"].update(d.get("readings_rejected", {}))
+        if d.get("late_ms"):
+            late.merge(Histogram.from_json(d["late_ms"]))
+        a = d.get("actuation") or {}
+        if a.get("settle"):
+            settle.merge(Histogram.from_json(a["settle"]))
+        for k in ("commands", "statuses", "noncompliant_episodes", "lease_fallbacks", "bad_statuses"):
+            out[k] += int(a.get(k, 0))
+        s = d.get("store", {})
+        for k in ("written_points", "written_events", "overwritten_points", "dropped_points"):
+            out[k] += int(s.get(k) or 0)
+        for sink in (d.get("hooks") or {}).get("sinks", {}).values():
+            out["hooks_dead_lettered"] += int(sink.get("dead_lettered", 0))
+        out["devices"] = d.get("devices", out["devices"])
+    out["late_p99_ms"] = late.percentile(99)
+    out["settle_p50_s"], out["settle_p95_s"], out["settle_max_s"] = (settle.percentile(50), settle.percentile(95),
+                                                                    settle.max)
+    out["settled"] = settle.n
+    return out
+
+
+def stored_points(cfg: StoreConfig) -> int | None:
+    """Readings the embedded store holds (None for a server store)."""
+    if cfg.influx_url:
+        return None
+    import sqlite3
+
+    from powerplane.store.embedded import DB_NAME
+
+    db = Path(cfg.data_dir) / DB_NAME
+    if not db.exists():
+        return 0
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return int(con.execute("SELECT count(*) FROM readings").fetchone()[0])
+    finally:
+        con.close()
+
+
+def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: OutageDrill | None,
+                  receiver: WebhookReceiver | None, codes: dict[str, int | None], started_t_s: float | None
+                  ) -> dict[str, Any]:
+    """Everything the run showed, as data, and the exit status with its reasons."""
+    truth = read_json(plane.truth) or {}
+    ctl_docs = [d for d in (read_json(plane.dir / f"controller-{k + 1}.json") for k in range(len(plane.controllers)))
+                if d]
+    ctl = merge_controllers(ctl_docs)
+    collect = read_json(plane.dir / "collect.json") or {"devices": [], "readings": 0}
+    agents = [d for d in (read_json(plane.dir / f"agent-{i}.json") for i in range(len(plane.agents))) if d]
+    devices = collect["devices"] + ctl["devices"]
+    up = [d for d in devices if d.get("up") and d.get("readings", 0) > 0]
+    readings = sum(int(d.get("readings", 0)) for d in devices)
+    stored = stored_points(opts.store)
+    reasons: list[str] = []
+    if ctl["plans_with_violations"]:
+        reasons.append(f"{ctl['plans_with_violations']} plans granted over a limit")
+    if truth.get("limits_exceeded"):
+        x = truth["limits_exceeded"][0]
+        reasons.append(f"the twin exceeded {len(truth['limits_exceeded'])} limit(s), e.g. {x['limit']} for "
+                       f"{x['seconds']:.1f} s")
+    if not truth.get("final"):
+        reasons.append("the twin's truth is incomplete (the twin did not stop cleanly)")
+    if ctl["control_errors"]:
+        reasons.append(f"{ctl['control_errors']} control periods failed: {ctl['last_error']}")
+    if opts.control:
+        share = ctl["plans"] / ctl["periods"] if ctl["periods"] else 0.0
+        if share < MIN_PLAN_SHARE:
+            slow = max(ctl["stage_worst_ms"].items(), key=lambda kv: kv[1], default=("?", 0.0))
+            reasons.append(f"the controller could not keep up: {ctl['plans']} plans in {ctl['periods']} periods "
+                           f"({share:.0%}); late p99 {ctl['late_p99_ms']:.0f} ms; slowest stage {slow[0]} "
+                           f"({slow[1]:.0f} ms at worst)")
+    if len(up) < len(devices):
+        down = [d["device"] for d in devices if d not in up]
+        reasons.append(f"{len(devices) - len(up)} device(s) gave no data: {', '.join(down[:5])}")
+    if drill is not None and drill.result is not None and not drill.result.ok:
+        reasons.append("outage drill: " + drill.result.describe())
+    for name, code in codes.items():
+        if code not in (0, None, -15):
+            reasons.append(f"{name} exited with status {code}")
+    dr = truth.get("dr", {})
+    return {
+        "exit_status": 1 if reasons else 0, "reasons": reasons,
+        "duration_s": opts.duration_s, "speed": opts.speed, "control": opts.control,
+        "plane_up_at_s": started_t_s,
+        "plans": ctl["plans"], "periods": ctl["periods"], "missed_periods": ctl["missed_periods"],
+        "late_p99_ms": ctl["late_p99_ms"], "control_errors": ctl["control_errors"],
+        "worst_solve_ms": ctl["worst_solve_ms"], "stage_worst_ms": dict(ctl["stage_worst_ms"]),
+        "settle_p50_s": ctl["settle_p50_s"], "settle_p95_s": ctl["settle_p95_s"], "settle_max_s": ctl["settle_max_s"],
+        "settled": ctl["settled"], "commands": ctl["commands"], "statuses": ctl["statuses"],
+        "noncompliant_episodes": ctl["noncompliant_episodes"], "lease_fallbacks": ctl["lease_fallbacks"],
+        "drill": drill.result.to_json() if drill is not None and drill.result is not None else None,
+        "limits_exceeded": truth.get("limits_exceeded", []),
+        "devices_up": len(up), "devices_total": len(devices),
+        "devices_down": [d["device"] for d in devices if d not in up],
+        "readings_collected": readings, "readings_rejected": dict(ctl["readings_rejected"]),
+        "points_stored": stored if stored is not None else ctl["written_points"],
+        "points_claimed": ctl["written_points"], "points_overwritten": ctl["overwritten_points"],
+        "events_stored": ctl["written_events"], "dropped": ctl["dropped_points"],
+        "facility_energy_kwh": truth.get("facility_energy_kwh"), "it_energy_kwh": truth.get("it_energy_kwh"),
+        "pue": truth.get("pue"), "peak_facility_kw": truth.get("peak_facility_kw"),
+        "peak_it_kw": truth.get("peak_it_kw"), "max_return_c": truth.get("max_return_c", {}),
+        "dr": dr, "plans_with_violations": ctl["plans_with_violations"], "infeasible_plans": ctl["infeasible_plans"],
+        "periods_at_risk": ctl["periods_at_risk"], "compile_s": ctl["compile_s"],
+        "agents": {"nodes": sum(a.get("nodes", 0) for a in agents), "processes": len(agents),
+                   "modes": dict(sum((Counter(a.get("modes", {})) for a in agents), Counter())),
+                   "rejected": dict(sum((Counter(a.get("rejected", {})) for a in agents), Counter()))},
+        "hooks": hook_summary(receiver, ctl["hooks_dead_lettered"]) if receiver is not None else None,
+    }
+
+
+def hook_summary(receiver: WebhookReceiver, dead: int) -> dict[str, Any]:
+    """What the webhook receiver got and verified."""
+    kinds = Counter(str(p.get("kind")) for p in receiver.received)
+    moves = sorted({f"{(p.get('detail') or {}).get('action', '?')} {p.get('entity')}" for p in receiver.received
+                    if p.get("kind") == "move_recommendation"})
+    return {"verified": len(receiver.received), "kinds": dict(kinds), "moves": moves,
+            "rejected": sum(receiver.rejected.values()), "dead_lettered": dead}
+
+
+def summary_table(s: dict[str, Any], site: SiteConfig) -> Table:
+    """The end-of-run summary for a terminal."""
+    tab = Table(title="powerplane demo summary", show_header=False, expand=False)
+    tab.add_column(style="bold")
+    tab.add_column()
+
+    def row(k: str, v: str, style: str = "") -> None:
+        tab.add_row(k, Text(v, style=style))
+
+    def num(x: Any, fmt: str = ",.1f") -> str:
+        return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, fmt)
+
+    row("simulated", f"{s['duration_s']:,.0f} s at x{s['speed']:g}; control plane up at t={num(s['plane_up_at_s'])} s")
+    row("energy (twin)", f"facility {num(s['facility_energy_kwh'])} kWh, IT {num(s['it_energy_kwh'])} kWh, "
+                         f"PUE {num(s['pue'], '.3f')}")
+    row("peak site power", f"{num(s['peak_facility_kw'], ',.0f')} kW (IT {num(s['peak_it_kw'], ',.0f')} kW)")
+    for lid, c in s["max_return_c"].items():
+        row(f"max return {lid}", f"{c:.1f} °C")
+    if not s["limits_exceeded"]:
+        row("limits", "no limit exceeded at any twin step from t=0", "green")
+    for x in s["limits_exceeded"][:10]:
+        row("exceeded", f"{x['limit']}: {x['seconds']:,.1f} s, worst by {x['worst_over_w'] / 1e3:,.1f} kW", "red")
+    dr = s["dr"] or {}
+    if dr.get("active_s"):
+        row("demand response", f"{dr['active_s']:.0f} s active, target {dr['target_kw']:,.0f} kW; over target "
+                               f"{dr['over_target_s']:.1f} s; stranded {dr['stranded_mean_kw']:,.0f} kW on average "
+                               f"({dr['stranded_mean_share']:.1%} of the target), at most "
+                               f"{dr['stranded_max_kw']:,.0f} kW")
+    row("collected", f"{s['readings_collected']:,} device readings from {s['devices_up']} of "
+                     f"{s['devices_total']} "
+                     f"devices with data (Modbus, SNMP, MQTT)"
+        + (f"; down: {', '.join(s['devices_down'][:4])}" if s["devices_down"] else ""),
+        "" if not s["devices_down"] else "red")
+    row("stored", f"{s['points_stored']:,} points in the store ({s['points_claimed']:,} written, "
+                  f"{s['points_overwritten']:,} overwritten), {s['events_stored']:,} events; dropped {s['dropped']:,}")
+    if s["control"]:
+        share = s["plans"] / s["periods"] if s["periods"] else 0.0
+        row("control loop", f"{s['plans']:,} plans in {s['periods']:,} periods ({share:.1%}), {s['missed_periods']} "
+                            f"missed, {s['control_errors']} failed; late p99 {num(s['late_p99_ms'], '.0f')} ms; "
+                            f"worst solve {s['worst_solve_ms']:.1f} ms; kernels ready in {s['compile_s']:.1f} s")
+        ok = s["plans_with_violations"] == 0
+        row("cap plans", ("no plan granted over a limit" if ok else f"{s['plans_with_violations']} plans granted over "
+                          "a limit") + f"; {s['infeasible_plans']} with an infeasible constraint; "
+                          f"{s['periods_at_risk']} periods with a limit at risk from GPUs lagging their caps",
+            "green" if ok else "red")
+        row("actuation", f"{s['commands']:,} signed rack commands, {s['statuses']:,} rack statuses; settling p50 "
+                         f"{num(s['settle_p50_s'])} s, p95 {num(s['settle_p95_s'])} s, max {num(s['settle_max_s'])} s "
+                         f"({s['settled']:,} cuts); {s['noncompliant_episodes']} node non-compliance episodes")
+        a = s["agents"]
+        row("agents", f"{a['nodes']:,} nodes in {a['processes']} processes: "
+                      + ", ".join(f"{k} {n:,}" for k, n in sorted(a["modes"].items()))
+                      + (f"; rejected {a['rejected']}" if a["rejected"] else ""))
+        if s["drill"] is not None:
+            d = s["drill"]
+            row("outage drill", f"controller killed (SIGKILL) at t={d['at_s']:.0f} s for {d['down_s']:.0f} s: "
+                                f"{d['in_time']}/{d['nodes']} nodes fell back within one lease (latest after "
+                                f"{num(d['worst_fallback_s'])} s); {d['back']}/{d['nodes']} back under control "
+                                f"{num(d['worst_back_s'])} s after the restart", "green" if d["ok"] else "red")
+        h = s["hooks"]
+        if h is not None:
+            row("scheduler hooks", f"{h['verified']:,} signed webhooks verified by the receiver ("
+                + ", ".join(f"{k} {n}" for k, n in sorted(h["kinds"].items())) + ")"
+                + (f"; move recommendations: {', '.join(h['moves'])}" if h["moves"] else "")
+                + f"; rejected {h['rejected']}, dead-lettered {h['dead_lettered']}")
     else:
-        rows.append(("cap plans", "controller off (--no-control): GPUs run uncapped"))
-    return rows
+        row("cap plans", "controller off (--no-control): GPUs run uncapped")
+    row("exit status", "0" if not s["reasons"] else "1: " + "; ".join(s["reasons"]),
+        "green" if not s["reasons"] else "bold red")
+    return tab
 
 
 async def run_demo(opts: DemoOptions, console: Console) -> int:
     """Run the demo; return the process exit status."""
     site = load_site(opts.site)
+    topo = build_topology(site)
     start_ns = int(site.twin.start.timestamp() * NS_PER_S) if site.twin.start else None
-    clock = ScaledClock(opts.speed, start_ns)
-    store_cfg = replace(opts.store, site=site.site.name)
-    broker = await start_broker(opts.mqtt_url)  # a bad --mqtt fails here, before anything is written
-    try:
-        sink = open_sink(store_cfg)
-    except BaseException:
-        await broker.stop()
-        raise
-    twin = Twin(site, clock, mqtt=(broker.host, broker.port), seed=opts.seed)
-    key = SiteKey.generate()  # per run; the agents get it through their environment
-    fleet: AgentFleet | None = None
-    hooks: HookDispatcher | None = None
+    broker = await start_broker(opts.mqtt_url, password_file=opts.mqtt_password_file)
+    data_dir = Path(opts.store.data_dir)
+    run_dir = data_dir / "run"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)
+    run_dir.mkdir(parents=True, mode=0o700)
+    os.chmod(data_dir, 0o700)
+    key = SiteKey.generate()  # per run; the processes get it through their environment
     receiver: WebhookReceiver | None = None
+    secret_file: Path | None = None
+    if opts.control:
+        secret = secrets.token_hex(24)
+        secret_file = run_dir / "hook.secret"
+        fd = os.open(secret_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secret)
+        receiver = WebhookReceiver(secret.encode()).start()
     # The drill needs room after the restart: a lease to fall back, one to come back.
     drill = (OutageDrill(*opts.outage) if opts.outage and opts.control
              and sum(opts.outage) + 2 * site.actuation.lease_s <= opts.duration_s else None)
+    clock = ScaledClock(opts.speed, start_ns)
+    plane = Plane(opts, site, broker, clock, run_dir, key, receiver.url if receiver else None, secret_file)
+    watcher = Watcher(broker, site)
     live_view = sys.stdout.isatty() if opts.live is None else opts.live
-    summary = Summary()
-    plane: ControlPlane | None = None
+    codes: dict[str, int | None] = {}
+    started_t_s: float | None = None
+    failure: str | None = None
     try:
-        await twin.start()
-        twin.run_in_background()
-        eps = twin.endpoints()
-        devices = devices_from_twin(eps, site.site.name, topo=twin.topo, interval_s=opts.collect_interval_s,
-                                    timeout_s=max(0.5, opts.collect_interval_s / 2))
-        devices = [paced(d, site.controller.period_s, opts.collect_interval_s) for d in devices]
-
-        actuator: Actuator | None = None
+        watcher.start()
+        await plane.start_twin()
+        if not await _wait(lambda: plane.eps.exists() or not plane.twin or not plane.twin.alive, 30.0) \
+                or not plane.eps.exists():
+            raise RuntimeError(f"the twin did not start: {plane.twin.tail() if plane.twin else ''}")
+        await plane.start_collect()
+        await plane.start_controller()
         if opts.control:
-            # Scheduler hooks: signed webhooks to a receiver on loopback (as a scheduler's
-            # endpoint would verify them), and MQTT event topics.
-            secret = secrets.token_hex(24).encode()
-            receiver = WebhookReceiver(secret).start()
-            site = site.model_copy(update={"hooks": Hooks(
-                webhooks=[Webhook(url=receiver.url)], mqtt_events=True,
-                dead_letter=str(Path(store_cfg.data_dir) / "hooks-dead-letter.jsonl"))})
-            hooks = build_hooks(site, MqttAddress(broker.host, broker.port), twin.topo, secrets=[secret])
-            hooks.start()
-            # Caps reach the twin's GPUs only through the node agents, over MQTT, signed.
-            actuator = Actuator(site, twin.topo, key, MqttAddress(broker.host, broker.port))
-            fleet = AgentFleet(opts.site, twin.topo, broker.url, clock.anchor(), key,
-                               Path(store_cfg.data_dir) / "agents", procs=opts.agent_procs)
-            await fleet.start()
-        # Server-level power: on a real site the node agents (NVML) report it every few seconds;
-        # here the twin's in-process feed reports it every period as well.
-        plane = ControlPlane(site, twin.topo, clock, sink, devices=devices,
-                             sources=[TwinFeed.nodes(twin.sim, site.site.name).batch],
-                             control=opts.control, actuator=actuator, hooks=hooks,
-                             advisors=[MoveAdvisor(twin.topo, site.site.name)] if opts.control else [])
-        # No plans until every agent has reported: a node without one is non-compliant.
-        plane.paused = actuator is not None
-        await plane.start()
-        if fleet is not None and actuator is not None:
-            ready = await wait_agents(plane, actuator, twin.topo.count(L_NODE), fleet)
-            plane.paused = False
-            console.print(f"agents: {ready:,}/{twin.topo.count(L_NODE):,} nodes reporting from {fleet.n} "
-                          f"`powerplane agent --backend sim` processes; site key {key.kid}; lease "
-                          f"{site.actuation.lease_s:g} s", highlight=False)
-        counts = {p: sum(1 for e in eps if e.protocol == p) for p in ("modbus", "snmp", "mqtt")}
-        console.print(f"[bold]powerplane demo[/bold] · site {site.site.name} ({opts.site}) · "
-                      f"{twin.topo.n_gpus:,} GPUs in {twin.topo.count(L_RACK)} racks · x{opts.speed:g}")
-        console.print(f"twin: {counts['modbus']} Modbus devices, {counts['snmp']} SNMP devices on udp/"
-                      f"{twin.snmp.port if twin.snmp else '-'}, MQTT via {broker.describe()}; collecting every "
-                      f"{opts.collect_interval_s:g} s; controller {'on' if opts.control else 'OFF'}; "
-                      f"store: {describe_store(store_cfg)}", highlight=False)
-        end_t = opts.duration_s
-        last_line = -math.inf
+            await plane.start_agents(topo.ids(L_RACK))
+        console.print(f"[bold]powerplane demo[/bold] · site {site.site.name} ({opts.site}) · {topo.n_gpus:,} GPUs "
+                      f"in {topo.count(L_RACK)} racks · x{opts.speed:g} · MQTT via {broker.describe()} · "
+                      "processes: twin, collect, controller"
+                      + (f", {len(plane.agents)} agents" if opts.control else "")
+                      + f" · records in {run_dir}", highlight=False)
 
-        def snapshot() -> ViewState:
-            vs = view_state(twin, opts, scenario_notes(site, twin.sim.t_s))
-            assert plane is not None
-            return replace(vs, extra=plane_panels(plane))
+        def ready() -> bool:
+            c = watcher.controller
+            watcher.poll()
+            if c is None or not c.get("plans" if opts.control else "periods"):
+                return False
+            return not opts.control or not c.get("modes", {}).get("unknown")
 
-        if live_view:
-            with Live(console=console, refresh_per_second=4, transient=False) as live:
-                while twin.sim.t_s < end_t:
-                    summary.observe(twin.sim)
-                    await run_drill(drill, plane, site, twin, key, broker.host, broker.port)
-                    live.update(render(snapshot()))
-                    await asyncio.sleep(VIEW_PERIOD_WALL_S)
+        if await _wait(ready, START_TIMEOUT_WALL_S, dead=plane.dead):
+            started_t_s = (clock.now_ns() - clock.start_ns) / NS_PER_S
+            c = watcher.controller or {}
+            console.print(f"control plane up at t={started_t_s:.0f} s: {topo.count(L_NODE):,} nodes reporting "
+                          f"{c.get('modes')}; lease {site.actuation.lease_s:g} s", highlight=False)
         else:
-            while twin.sim.t_s < end_t:
-                summary.observe(twin.sim)
-                note = await run_drill(drill, plane, site, twin, key, broker.host, broker.port)
-                if note:
-                    console.print(note, highlight=False)
-                if twin.sim.t_s - last_line >= 30.0:
-                    line = render_line(view_state(twin, opts, []))
-                    if plane.last_plan is not None:
-                        p = plane.last_plan
-                        line += f" budget={p.budget_w / 1e6:.3f}MW capped={p.gpus_capped}"
-                    console.print(line, highlight=False)
-                    last_line = twin.sim.t_s
-                await asyncio.sleep(VIEW_PERIOD_WALL_S)
-        summary.observe(twin.sim)
-        if drill is not None and drill.restart_ns >= 0 and plane.actuator is not None:
-            plane.step(clock.now_ns())  # take in the last statuses
-            drill.evaluate(plane.actuator, site.actuation.lease_s, opts.speed)
+            dead = plane.dead()
+            failure = (f"{dead[0].name} exited: {dead[0].tail()}" if dead else
+                       f"the control plane did not come up within {START_TIMEOUT_WALL_S:.0f} s of wall time")
+            raise RuntimeError(failure)
+        failure = await _run(opts, site, plane, watcher, drill, clock, console, live_view)
+        if drill is not None and drill.restart_ns >= 0:
+            await asyncio.sleep(2 * VIEW_PERIOD_WALL_S)  # the last statuses reach the agents' records
+    except RuntimeError as exc:
+        failure = str(exc)
     finally:
-        if plane is not None:
-            await plane.stop()
-        if fleet is not None:
-            await fleet.stop()
-        if hooks is not None:
-            await asyncio.to_thread(hooks.close, 5.0)
+        codes = await plane.stop()
+        watcher.stop()
         if receiver is not None:
             receiver.stop()
-        await twin.stop()
         await broker.stop()
-        sink.close()
-    tab = summary.table(twin.topo)
-    if plane is not None:
-        for k, v in plane_rows(plane):
-            tab.add_row(k, v)
-        for k, v in actuation_rows(plane, fleet, drill):
-            tab.add_row(k, v)
-        if hooks is not None and receiver is not None:
-            tab.add_row("scheduler hooks", hook_summary(hooks, receiver))
-    console.print(tab)
-    if not store_cfg.influx_url:
-        console.print(f"telemetry kept in {store_cfg.data_dir}/ — `powerplane report --data-dir "
-                      f"{store_cfg.data_dir}` summarises it and plots it", highlight=False)
-    if plane is not None and plane.stats.plans_with_violations:
-        return 1
-    if drill is not None and drill.result is not None and not drill.result.ok:
-        return 1
-    return 0
+    if drill is not None and drill.kill_ns >= 0:
+        agents = [d for d in (read_json(run_dir / f"agent-{i}.json") for i in range(len(plane.agents))) if d]
+        drill.evaluate(agents, site.actuation.lease_s, opts.speed)
+    summary = build_summary(opts, site, plane, drill, receiver, codes, started_t_s)
+    if failure:
+        summary["reasons"].insert(0, failure)
+        summary["exit_status"] = 1
+    console.print(summary_table(summary, site))
+    if opts.summary_json is not None:
+        write_json(opts.summary_json, summary)
+    if not opts.store.influx_url:
+        console.print(f"telemetry kept in {opts.store.data_dir}/ — `powerplane report --data-dir "
+                      f"{opts.store.data_dir}` summarises it and plots it", highlight=False, markup=False)
+    return int(summary["exit_status"])
 
 
-async def wait_agents(plane: ControlPlane, actuator: Actuator, nodes: int, fleet: AgentFleet,
-                      timeout_s: float = 60.0) -> int:
-    """Wait (wall time) until every node's agent has reported; return how many did."""
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout_s
-    while loop.time() < end and fleet.alive() == fleet.n:
-        for ev in actuator.statuses():  # the plane is paused: take the statuses in here
-            plane.event(ev)
-        seen = int((actuator.verifier.mode != "unknown").sum())
-        if seen >= nodes:
-            return seen
+async def _wait(cond: Any, timeout_wall_s: float, dead: Any = None) -> bool:
+    end = time.monotonic() + timeout_wall_s
+    while time.monotonic() < end:
+        if cond():
+            return True
+        if dead is not None and dead():
+            return False
         await asyncio.sleep(0.1)
-    return int((actuator.verifier.mode != "unknown").sum())
+    return bool(cond())
 
 
-async def run_drill(drill: OutageDrill | None, plane: ControlPlane, site: SiteConfig, twin: Twin, key: SiteKey,
-                    host: str, port: int) -> str:
+async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watcher, drill: OutageDrill | None,
+               clock: ScaledClock, console: Console, live_view: bool) -> str | None:
+    """Until the run's duration: the view, the drill, and the processes' health; return a failure."""
+    t0 = clock.start_ns
+    last_line = -math.inf
+    warned = 0.0
+    live = Live(console=console, refresh_per_second=4, transient=False) if live_view else None
+    if live is not None:
+        live.start()
+    try:
+        while True:
+            t = (clock.now_ns() - t0) / NS_PER_S
+            if t >= opts.duration_s:
+                return None
+            watcher.poll()
+            dead = plane.dead()
+            if dead:
+                return f"{dead[0].name} exited with status {dead[0].proc.returncode if dead[0].proc else '?'}: " \
+                       f"{dead[0].tail(3)}"
+            note = await _drill(drill, plane, clock, t, t0)
+            if note:
+                console.print(note, highlight=False, markup=False)
+            warned = _behind(watcher, opts, console, warned, drill)
+            doc = watcher.twin
+            if doc is not None:
+                vs = view_state(doc, opts, scenario_notes(site, t))
+                if live is not None:
+                    live.update(render(replace(vs, extra=controller_panels(watcher.controller))))
+                elif t - last_line >= 30.0:
+                    line = render_line(vs)
+                    c = watcher.controller
+                    if c and c.get("plan"):
+                        p = c["plan"]
+                        line += (f" budget={p['budget_w'] / 1e6:.3f}MW capped={p['gpus_capped']} "
+                                 f"plans={c['plans']}/{c['periods']} late_p99={c.get('late_ms') or 0:.0f}ms")
+                    console.print(line, highlight=False, markup=False)
+                    last_line = t
+            await asyncio.sleep(VIEW_PERIOD_WALL_S)
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def _behind(watcher: Watcher, opts: DemoOptions, console: Console, warned: float, drill: OutageDrill | None) -> float:
+    """Say so at once when the controller falls behind (late periods, missed periods, no state)."""
+    c = watcher.controller
+    now = time.monotonic()
+    if c is None or now - warned < 5.0 or (drill is not None and drill.down):
+        return warned
+    stale = now - watcher.controller_wall
+    periods = max(1, int(c.get("periods", 0)))
+    missed = int(c.get("missed_periods", 0))
+    late = float(c.get("late_ms") or 0.0)
+    period_ms = 1e3 / opts.speed * 1.0  # wall ms of one site second
+    if stale > 3.0 or missed / periods > 1 - MIN_PLAN_SHARE or late > period_ms:
+        st = c.get("stage_ms", {})
+        slow = max(st.items(), key=lambda kv: kv[1], default=("?", 0.0))
+        console.print(f"WARNING: the controller is falling behind at x{opts.speed:g}: {missed} of {periods} periods "
+                      f"missed, late p99 {late:.0f} ms (a period is {period_ms:.0f} ms of wall time), slowest stage "
+                      f"{slow[0]} {slow[1]:.0f} ms" + (f"; no state for {stale:.1f} s" if stale > 3.0 else ""),
+                      style="bold yellow", highlight=False, markup=False)
+        return now
+    return warned
+
+
+async def _drill(drill: OutageDrill | None, plane: Plane, clock: ScaledClock, t: float, t0: int) -> str:
     """Advance the controller-outage drill; return a line to print when something happened."""
-    if drill is None or (plane.actuator is None and not drill.down):
+    if drill is None:
         return ""
-    t = twin.sim.t_s
-    now = twin.sim.now_ns
-    if drill.kill_ns < 0 and t >= drill.at_s:
-        plane.paused = True
-        assert plane.actuator is not None
-        drill.kill(plane.actuator, now)
-        plane.actuator = None
-        return f"t={t:.0f}s controller killed (drill): no plans, no lease renewals for {drill.down_s:.0f} s"
+    if drill.kill_ns < 0 and t >= drill.at_s and plane.controller is not None:
+        plane.controller.kill()
+        plane.killed.append(plane.controller)
+        drill.kill_ns = clock.now_ns()
+        return f"t={t:.0f}s controller killed (SIGKILL, drill): no plans, no lease renewals for {drill.down_s:.0f} s"
     if drill.down and t >= drill.at_s + drill.down_s:
-        fresh = Actuator(site, twin.topo, key, MqttAddress(host, port))
-        await fresh.start()
-        plane.actuator = fresh
-        plane.paused = False
-        drill.restarted(now)
+        await plane.start_controller()
+        drill.restart_ns = clock.now_ns()
         return f"t={t:.0f}s controller restarted (drill)"
     return ""
-
-
-def actuation_rows(plane: ControlPlane, fleet: AgentFleet | None,
-                   drill: OutageDrill | None) -> list[tuple[str, str]]:
-    """Summary rows about caps reaching the GPUs."""
-    a = plane.actuator
-    if fleet is None or a is None:
-        return []
-    p, v = a.publisher.stats, a.verifier.stats
-    p50, p95, worst = v.settle_percentiles()
-    rows = [("actuation", f"{p.commands:,} signed cap commands since the last controller start ({p.lowered:,} "
-                          f"lowering, {p.raised:,} raising, {p.renewed:,} lease renewals); {v.statuses:,} agent "
-                          f"statuses; settling p50 {p50:.1f} s, p95 {p95:.1f} s, max {worst:.1f} s; "
-                          f"{v.noncompliant_episodes} non-compliance episodes"),
-            ("agents", f"{sum(v.modes.values()):,} nodes in {fleet.n} processes: "
-                       + ", ".join(f"{k} {n:,}" for k, n in sorted(v.modes.items())))]
-    if drill is not None and drill.result is not None:
-        r = drill.result
-        color = "green" if r.ok else "red"
-        rows.append(("outage drill", f"[{color}]{r.describe()}[/{color}]"))
-    return rows
-
-
-def hook_summary(hooks: HookDispatcher, receiver: WebhookReceiver) -> str:
-    """What the webhook receiver got, verified, and what the dispatcher could not deliver."""
-    kinds = Counter(str(p.get("kind")) for p in receiver.received)
-    moves = [p for p in receiver.received if p.get("kind") == "move_recommendation"]
-    jobs = sorted({f"{(p.get('detail') or {}).get('action', '?')} {p.get('entity')}" for p in moves})
-    st = hooks.stats()
-    dead = sum(s.dead_lettered for s in st.sinks.values())
-    mqtt = st.sinks.get("mqtt")
-    line = (f"{len(receiver.received):,} signed webhooks verified by the receiver ("
-            + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items())) + ")")
-    if jobs:
-        line += f"; move recommendations: {', '.join(jobs)}"
-    line += f"; rejected {sum(receiver.rejected.values())}, dead-lettered {dead}"
-    if mqtt is not None:
-        line += f"; {mqtt.delivered:,} on MQTT event topics"
-    return line
-
-
-def paced(d: DeviceConfig, period_s: float, interval_s: float) -> DeviceConfig:
-    """The demo's polling plan: CDUs every control period (loop capacity moves fastest: a pump
-    trips), PDUs and UPSes over SNMP every ``max(10 s, interval)`` (sites poll them every 10-60 s;
-    the caps do not depend on them), everything else every ``interval_s``."""
-    if dict(d.tags).get("loop"):
-        return replace(d, interval_s=min(interval_s, period_s), timeout_s=min(d.timeout_s, period_s))
-    if d.protocol == "snmp":
-        return replace(d, interval_s=max(10.0, interval_s), timeout_s=max(d.timeout_s, 2.0))
-    return d
-
-
-def describe_store(cfg: StoreConfig) -> str:
-    """Where telemetry goes, for one line of output."""
-    if cfg.influx_url:
-        return f"InfluxDB {cfg.influx_url} bucket {cfg.influx_bucket} (spool {cfg.spool_dir})"
-    return f"embedded SQLite in {cfg.data_dir}"

@@ -1,11 +1,10 @@
-"""The demo's node agents and its controller-outage drill.
+"""The demo's processes, and its controller-outage drill judged from the agents' own records.
 
-``AgentFleet`` runs ``powerplane agent --backend sim`` as separate processes (racks split
-between them), sharing the demo's scaled clock and a per-run site key: caps reach the
-twin's GPUs only through them. ``OutageDrill`` kills the controller's side mid-run (its
-MQTT connection dropped without a DISCONNECT, its control loop stopped), waits, then starts
-a fresh one, and checks from the agents' own reports that every node fell back to its
-safe cap within one lease and came back under control after the restart.
+``Proc`` runs one ``python -m powerplane ...`` child with its output in a log file.
+``OutageDrill`` kills the controller process with SIGKILL mid-run (a crash: no goodbye, no
+last command), starts a new one later, and judges from what every agent unit recorded
+(its mode transitions, in its summary file) whether every node fell back to its safe cap
+within one lease and came back under control after the restart.
 """
 
 from __future__ import annotations
@@ -15,65 +14,74 @@ import contextlib
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from controllers.actuation.actuator import Actuator
-from controllers.actuation.messages import KEY_ENV, SiteKey
 from models.clock import NS_PER_S
-from models.topology import L_RACK, Topology
 
 FALLBACK_SLACK_S = 1.0  # the agent checks its lease every 0.25 s of site time
-FALLBACK_SLACK_WALL_S = 0.3  # ... and a loaded agent process takes this long to get to every node
+FALLBACK_SLACK_WALL_S = 0.3  # ... and a loaded agent process takes this long to get to every unit
 
 
-class AgentFleet:
-    """``procs`` agent processes covering every node of the site."""
+class Proc:
+    """One child process of the demo (``python -m powerplane ARGS``), its output in ``log``."""
 
-    def __init__(self, site_path: Path, topo: Topology, mqtt_url: str, clock_anchor: str, key: SiteKey,
-                 log_dir: Path, procs: int = 2) -> None:
-        self.site_path = site_path
-        self.racks = topo.ids(L_RACK)
-        self.mqtt_url = mqtt_url
-        self.clock_anchor = clock_anchor
-        self.key = key
-        self.log_dir = log_dir
-        self.n = max(1, min(procs, len(self.racks)))
-        self.procs: list[asyncio.subprocess.Process] = []
-        self.exit_codes: list[int | None] = []
+    def __init__(self, name: str, args: Sequence[str], log: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.args = list(args)
+        self.log = log
+        self.env = env
+        self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
-        """Start the agent processes."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = dict(os.environ, **{KEY_ENV: self.key.hex()})
-        for i in range(self.n):
-            racks = self.racks[i::self.n]
-            args = [sys.executable, "-m", "powerplane", "agent", "--site", str(self.site_path), "--backend", "sim",
-                    "--mqtt", self.mqtt_url, "--clock", self.clock_anchor]
-            for r in racks:
-                args += ["--node", f"{r}/*"]
-            log = open(self.log_dir / f"agent-{i}.log", "wb")  # noqa: SIM115 - owned by the process
-            proc = await asyncio.create_subprocess_exec(*args, stdout=log, stderr=asyncio.subprocess.STDOUT, env=env)
-            log.close()
-            self.procs.append(proc)
+        """Start the process."""
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with os.fdopen(fd, "ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "powerplane", *self.args, stdout=out, stderr=asyncio.subprocess.STDOUT,
+                stdin=asyncio.subprocess.DEVNULL, env=self.env)
 
-    async def stop(self, timeout_s: float = 10.0) -> None:
-        """SIGTERM every agent and wait for it (the GPUs keep their limits)."""
-        for p in self.procs:
-            if p.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    p.send_signal(signal.SIGTERM)
-        for p in self.procs:
+    @property
+    def alive(self) -> bool:
+        """Whether it is running."""
+        return self.proc is not None and self.proc.returncode is None
+
+    @property
+    def pid(self) -> int | None:
+        """Its pid."""
+        return self.proc.pid if self.proc is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash."""
+        if self.alive:
+            assert self.proc is not None
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    async def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if it does not end; return its exit status."""
+        if self.proc is None:
+            return None
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.send_signal(signal.SIGTERM)
             try:
-                await asyncio.wait_for(p.wait(), timeout_s)
+                await asyncio.wait_for(self.proc.wait(), timeout_s)
             except TimeoutError:
-                p.kill()
-                await p.wait()
-        self.exit_codes = [p.returncode for p in self.procs]
+                self.proc.kill()
+                await self.proc.wait()
+        return self.proc.returncode
 
-    def alive(self) -> int:
-        """Agent processes still running."""
-        return sum(1 for p in self.procs if p.returncode is None)
+    def tail(self, lines: int = 5) -> str:
+        """The last lines of its log (for an error message)."""
+        try:
+            text = self.log.read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return ""
+        return "\n".join(text[-lines:])
 
 
 @dataclass
@@ -84,7 +92,7 @@ class DrillResult:
     down_s: float
     lease_s: float
     nodes: int
-    fell_back: int  # nodes that reported a fallback after the kill
+    fell_back: int  # nodes that fell back after the kill
     in_time: int  # ... within one lease (+ slack) of the kill
     worst_fallback_s: float
     back: int  # nodes under control again after the restart
@@ -98,11 +106,17 @@ class DrillResult:
 
     def describe(self) -> str:
         """One line for the summary."""
-        return (f"controller killed at t={self.at_s:.0f} s for {self.down_s:.0f} s: {self.in_time}/{self.nodes} nodes "
-                f"fell back to their safe cap within one lease ({self.lease_s:g} s + {self.slack_s:.0f} s for "
-                f"lease checks and process scheduling; latest after "
+        return (f"controller killed (SIGKILL) at t={self.at_s:.0f} s for {self.down_s:.0f} s: {self.in_time}/"
+                f"{self.nodes} nodes fell back to their safe cap within one lease ({self.lease_s:g} s + "
+                f"{self.slack_s:.0f} s for lease checks and process scheduling; latest after "
                 f"{self.worst_fallback_s:.1f} s); {self.back}/{self.nodes} back under control "
                 f"{self.worst_back_s:.1f} s after the restart")
+
+    def to_json(self) -> dict[str, Any]:
+        """The drill as data."""
+        return {"at_s": self.at_s, "down_s": self.down_s, "nodes": self.nodes, "in_time": self.in_time,
+                "back": self.back, "worst_fallback_s": self.worst_fallback_s, "worst_back_s": self.worst_back_s,
+                "ok": self.ok}
 
 
 class OutageDrill:
@@ -120,28 +134,29 @@ class OutageDrill:
         """Whether the controller is down now."""
         return self.kill_ns >= 0 and self.restart_ns < 0
 
-    def kill(self, actuator: Actuator, now_ns: int) -> None:
-        """Drop the controller's connection as a crash would."""
-        actuator.stop(clean=False)
-        self.kill_ns = now_ns
-
-    def restarted(self, now_ns: int) -> None:
-        """Note the restart time."""
-        self.restart_ns = now_ns
-
-    def evaluate(self, actuator: Actuator, lease_s: float, speed: float = 1.0) -> DrillResult:
-        """Judge the drill from the restarted controller's view of the agents' statuses."""
-        v = actuator.verifier
-        fb = v.fallback_ns
-        fell = fb >= self.kill_ns
-        delay = (fb - self.kill_ns) / NS_PER_S
+    def evaluate(self, agent_summaries: Sequence[dict[str, Any]], lease_s: float, speed: float = 1.0) -> DrillResult:
+        """Judge the drill from every agent unit's mode transitions (its own clock)."""
         slack = FALLBACK_SLACK_S + FALLBACK_SLACK_WALL_S * speed
-        in_time = fell & (delay <= lease_s + slack)
-        back = (v.controlled_ns >= self.restart_ns) & (v.mode == "controlled")
-        back_s = (v.controlled_ns - self.restart_ns) / NS_PER_S
-        self.result = DrillResult(
-            at_s=self.at_s, down_s=self.down_s, lease_s=lease_s, nodes=len(fb), fell_back=int(fell.sum()),
-            in_time=int(in_time.sum()), worst_fallback_s=float(delay[fell].max()) if fell.any() else float("nan"),
-            back=int(back.sum()), worst_back_s=float(back_s[back].max()) if back.any() else float("nan"),
-            slack_s=slack)
+        nodes = fell = in_time = back = 0
+        worst_fb = worst_back = float("nan")
+        for s in agent_summaries:
+            for u in s.get("units", []):
+                n = int(u.get("nodes", 0))
+                nodes += n
+                tr = [(str(m), int(t)) for m, t in u.get("transitions", [])]
+                fb = next((t for m, t in tr if m == "fallback" and t >= self.kill_ns), None)
+                if fb is not None:
+                    fell += n
+                    delay = (fb - self.kill_ns) / NS_PER_S
+                    worst_fb = delay if worst_fb != worst_fb else max(worst_fb, delay)
+                    if delay <= lease_s + slack:
+                        in_time += n
+                if self.restart_ns >= 0:
+                    ctl = next((t for m, t in tr if m == "controlled" and t >= self.restart_ns), None)
+                    if ctl is not None:
+                        back += n
+                        b = (ctl - self.restart_ns) / NS_PER_S
+                        worst_back = b if worst_back != worst_back else max(worst_back, b)
+        self.result = DrillResult(self.at_s, self.down_s, lease_s, nodes, fell, in_time, worst_fb, back, worst_back,
+                                  slack)
         return self.result

@@ -1,12 +1,20 @@
-"""The control plane wired together: collectors -> SiteState -> controller -> caps, all into the store.
+"""The control plane of one site, wired together: readings in -> state -> solve -> caps out -> verify.
 
-``ControlPlane`` owns no devices and no clock of its own: it is given the devices to
-collect, the sink, the clock, any in-process sources (the twin's server-level power until
-node agents report it) and what to do with a plan (the demo applies it to the twin's
-GPUs). Every batch the collectors accept goes to the state and the store; every plan, its
-``caps.*`` readings and its events (each decision with its reason) go to the store; every
-plan is re-checked against every limit by ``CapPlan.violations`` and a violation is an
-ERROR event, never silent.
+``ControlPlane`` owns the period. Its hot path, once per ``[controller].period_s``, is
+
+    ingest   reading batches (from collector processes over MQTT, in-process collectors,
+             test sources) and agent statuses (server power, acknowledgements) into the state
+    verify   acknowledgements, enforcement and draw against what was sent -> worst-case pins
+    solve    demand -> budget -> allocation -> safety gate -> plan
+    publish  signed per-rack cap commands for the racks that need one
+    store    hand-off of the period's readings, plan aggregates and events to the store
+             thread and the hook dispatcher (bounded queues: never a blocking write here)
+
+and it records how late the period started and what each stage took (``controller.*``).
+A period that raises anything is counted, becomes a ``control_error`` event and the next
+period runs: nothing a message carries can end the loop (every message passed a typed edge
+before it got here). A period more than one period late skips the periods it missed and
+counts them; a controller that keeps falling behind says so, naming the slowest stage.
 """
 
 from __future__ import annotations
@@ -14,75 +22,187 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
+import time
 from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from bus.mqtt import Inbox
 from collectors.base import DeviceConfig
 from collectors.runtime import CollectorSet
+from controllers import safety
 from controllers.actuation.actuator import Actuator
 from controllers.loop import ControlLoop
 from controllers.notices import Notices
 from controllers.plan import CapPlan
+from models import wire
 from models.clock import NS_PER_S, Clock
-from models.errors import PowerplaneError
 from models.events import Event
-from models.readings import REGISTRY, ReadingBatch, SeriesRegistry
+from models.histogram import Histogram
+from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
 from models.site import SiteConfig
 from models.state import SiteState
-from models.topology import L_UPS, Topology
-from powerplane.store.base import Sink
+from models.topology import L_NODE, Topology
+from powerplane.store.base import Sink, StoreStats
 
 log = logging.getLogger("powerplane.runtime")
 
 Source = Callable[[], ReadingBatch]
 Apply = Callable[[CapPlan], None]
+HookEvent = tuple[Event, Mapping[str, Any] | None]
 # Extra per-period advice on a plan (move recommendations): events, each with an optional
 # JSON-able detail for the scheduler hooks.
 Advisor = Callable[[CapPlan, SiteState, int], list[tuple[Event, dict[str, Any] | None]]]
+STAGES = ("ingest", "verify", "solve", "publish", "store")
+BEHIND_WARN_PERIODS = 5  # this many late periods in a row: say so, naming the slowest stage
 
 
 class HookSink(Protocol):
     """Where scheduler events go (``controllers.hooks``): must not block."""
 
-    def submit(self, events: Sequence[Event], details: Mapping[int, Mapping[str, Any]] | None = None,
+    def submit(self, events: Sequence[Any], details: Mapping[int, Mapping[str, Any]] | None = None,
                now_ns: int | None = None) -> object:
-        """Queue ``events`` (``details`` keyed by ``id(event)``) for delivery."""
+        """Queue ``events`` for delivery."""
+
+
+class StoreWriter:
+    """The sink's writes, off the control loop: one thread, one bounded queue.
+
+    ``write``/``write_events`` never block the loop; when the queue is full the oldest
+    write is dropped and counted (the sink's own spool covers a slow server; a full queue
+    means the store cannot keep up and says so in ``dropped``).
+    """
+
+    def __init__(self, sink: Sink, maxlen: int = 4096) -> None:
+        self.sink = sink
+        self.maxlen = maxlen
+        self.dropped_writes = 0
+        self.dropped_points = 0
+        self.errors = 0
+        self._q: deque[tuple[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._stop = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: tuple[str, Any]) -> None:
+        with self._cond:
+            if len(self._q) >= self.maxlen:
+                _kind, old = self._q.popleft()
+                self.dropped_writes += 1
+                self.dropped_points += len(old)
+                if self.dropped_writes == 1 or self.dropped_writes % 100 == 0:
+                    log.error("store: write queue full (%d): %d writes dropped so far", self.maxlen,
+                              self.dropped_writes)
+            self._q.append(item)
+            self._cond.notify()
+
+    def write(self, batch: ReadingBatch) -> None:
+        """Queue a batch."""
+        if len(batch):
+            self._put(("batch", batch))
+
+    def write_events(self, events: Sequence[Event]) -> None:
+        """Queue events."""
+        if events:
+            self._put(("events", list(events)))
+
+    @property
+    def depth(self) -> int:
+        """Writes waiting."""
+        return len(self._q) + self._busy
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._q and not self._stop:
+                    self._cond.wait()
+                if not self._q:
+                    return
+                # Readings queued together go in one transaction.
+                items = list(self._q)
+                self._q.clear()
+                self._busy = True
+            batches = [x for k, x in items if k == "batch"]
+            events = [e for k, x in items if k == "events" for e in x]
+            try:
+                if batches:
+                    self.sink.write(ReadingBatch.concat(batches))
+                if events:
+                    self.sink.write_events(events)
+            except Exception as exc:  # a broken sink must not end the writer
+                self.errors += 1
+                log.error("store: write failed: %s", exc)
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until everything queued is written."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._q and not self._busy, timeout_s)
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Write what is queued (within ``timeout_s``), then stop the thread."""
+        self.flush(timeout_s)
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+        self.sink.flush(timeout_s)
 
 
 @dataclass
 class PlaneStats:
     """What the control plane did so far."""
 
+    periods: int = 0  # period slots since the first (planned or missed)
     plans: int = 0
+    missed_periods: int = 0
+    control_errors: int = 0
+    last_error: str = ""
     plans_with_violations: int = 0
     violations: list[str] = field(default_factory=list)  # first few, verbatim
     infeasible_plans: int = 0
     periods_at_risk: int = 0  # caps fit, but draws lagging their caps exceeded a limit
     worst_solve_ms: float = 0.0
-    readings: int = 0
+    readings: int = 0  # device readings taken in (collectors, agents' server power)
+    batches_rejected: Counter[str] = field(default_factory=Counter)
+    readings_rejected: Counter[str] = field(default_factory=Counter)
     events: Counter[str] = field(default_factory=Counter)
-    control_errors: int = 0
+    late_ms: Histogram = field(default_factory=lambda: Histogram(1.0, 60_000.0))
+    stage_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    stage_worst_ms: dict[str, float] = field(default_factory=lambda: dict.fromkeys(STAGES, 0.0))
+    period_ms: Histogram = field(default_factory=lambda: Histogram(1.0, 60_000.0))
+    last_period_wall: float = 0.0  # time.monotonic() of the last completed period
+    behind: int = 0  # consecutive late periods
+    dr_stranded_w: float = 0.0
+    dr_stranded_max_w: float = 0.0
+    dr_target_w: float = 0.0
 
 
 class ControlPlane:
-    """Collect, decide and record for one site until stopped."""
+    """Collect, decide, act and record for one site until stopped."""
 
     def __init__(self, site: SiteConfig, topo: Topology, clock: Clock, sink: Sink, *,
                  devices: Sequence[DeviceConfig] = (), sources: Sequence[Source] = (),
                  apply: Apply | None = None, control: bool = True, registry: SeriesRegistry = REGISTRY,
                  health_period_s: float = 10.0, on_event: Callable[[Event], None] | None = None,
                  actuator: Actuator | None = None, hooks: HookSink | None = None,
-                 advisors: Sequence[Advisor] = ()) -> None:
+                 advisors: Sequence[Advisor] = (), readings: Inbox | None = None,
+                 threaded_store: bool = True, publish_state: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.site = site
         self.site_id = site.site.name
         self.topo = topo
         self.clock = clock
         self.sink = sink
+        self.writer = StoreWriter(sink) if threaded_store else None
         self.registry = registry
         self.state = SiteState(topo, registry)
         self.sources = list(sources)
@@ -95,26 +215,45 @@ class ControlPlane:
         self.stats = PlaneStats()
         self.recent: deque[Event] = deque(maxlen=200)
         self._on_event = on_event
-        self.collectors = CollectorSet(devices, clock=clock, registry=registry, on_batch=self.ingest,
+        self.publish_state = publish_state
+        self.collectors = CollectorSet(devices, clock=clock, registry=registry, on_batch=self._collected,
                                        on_event=self.event, on_dr_event=self.state.add_dr_event)
+        self.readings = readings
+        self._series = wire.SeriesCache(registry)
         self.loop = ControlLoop(site, topo, self.state, registry=registry) if control else None
         self.last_plan: CapPlan | None = None
         self._applied: NDArray[np.float64] | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self.paused = False  # the demo's outage drill: no planning, no caps sent
-        self._derived_it_ns = -1  # stamp of the last site.it_w derived() wrote, to tell it from a device's
+        self._pending: list[ReadingBatch] = []  # collected in process since the last period
+        self._pending_events: list[Event] = []
+        self._derived_it_ns = -1
+        n_nodes = topo.count(L_NODE)
+        self._node_cap_sids = np.full(n_nodes, -1, np.int64)
+        self._stored_node_cap = np.full(n_nodes, np.nan)
+        self._next_health_ns = 0
+        self._state_wall = 0.0
+        self._state_errors = 0
 
     # ---- data paths ----------------------------------------------------------------------
-    def ingest(self, batch: ReadingBatch) -> None:
-        """One accepted batch: into the state (for control) and the store (for everyone)."""
-        self.state.ingest(batch)
-        self.sink.write(batch)
-        self.stats.readings += len(batch)
+    def _collected(self, batch: ReadingBatch) -> None:
+        """An in-process collector's batch: taken in at the next period (the loop owns the state)."""
+        self._pending.append(batch)
 
     def event(self, ev: Event) -> None:
-        """Record an event in the store and the recent list."""
-        self.sink.write_events([ev])
-        self._noted(ev)
+        """Record an event at the next period (store, recent list, hooks)."""
+        self._pending_events.append(ev)
+
+    def _write(self, batch: ReadingBatch) -> None:
+        if self.writer is not None:
+            self.writer.write(batch)
+        else:
+            self.sink.write(batch)
+
+    def _write_events(self, events: Sequence[Event]) -> None:
+        if self.writer is not None:
+            self.writer.write_events(events)
+        else:
+            self.sink.write_events(events)
 
     def _noted(self, ev: Event) -> None:
         self.recent.append(ev)
@@ -122,19 +261,24 @@ class ControlPlane:
         if self._on_event is not None:
             self._on_event(ev)
 
+    def store_stats(self) -> StoreStats:
+        """The sink's counters, with the writer queue's drops added."""
+        s = self.sink.stats()
+        if self.writer is None:
+            return s
+        from dataclasses import replace
+        return replace(s, dropped_points=s.dropped_points + self.writer.dropped_points)
+
     # ---- lifecycle -------------------------------------------------------------------------
     async def start(self) -> None:
-        """Start collecting, and controlling if enabled."""
+        """Start collecting, and the period (controlling if enabled)."""
         if self.actuator is not None:
             await self.actuator.start()
         await self.collectors.start()
-        loop = asyncio.get_running_loop()
-        self._tasks.append(loop.create_task(self._health(), name="health"))
-        if self.loop is not None or self.sources:
-            self._tasks.append(loop.create_task(self._control(), name="control"))
+        self._tasks.append(asyncio.get_running_loop().create_task(self._control(), name="control"))
 
     async def stop(self) -> None:
-        """Stop every task and the collectors, then flush the store."""
+        """Stop the period and the collectors, then write everything out."""
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -144,145 +288,297 @@ class ControlPlane:
         await self.collectors.stop()
         if self.actuator is not None:
             self.actuator.stop()
-        self._write_health(self.clock.now_ns())
-        self.sink.flush()
+        now = self.clock.now_ns()
+        self._flush_pending(now)
+        self._write(self.health_batch(now))
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
+        else:
+            self.sink.flush()
 
-    # ---- periodic work ---------------------------------------------------------------------
-    def derived(self, now_ns: int) -> ReadingBatch:
-        """Site totals the devices do not report directly, from what they do report.
+    @property
+    def running(self) -> bool:
+        """Whether the period task is alive (it only ends when stopped)."""
+        return any(not t.done() for t in self._tasks)
 
-        ``site.it_w`` is the UPS output total (when every UPS reading is fresh) and ``site.pue``
-        the site meter over it; ``grid.dr_target_w`` / ``grid.dr_active`` come from the DR
-        events heard on the grid topic. Skipped where a device reports the value itself.
-        """
-        st, reg, site = self.state, self.registry, self.site_id
-        stale_ns = int(self.site.controller.stale_after_s * NS_PER_S)
-        sids: list[int] = []
-        vals: list[float] = []
-        it_w, it_ts = st.site("it_w")
-        reported = it_ts != self._derived_it_ns and now_ns - it_ts <= stale_ns
-        if not reported:
-            sl = self.topo.level_slice(L_UPS)
-            ups, ts = st.node_power_w[sl], st.node_power_ts_ns[sl]
-            if ups.size and np.isfinite(ups).all() and ((now_ns - ts) <= stale_ns).all():
-                it_w = float(ups.sum())
-                self._derived_it_ns = now_ns
-                sids.append(reg.id("site.it_w", site=site))
-                vals.append(it_w)
-                fac_w, fac_ts = st.site("facility_w")
-                if np.isfinite(fac_w) and now_ns - fac_ts <= stale_ns and it_w > 0 and fac_w >= it_w:
-                    sids.append(reg.id("site.pue", site=site))
-                    vals.append(fac_w / it_w)
-        active = [e for e in st.dr_events.values() if e.state(now_ns) == "active"]
-        sids += [reg.id("grid.dr_active", site=site), reg.id("grid.dr_target_w", site=site)]
-        vals += [float(bool(active)), min((e.target_w for e in active), default=0.0)]
-        return ReadingBatch.of(now_ns, np.asarray(sids, np.int32), np.asarray(vals), 0, reg)
-
-    def step(self, now_ns: int) -> CapPlan | None:
-        """One control period at ``now_ns``: read sources, plan, check, apply, record.
-
-        Everything the period produces reaches the store in one batch and one events write:
-        one transaction per period rather than one per source.
-        """
-        events: list[Event] = []
-        sources = list(self.sources)
+    # ---- the period --------------------------------------------------------------------------
+    def _ingest(self, now_ns: int, events: list[HookEvent]) -> list[ReadingBatch]:
+        """Everything that arrived since the last period, into the state; returns what to store."""
+        batches = self._pending
+        self._pending = []
+        for ev in self._pending_events:
+            events.append((ev, None))
+        self._pending_events = []
+        if self.readings is not None:
+            for _topic, payload in self.readings.drain():
+                d = wire.decode(payload, self._series, site=self.site_id, now_ns=now_ns)
+                if d.refused is not None:
+                    self.stats.batches_rejected[str(d.refused)] += 1
+                    if self.stats.batches_rejected[str(d.refused)] == 1:
+                        log.warning("reading batch on %s refused: %s", _topic[:200], d.refused)
+                    continue
+                self.stats.readings_rejected.update(d.rejected)
+                if len(d.batch):
+                    batches.append(d.batch)
+                events += [(e, None) for e in d.events]
+        batches += [src() for src in self.sources]
         if self.actuator is not None:
-            # Agent statuses first: their GPU power is this period's server power where no
-            # other source reports it.
-            events += self.actuator.statuses()
-            sources.append(self.actuator.power_batch)
-        batches = [src() for src in sources] + [self.derived(now_ns)]
+            events += self.actuator.statuses(now_ns)
+            batches.append(self.actuator.power_batch())
         for b in batches:
             self.state.ingest(b)
-        details: dict[int, dict[str, Any]] = {}
-        try:
-            return self._plan(now_ns, batches, events, details)
-        finally:
-            batch = ReadingBatch.concat(batches)
-            self.sink.write(batch)
-            self.stats.readings += len(batch)
-            if events:
-                self.sink.write_events(events)
-                for ev in events:
-                    self._noted(ev)
-                if self.hooks is not None:
-                    self.hooks.submit(events, details, now_ns)
+            self.stats.readings += len(b)
+        batches.append(self.derived(now_ns))
+        self.state.ingest(batches[-1])
+        return batches
 
-    def _plan(self, now_ns: int, batches: list[ReadingBatch], events: list[Event],
-              details: dict[int, dict[str, Any]]) -> CapPlan | None:
-        if self.loop is None:
-            return None
+    def derived(self, now_ns: int) -> ReadingBatch:
+        """Site totals the devices do not report directly, every period (see ``SiteState.totals``)."""
+        t = self.state.totals(now_ns, self.site.controller.totals_max_age_s)
+        reg, site = self.registry, self.site_id
+        sids: list[int] = []
+        vals: list[float] = []
+        if t.it_w is not None:
+            sids += [reg.id("site.it_w", site=site), reg.id("site.it_age_s", site=site)]
+            vals += [t.it_w, t.it_age_s]
+            if t.pue is not None:
+                sids.append(reg.id("site.pue", site=site))
+                vals.append(t.pue)
+        sids += [reg.id("grid.dr_active", site=site), reg.id("grid.dr_target_w", site=site)]
+        vals += [float(t.dr_active), t.dr_target_w]
+        st = self.stats
+        st.dr_target_w = t.dr_target_w
+        if t.dr_active and t.facility_w is not None and self.last_plan is not None:
+            demand = self.last_plan.demand_facility_w
+            st.dr_stranded_w = max(0.0, t.dr_target_w - t.facility_w) if demand > t.dr_target_w else 0.0
+            st.dr_stranded_max_w = max(st.dr_stranded_max_w, st.dr_stranded_w)
+            sids.append(reg.id("controller.dr_stranded_w", site=site))
+            vals.append(st.dr_stranded_w)
+        else:
+            st.dr_stranded_w = 0.0
+        return ReadingBatch.of(now_ns, np.asarray(sids, np.int32), np.asarray(vals), int(Quality.ESTIMATED), reg)
+
+    def step(self, now_ns: int, late_ms: float = 0.0) -> CapPlan | None:
+        """One control period at ``now_ns`` (see the module docstring); returns the plan."""
+        st = self.stats
+        ms = dict.fromkeys(STAGES, 0.0)
+        t0 = time.perf_counter()
+        events: list[HookEvent] = []
+        batches = self._ingest(now_ns, events)
+        t1 = time.perf_counter()
+        ms["ingest"] = (t1 - t0) * 1e3
+        plan: CapPlan | None = None
+        try:
+            if self.loop is not None:
+                plan = self._control_step(now_ns, events, batches, ms)
+        finally:
+            t4 = time.perf_counter()
+            self._handoff(now_ns, batches, events)
+            ms["store"] = (time.perf_counter() - t4) * 1e3
+            total = (time.perf_counter() - t0) * 1e3
+            st.stage_ms = ms
+            for k, v in ms.items():
+                st.stage_worst_ms[k] = max(st.stage_worst_ms[k], v)
+            st.period_ms.add(np.array([total]))
+            st.late_ms.add(np.array([late_ms]))
+            st.last_period_wall = time.monotonic()
+            self._health(now_ns, late_ms, total)
+        return plan
+
+    def _control_step(self, now_ns: int, events: list[HookEvent], batches: list[ReadingBatch],
+                      ms: dict[str, float]) -> CapPlan:
+        assert self.loop is not None
+        st = self.stats
+        t1 = time.perf_counter()
         pinned = None
         if self.actuator is not None:
             verdicts, pinned = self.actuator.check(now_ns, self.loop.draw_per_gpu_w())
             events += verdicts
+        t2 = time.perf_counter()
+        ms["verify"] = (t2 - t1) * 1e3
         plan = self.loop.step(now_ns, pinned)
         self.last_plan = plan
-        st = self.stats
         st.plans += 1
         st.worst_solve_ms = max(st.worst_solve_ms, plan.solve_ms)
         granted = plan.violations(self.topo, of="caps")
+        caps = safety.gate(plan.caps_w, granted, self._applied)
+        t3 = time.perf_counter()
+        ms["solve"] = (t3 - t2) * 1e3
         if granted:
-            # The plan grants more than a limit allows: a controller bug. Apply only what
-            # lowers a cap (never raise one on a bad plan) and raise it as critical.
             st.plans_with_violations += 1
             st.violations.extend(granted[: max(0, 20 - len(st.violations))])
-            events.append(Event(now_ns, "plan_violation", "critical", "controller",
-                                f"plan {plan.plan_id} grants over a limit; only its cuts applied: {granted[0]}",
-                                self.site_id, {"violations": float(len(granted))}))
-            if self._applied is not None:
-                self._apply(replace(plan, caps_w=np.minimum(plan.caps_w, self._applied)))
-            return plan
-        at_risk = plan.violations(self.topo)
-        if at_risk:
-            # The caps fit, but GPUs that have not yet followed them draw more: the limit is
-            # at risk until they settle. Counted and reported, and the caps are applied.
-            st.periods_at_risk += 1
-            events.append(Event(now_ns, "limit_at_risk", "warning", "controller",
-                                f"plan {plan.plan_id}: GPUs lagging their caps: {at_risk[0]}", self.site_id,
-                                {"limits": float(len(at_risk)), "gpus": float(plan.overdraw_gpus)}))
-        if plan.infeasible:
-            st.infeasible_plans += 1
-        self._apply(plan)
-        self._applied = plan.caps_w
-        batches.append(plan.to_batch(self.site_id, self.registry))
-        events.extend(plan.events(self.site_id))
-        events.extend(self.notices.events(plan, self.state, now_ns))
-        for advise in self.advisors:
-            for advice, detail in advise(plan, self.state, now_ns):
-                events.append(advice)
-                if detail is not None:
-                    details[id(advice)] = detail
+            events.append((Event(now_ns, "plan_violation", "critical", "controller",
+                                 f"plan {plan.plan_id} grants over a limit; only its cuts applied: {granted[0]}",
+                                 self.site_id, {"violations": float(len(granted))}), None))
+        else:
+            at_risk = plan.violations(self.topo)
+            if at_risk:
+                # The caps fit, but GPUs that have not yet followed them draw more: the limit is
+                # at risk until they settle. Counted and reported, and the caps are applied.
+                st.periods_at_risk += 1
+                events.append((Event(now_ns, "limit_at_risk", "warning", "controller",
+                                     f"plan {plan.plan_id}: GPUs lagging their caps: {at_risk[0]}", self.site_id,
+                                     {"limits": float(len(at_risk)), "gpus": float(plan.overdraw_gpus)}), None))
+            if plan.infeasible:
+                st.infeasible_plans += 1
+        if caps is not None:
+            applied = plan if caps is plan.caps_w else _with_caps(plan, caps)
+            if self.apply is not None:
+                self.apply(applied)
+            if self.actuator is not None:
+                self.actuator.apply(applied)
+            self._applied = caps
+        ms["publish"] = (time.perf_counter() - t3) * 1e3
+        if not granted:
+            batches.append(plan.to_batch(self.site_id, self.registry))
+            batches.append(self._node_caps(now_ns))
+            events.extend((e, None) for e in plan.events(self.site_id))
+            events.extend((e, None) for e in self.notices.events(plan, self.state, now_ns))
+            for advise in self.advisors:
+                events.extend(advise(plan, self.state, now_ns))
         return plan
 
-    def _apply(self, plan: CapPlan) -> None:
-        if self.apply is not None:
-            self.apply(plan)
+    def _node_caps(self, now_ns: int) -> ReadingBatch:
+        """``caps.gpu_cap_w`` per node (its GPUs' cap as sent), only where it changed."""
         if self.actuator is not None:
-            self.actuator.apply(plan)
+            pub = self.actuator.publisher
+            sent = np.minimum.reduceat(np.where(np.isnan(pub.sent_w), np.inf, pub.sent_w), pub.first)
+        elif self._applied is not None:
+            sent = np.minimum.reduceat(self._applied, self.topo.node_first_gpu.astype(np.intp))
+        else:
+            return ReadingBatch.empty(self.registry)
+        changed = np.flatnonzero(np.isfinite(sent) & ~(np.abs(sent - self._stored_node_cap) < 0.5))
+        if not changed.size:
+            return ReadingBatch.empty(self.registry)
+        self._stored_node_cap[changed] = sent[changed]
+        missing = changed[self._node_cap_sids[changed] < 0]
+        if missing.size:
+            off = int(self.topo.level_offset[L_NODE])
+            for k in missing.tolist():
+                self._node_cap_sids[k] = self.registry.id("caps.gpu_cap_w", site=self.site_id, level="node",
+                                                          id=self.topo.node_id(off + k))
+        return ReadingBatch.of(now_ns, self._node_cap_sids[changed].astype(np.int32), sent[changed], 0,
+                               self.registry)
 
-    async def _control(self) -> None:
-        period_s = self.site.controller.period_s
-        next_ns = self.clock.now_ns()
-        while True:
-            now = self.clock.now_ns()
-            try:
-                if not self.paused:
-                    self.step(now)
-            except PowerplaneError as exc:
-                # A failed period keeps the caps in force; the next period tries again.
-                self.stats.control_errors += 1
-                self.event(Event(now, "control_error", "error", "controller", str(exc), self.site_id))
-            next_ns += int(period_s * NS_PER_S)
-            await self.clock.sleep(max(0.0, (next_ns - self.clock.now_ns()) / NS_PER_S))
+    def _handoff(self, now_ns: int, batches: list[ReadingBatch], events: list[HookEvent]) -> None:
+        """The period's readings and events to the store thread and the hooks; never blocks."""
+        self._write(ReadingBatch.concat(batches))
+        if events:
+            evs = [e for e, _ in events]
+            self._write_events(evs)
+            for ev in evs:
+                self._noted(ev)
+            if self.hooks is not None:
+                details = {id(e): d for e, d in events if d}
+                self.hooks.submit(evs, details, now_ns)
 
-    async def _health(self) -> None:
-        while True:
-            await self.clock.sleep(self.health_period_s)
-            self._write_health(self.clock.now_ns())
+    def _flush_pending(self, now_ns: int) -> None:
+        events: list[HookEvent] = [(e, None) for e in self._pending_events]
+        self._pending_events = []
+        batches, self._pending = self._pending, []
+        self._handoff(now_ns, batches, events)
 
-    def _write_health(self, now_ns: int) -> None:
-        batches = [self.collectors.health_batch(now_ns, self.site_id), self.sink.health_batch(now_ns, self.site_id)]
+    # ---- loop health ---------------------------------------------------------------------------
+    def health_values(self) -> dict[str, float]:
+        """``controller.*`` values of the last period."""
+        st = self.stats
+        vals = {f"{k}_ms": v for k, v in st.stage_ms.items()}
+        vals.update(periods=st.periods, plans=st.plans, missed_periods=st.missed_periods, errors=st.control_errors,
+                    readings_in=st.readings, batches_rejected=sum(st.batches_rejected.values()),
+                    store_queue=self.writer.depth if self.writer else 0,
+                    store_dropped=self.writer.dropped_points if self.writer else 0)
+        return {k: float(v) for k, v in vals.items()}
+
+    def health_batch(self, now_ns: int) -> ReadingBatch:
+        """Collector, store and actuation health readings."""
+        batches = [self.collectors.health_batch(now_ns, self.site_id),
+                   self.sink.health_batch(now_ns, self.site_id)]
         if self.actuator is not None:
             batches.append(self.actuator.health_batch(now_ns))
-        self.sink.write(ReadingBatch.concat(batches))
+        return ReadingBatch.concat(batches)
+
+    def _health(self, now_ns: int, late_ms: float, total_ms: float) -> None:
+        reg, site = self.registry, self.site_id
+        vals = self.health_values()
+        vals["late_ms"] = late_ms
+        vals["period_ms"] = total_ms
+        sids = [reg.id(f"controller.{k}", site=site) for k in vals]
+        batch = ReadingBatch.of(now_ns, sids, list(vals.values()), 0, reg)
+        if now_ns >= self._next_health_ns:
+            self._next_health_ns = now_ns + int(self.health_period_s * NS_PER_S)
+            batch = ReadingBatch.concat([batch, self.health_batch(now_ns)])
+        self._write(batch)
+        if self.publish_state is not None and time.monotonic() - self._state_wall >= 0.2:
+            self._state_wall = time.monotonic()
+            try:
+                self.publish_state(self.snapshot(now_ns))
+            except Exception as exc:  # the view is not worth a period; say it once
+                self._state_errors += 1
+                log.log(logging.ERROR if self._state_errors == 1 else logging.DEBUG,
+                        "publishing the controller state failed: %s", exc, exc_info=self._state_errors == 1)
+
+    def snapshot(self, now_ns: int) -> dict[str, Any]:
+        """The controller's state for a live view or an operator (JSON-able, bounded size)."""
+        st = self.stats
+        out: dict[str, Any] = {
+            "ts_ns": now_ns, "site": self.site_id, "periods": st.periods, "plans": st.plans,
+            "missed_periods": st.missed_periods, "errors": st.control_errors, "last_error": st.last_error,
+            "late_ms": st.late_ms.percentile(99), "stage_ms": st.stage_ms, "readings": st.readings,
+            "plans_with_violations": st.plans_with_violations, "dr_stranded_w": st.dr_stranded_w,
+            "store": asdict(self.store_stats()),
+        }
+        if self.last_plan is not None:
+            s = self.last_plan.summary()
+            racks = sorted(s["racks"], key=lambda r: r["headroom_w"])[:64]
+            out["plan"] = {**{k: v for k, v in s.items() if k != "racks"},
+                           "racks": sorted(racks, key=lambda r: r["id"])}
+        if self.actuator is not None:
+            out["actuation"] = self.actuator.health()
+            out["modes"] = self.actuator.verifier.stats.modes
+        return out
+
+    def _late(self, late_ms: float, period_ms: float) -> None:
+        st = self.stats
+        st.behind = st.behind + 1 if late_ms > period_ms / 2 else 0
+        if st.behind == BEHIND_WARN_PERIODS or (st.behind and st.behind % 60 == 0):
+            slow = max(st.stage_ms.items(), key=lambda kv: kv[1])
+            log.warning("control loop falling behind: %d periods late in a row, last %.0f ms late; slowest stage "
+                        "%s (%.0f ms); %d periods missed so far", st.behind, late_ms, slow[0], slow[1],
+                        st.missed_periods)
+
+    async def _control(self) -> None:
+        period_ns = int(self.site.controller.period_s * NS_PER_S)
+        next_ns = self.clock.now_ns()
+        while True:
+            wait = (next_ns - self.clock.now_ns()) / NS_PER_S
+            if wait > 0:
+                await self.clock.sleep(wait)
+            now = self.clock.now_ns()
+            late_ns = max(0, now - next_ns)
+            if late_ns >= period_ns:
+                skipped = late_ns // period_ns
+                self.stats.missed_periods += int(skipped)
+                self.stats.periods += int(skipped)
+                next_ns += skipped * period_ns
+                late_ns -= skipped * period_ns
+            self.stats.periods += 1
+            try:
+                self.step(now, late_ns / 1e6)
+            except Exception as exc:
+                # A failed period keeps the caps in force; the next period tries again.
+                self.stats.control_errors += 1
+                self.stats.last_error = f"{type(exc).__name__}: {exc}"[:500]
+                first = self.stats.control_errors == 1
+                log.log(logging.ERROR, "control period failed (%d so far): %s", self.stats.control_errors,
+                        self.stats.last_error, exc_info=first)
+                self.event(Event(now, "control_error", "error", "controller", self.stats.last_error, self.site_id))
+            self._late(late_ns / 1e6, period_ns / 1e6)
+            next_ns += period_ns
+            await asyncio.sleep(0)
+
+
+def _with_caps(plan: CapPlan, caps: NDArray[np.float64]) -> CapPlan:
+    from dataclasses import replace
+
+    return replace(plan, caps_w=caps)
+

@@ -1,20 +1,23 @@
-"""The node agent: applies signed cap commands to its GPUs, and falls back on its own.
+"""The capping agent: applies the controller's rack commands to the GPUs it serves, within a lease.
 
-``NodeAgent`` is one node's state machine; it talks to its GPUs only through a
-``GpuBackend`` and to the world only through a ``publish`` callable, so that it is tested
-with plain values and a frozen clock. ``AgentHost`` runs one or more node agents over one
-MQTT connection (a real node runs one; the demo runs many twin nodes per process).
+A ``CapUnit`` is what one agent enforces: one node (NVML on the node itself) or the nodes
+an agent serves in one rack (the simulated backend; a rack-level management controller).
+It verifies each signed rack command (``messages.verify_command``), takes its own slice of
+the caps, applies it through its backend and reports a status. It is written against a
+backend, a clock and a ``publish`` callable, so it is tested with plain values and a
+frozen clock. ``AgentHost`` runs units over one MQTT connection.
 
 Modes::
 
     starting    -> safe cap applied at start, waiting for the first valid command
     controlled  -> enforcing the caps of the newest valid command until its lease runs out
     fallback    -> the lease ran out (controller, broker or network gone): safe cap applied;
-                   the next valid command returns the node to ``controlled``
+                   the next valid command returns the unit to ``controlled``
 
-The fallback never raises a cap: it applies ``min(current cap, safe cap)`` per GPU.
-Starting at the safe cap is the conservative choice for a node that boots while the
-controller is away; a retained command brings it under control at once otherwise.
+The fallback never raises a cap: it applies ``min(current cap, safe cap)`` per GPU. The
+lease watch runs on its own task, apart from message handling: commands arrive through a
+bounded inbox that drops oversized payloads in the network thread, and the handler yields
+after every message, so no flood delays a fallback by more than one message's work.
 """
 
 from __future__ import annotations
@@ -31,16 +34,20 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controllers.actuation.backends import BoardLimits, GpuBackend
-from controllers.actuation.link import MqttAddress, MqttLink
+import numpy as np
+
+from bus.mqtt import Inbox, MqttAddress, MqttLink
+from controllers.actuation.backends import GpuBackend
+from controllers.actuation.layout import RackLayout
 from controllers.actuation.messages import (
+    MAX_COMMAND_BYTES,
     AgentStatus,
     CapCommand,
-    Mode,
     Rejected,
     SiteKey,
     caps_topic,
-    node_of_topic,
+    order,
+    short,
     status_topic,
     verify_command,
 )
@@ -50,15 +57,14 @@ from models.errors import PowerplaneError
 log = logging.getLogger("powerplane.agent")
 
 Publish = Callable[[str, bytes], None]
-
-
-def _num(x: float | None) -> float | None:
-    return None if x is None or x != x else round(float(x), 2)
+# After a cut, report again this soon (site s): the controller times the draw following the cut.
+PROBES_AFTER_S = (0.4, 0.9)
+STALE_STREAK_WARN = 3
 
 
 @dataclass
 class AgentStats:
-    """What one node agent did."""
+    """What one unit did."""
 
     applied: int = 0
     renewed: int = 0  # valid commands whose caps were already in force
@@ -67,38 +73,50 @@ class AgentStats:
     apply_errors: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     apply_ms: list[float] = field(default_factory=list)  # last 1000
+    transitions: list[tuple[str, int]] = field(default_factory=list)  # (mode, since_ns), last 1000
 
 
-class NodeAgent:
-    """Caps one node's GPUs as the controller commands, within a lease."""
+class CapUnit:
+    """Caps the GPUs of ``nodes`` (rack-local indices) of one rack as the controller commands."""
 
-    def __init__(self, site: str, node: str, key: SiteKey, backend: GpuBackend, clock: Clock,
-                 publish: Publish | None = None, *,
-                 prefix: str = "powerplane", safe_cap_w: float | None = None, status_every_s: float = 5.0,
+    def __init__(self, site: str, layout: RackLayout, nodes: Sequence[int], key: SiteKey, backend: GpuBackend,
+                 clock: Clock, publish: Publish | None = None, *, prefix: str = "powerplane",
+                 lease_s: float = 15.0, safe_cap_w: float | None = None, status_every_s: float = 5.0,
                  state_dir: str | Path | None = None) -> None:
-        self.site, self.node, self.key, self.backend, self.clock = site, node, key, backend, clock
+        self.site, self.layout, self.key, self.backend, self.clock = site, layout, key, backend, clock
+        self.nodes = sorted(int(k) for k in nodes)
+        if not self.nodes or self.nodes[-1] >= layout.n_nodes or self.nodes[0] < 0:
+            raise ValueError(f"nodes {nodes} are not nodes of rack {layout.rack}")
+        self.sel = np.concatenate([np.arange(layout.gpu_slice(k).start, layout.gpu_slice(k).stop)
+                                   for k in self.nodes])
         self.prefix = prefix
+        self.lease_s = lease_s
         self._publish: Publish = publish or (lambda topic, payload: None)
         self.status_every_s = status_every_s
         self._safe_cap_w = safe_cap_w
-        self.safe_caps: tuple[float, ...] = ()
-        self.limits: BoardLimits | None = None
-        self.mode: Mode = "starting"
+        self.safe_caps = np.zeros(0)
+        self.mode = "starting"
         self.mode_since_ns = clock.now_ns()
-        self.last_seq = 0
+        self.last_order = 0
+        self.epoch = 0
+        self.seq = 0
         self.plan_id = 0
-        self.requested: tuple[float, ...] = ()
-        self.enforced: tuple[float, ...] = ()
+        self.requested = np.zeros(0)
+        self.enforced = np.zeros(0)
         self.lease_expires_ns = 0
-        self.applied_ns = 0
         self.last_apply_ms = 0.0
         self.last_reject = ""
+        self.stale_streak = 0
         self.stats = AgentStats()
-        self.topic = caps_topic(prefix, site, node)
-        self.status_topic = status_topic(prefix, site, node)
-        self._state_path = Path(state_dir) / f"{node.replace('/', '@')}.json" if state_dir else None
+        whole = len(self.nodes) == layout.n_nodes
+        self.sender = layout.rack if whole else layout.nodes[self.nodes[0]]
+        self.name = layout.rack if whole else ", ".join(layout.nodes[k] for k in self.nodes[:3])
+        self.topic = caps_topic(prefix, site, layout.rack)
+        self.status_topic = status_topic(prefix, site, self.sender)
+        self._state_path = Path(state_dir) / f"{self.sender.replace('/', '@')}.json" if state_dir else None
         self._lock = asyncio.Lock()
         self._next_status_ns = 0
+        self._probes: list[int] = []
 
     def bind(self, publish: Publish) -> None:
         """Send statuses through ``publish`` (the host's MQTT connection)."""
@@ -106,184 +124,225 @@ class NodeAgent:
 
     # ---- lifecycle ------------------------------------------------------------------------
     async def open(self) -> None:
-        """Read the boards' ranges and the last applied seq; apply the safe cap."""
-        self.limits = await self.backend.open()
-        lo, hi = self.limits.min_w, self.limits.max_w
+        """Read the boards' ranges and the last applied (epoch, seq); apply the safe cap."""
+        limits = await self.backend.open()
+        lo, hi = np.asarray(limits.min_w, np.float64), np.asarray(limits.max_w, np.float64)
+        if lo.size != self.sel.size:
+            raise PowerplaneError(f"{self.name}: the backend has {lo.size} GPUs, the site file {self.sel.size}")
         safe = self._safe_cap_w
-        self.safe_caps = tuple(min(max(safe if safe is not None else a, a), b) for a, b in zip(lo, hi, strict=True))
-        self.last_seq = self._load_seq()
+        self.safe_caps = np.clip(np.full(lo.size, safe) if safe is not None else lo, lo, hi)
+        self.last_order = self._load_order()
+        self.epoch, self.seq = self.last_order >> 40, self.last_order & ((1 << 40) - 1)
         await self._enforce(self.safe_caps, "starting: safe cap until the first command")
+        self._transition("starting", self.clock.now_ns())
         self.publish_status()
-        # Spread the heartbeats of many nodes over the period rather than all at once.
+        # Spread the heartbeats of many units over the period rather than all at once.
         self._next_status_ns = self.clock.now_ns() + int(random.random() * self.status_every_s * NS_PER_S)
 
     async def close(self) -> None:
         """Release the backend (the limits stay as set)."""
         await self.backend.close()
 
+    def _transition(self, mode: str, now_ns: int) -> None:
+        self.mode = mode
+        self.mode_since_ns = now_ns
+        self.stats.transitions.append((mode, now_ns))
+        del self.stats.transitions[:-1000]
+
     # ---- commands -------------------------------------------------------------------------
     async def handle(self, payload: bytes) -> CapCommand | Rejected:
-        """Check and apply one cap command; return it, or why it was refused."""
-        assert self.limits is not None, "open() first"
+        """Check and apply one rack command; return it, or why it was refused. Never raises."""
         async with self._lock:
             now = self.clock.now_ns()
-            res = verify_command(payload, self.key, site=self.site, node=self.node, now_ns=now,
-                                 last_seq=self.last_seq, min_w=self.limits.min_w, max_w=self.limits.max_w)
+            res = verify_command(payload, self.key, site=self.site, layout=self.layout, now_ns=now,
+                                 last_order=self.last_order, lease_s=self.lease_s)
             if isinstance(res, Rejected):
-                self.stats.rejected[res.reason] += 1
-                self.last_reject = f"{res.reason}: {res.detail}"
-                # A stale seq is what a retained command looks like after a restart: not worth a warning.
-                level = logging.DEBUG if res.reason == "stale_seq" else logging.WARNING
-                log.log(level, "%s: rejected command (seq %s): %s: %s", self.node, res.seq, res.reason, res.detail)
-                if res.reason != "stale_seq":
-                    self.publish_status()
+                self._rejected(res)
                 return res
-            changed = res.caps_w != self.enforced
-            enforced_before = self.enforced or tuple(float("inf") for _ in res.caps_w)
+            self.stale_streak = 0
+            caps = res.caps_w[self.sel]
+            changed = (self.mode != "controlled" or self.enforced.shape != caps.shape
+                       or not np.array_equal(caps, self.requested))
+            cut = self.enforced.shape == caps.shape and bool((caps < self.enforced - 1e-9).any())
             was = self.mode
-            self.last_seq = res.seq
+            self.last_order, self.epoch, self.seq = res.order, res.epoch, res.seq
             self.plan_id = res.plan_id
-            self.requested = res.caps_w
+            self.requested = caps
             self.lease_expires_ns = res.expires_ns
             if changed:
                 try:
-                    await self._enforce(res.caps_w, f"plan {res.plan_id}")
+                    await self._enforce(caps, f"plan {res.plan_id}")
                 except PowerplaneError as exc:
                     self.stats.apply_errors += 1
-                    log.error("%s: could not apply plan %d: %s", self.node, res.plan_id, exc)
+                    log.error("%s: could not apply plan %d: %s", self.name, res.plan_id, exc)
                     self.publish_status()
                     return res
                 self.stats.applied += 1
             else:
                 self.stats.renewed += 1
-            if self.mode != "controlled":
-                self.mode_since_ns = now
-            self.mode = "controlled"
-            self._save_seq()
+            if was != "controlled":
+                self._transition("controlled", now)
+            self._save_order()
             if was != "controlled":
                 self.stats.resumed += was == "fallback"
-                log.info("%s: controlled (plan %d, lease %.1f s)", self.node, res.plan_id,
+                log.info("%s: controlled (plan %d, lease %.1f s)", self.name, res.plan_id,
                          (res.expires_ns - now) / NS_PER_S)
-            # Acknowledge a cut at once (the controller times its settling); raises and
-            # renewals show in the next heartbeat.
-            if was != "controlled" or any(c < e for c, e in zip(res.caps_w, enforced_before, strict=False)):
+            # Acknowledge a cut at once (the controller times its settling) and report the
+            # draw again soon after; raises and renewals show in the next heartbeat.
+            if was != "controlled" or cut:
                 self.publish_status()
+                self._probes = [now + int(s * NS_PER_S) for s in PROBES_AFTER_S]
             return res
+
+    def _rejected(self, res: Rejected) -> None:
+        self.stats.rejected[res.reason] += 1
+        self.last_reject = f"{res.reason}: {short(res.detail)}"
+        if res.reason == "stale_seq":
+            # A retained command after a restart is one stale_seq; a streak means the
+            # controller's (epoch, seq) went backwards and this unit is locked out.
+            self.stale_streak += 1
+            level = logging.WARNING if self.stale_streak == STALE_STREAK_WARN else logging.DEBUG
+            log.log(level, "%s: %d stale commands in a row (last %s): is a controller with an old epoch "
+                    "publishing?", self.name, self.stale_streak, short(res.detail))
+            if self.stale_streak >= STALE_STREAK_WARN:
+                self.publish_status()
+            return
+        log.warning("%s: rejected command: %s: %s", self.name, res.reason, short(res.detail))
+        self.publish_status()
 
     async def check_lease(self) -> bool:
         """Fall back to the safe cap if the lease ran out; True if it just did."""
         async with self._lock:
-            if self.mode != "controlled" or self.clock.now_ns() < self.lease_expires_ns:
+            now = self.clock.now_ns()
+            if self.mode != "controlled" or now < self.lease_expires_ns:
                 return False
-            caps = tuple(min(c, s) for c, s in zip(self.enforced or self.safe_caps, self.safe_caps, strict=True))
-            self.mode = "fallback"
-            self.mode_since_ns = self.clock.now_ns()
+            base = self.enforced if self.enforced.shape == self.safe_caps.shape else self.safe_caps
+            caps = np.minimum(base, self.safe_caps)
+            self._transition("fallback", now)
             self.stats.fallbacks += 1
             log.warning("%s: lease of plan %d ran out: falling back to the safe cap (%.0f W per GPU)",
-                        self.node, self.plan_id, max(self.safe_caps))
+                        self.name, self.plan_id, float(self.safe_caps.max()))
             try:
                 await self._enforce(caps, "lease fallback")
             except PowerplaneError as exc:
                 self.stats.apply_errors += 1
-                log.error("%s: could not apply the safe cap: %s", self.node, exc)
+                log.error("%s: could not apply the safe cap: %s", self.name, exc)
             self.publish_status()
             return True
 
-    async def _enforce(self, caps: Sequence[float], why: str) -> None:
+    async def _enforce(self, caps: np.ndarray, why: str) -> None:
         t0 = time.perf_counter()
-        enforced = await self.backend.apply(caps)
+        enforced = await self.backend.apply(caps.tolist())
         ms = (time.perf_counter() - t0) * 1e3
-        self.enforced = tuple(enforced)
-        if not self.requested:
-            self.requested = tuple(caps)
-        self.applied_ns = self.clock.now_ns()
+        self.enforced = np.asarray(enforced, np.float64)
+        if self.requested.shape != caps.shape:
+            self.requested = caps.copy()
         self.last_apply_ms = ms
         self.stats.apply_ms.append(ms)
         del self.stats.apply_ms[:-1000]
-        log.debug("%s: %s: limits %s W in %.1f ms", self.node, why, list(self.enforced), ms)
+        log.debug("%s: %s: limits set in %.1f ms", self.name, why, ms)
 
     # ---- status ---------------------------------------------------------------------------
-    def status(self, power_w: Sequence[float | None] = (), enforced_w: Sequence[float | None] = ()) -> AgentStatus:
-        """The node's status now (``power_w``/``enforced_w`` as last read from the boards)."""
+    def status(self, power_w: Sequence[float | None] = (), enforced_w: Sequence[float | None] = (),
+               power_ts_ns: int | None = None) -> AgentStatus:
+        """The unit's status now (``power_w``/``enforced_w`` as last read from the boards, at ``power_ts_ns``)."""
+        n = self.sel.size
+
+        def arr(x: Sequence[float | None], default: np.ndarray) -> np.ndarray:
+            if len(x) != n:
+                return default if default.shape == (n,) else np.full(n, np.nan)
+            return np.array([np.nan if v is None else v for v in x], np.float64)
+
         return AgentStatus(
-            site=self.site, node=self.node, ts_ns=self.clock.now_ns(), mode=self.mode, seq=self.last_seq,
-            plan_id=self.plan_id, requested_w=[float(x) for x in self.requested],
-            enforced_w=[_num(x) for x in (enforced_w or self.enforced)],
-            power_w=[_num(x) for x in power_w], apply_ms=round(self.last_apply_ms, 3), applied_ns=self.applied_ns,
-            lease_expires_ns=self.lease_expires_ns, safe_cap_w=max(self.safe_caps, default=0.0),
-            backend=self.backend.name, rejected=dict(self.stats.rejected), last_reject=self.last_reject,
-            mode_since_ns=self.mode_since_ns)
+            site=self.site, rack=self.layout.rack, nodes=self.nodes, ts_ns=self.clock.now_ns(), mode=self.mode,
+            since_ns=self.mode_since_ns, epoch=self.epoch, seq=self.seq, plan_id=self.plan_id,
+            lease_expires_ns=self.lease_expires_ns, enforced_w=arr(enforced_w, self.enforced),
+            power_w=arr(power_w, np.full(n, np.nan)), apply_ms=self.last_apply_ms,
+            safe_cap_w=float(self.safe_caps.max()) if self.safe_caps.size else 0.0, backend=self.backend.name,
+            rejected=dict(self.stats.rejected), last_reject=self.last_reject, stale_streak=self.stale_streak,
+            power_ts_ns=power_ts_ns or 0)
 
     def publish_status(self, power_w: Sequence[float | None] = (),
-                       enforced_w: Sequence[float | None] = ()) -> None:
+                       enforced_w: Sequence[float | None] = (), power_ts_ns: int | None = None) -> None:
         """Publish the status now."""
-        self._publish(self.status_topic, self.status(power_w, enforced_w).to_json())
+        self._publish(self.status_topic, self.status(power_w, enforced_w, power_ts_ns).to_json())
 
     def status_due(self, now_ns: int) -> bool:
-        """Whether the next heartbeat is due at ``now_ns``."""
-        return now_ns >= self._next_status_ns
+        """Whether a heartbeat or a probe after a cut is due at ``now_ns``."""
+        return now_ns >= self._next_status_ns or bool(self._probes and now_ns >= self._probes[0])
 
     async def heartbeat(self) -> bool:
         """Publish the status with a fresh board reading if one is due; True if it was."""
         now = self.clock.now_ns()
-        if now < self._next_status_ns:
+        if not self.status_due(now):
             return False
-        self._next_status_ns = now + int(self.status_every_s * NS_PER_S)
+        if self._probes and now >= self._probes[0]:
+            self._probes = [t for t in self._probes if t > now]
+        if now >= self._next_status_ns:
+            self._next_status_ns = now + int(self.status_every_s * NS_PER_S)
         try:
             r = await self.backend.read()
         except PowerplaneError as exc:
-            log.error("%s: cannot read the GPUs: %s", self.node, exc)
+            log.error("%s: cannot read the GPUs: %s", self.name, exc)
             self.publish_status()
             return True
-        self.publish_status(r.power_w, r.enforced_w)
+        self.publish_status(r.power_w, r.enforced_w, r.power_ts_ns)
         return True
 
     # ---- replay protection across restarts ---------------------------------------------------
-    def _load_seq(self) -> int:
+    def _load_order(self) -> int:
         if self._state_path is None or not self._state_path.exists():
             return 0
         try:
-            return int(json.loads(self._state_path.read_text())["seq"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.error("%s: unreadable state %s (%s): accepting any fresh command", self.node, self._state_path, exc)
+            d = json.loads(self._state_path.read_text())
+            return order(int(d["epoch"]), int(d["seq"]))
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as exc:
+            log.error("%s: unreadable state %s (%s): accepting any fresh command", self.name, self._state_path, exc)
             return 0
 
-    def _save_seq(self) -> None:
+    def _save_order(self) -> None:
         if self._state_path is None:
             return
         tmp = self._state_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"seq": self.last_seq, "plan_id": self.plan_id}))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps({"epoch": self.epoch, "seq": self.seq, "plan_id": self.plan_id}))
         os.replace(tmp, self._state_path)
 
 
 class AgentHost:
-    """Runs node agents over one MQTT connection until stopped."""
+    """Runs capping units over one MQTT connection until stopped."""
 
-    def __init__(self, agents: Sequence[NodeAgent], addr: MqttAddress, clock: Clock, *, client_id: str,
-                 check_every_s: float = 0.25) -> None:
-        self.agents = {a.topic: a for a in agents}
-        for a in agents:
-            a.bind(self.publish)
+    def __init__(self, units: Sequence[CapUnit], addr: MqttAddress, clock: Clock, *, client_id: str,
+                 check_every_s: float = 0.25, inbox: int = 1024, link: MqttLink | None = None) -> None:
+        self.units = list(units)
+        self.by_topic: dict[str, list[CapUnit]] = {}
+        for u in units:
+            u.bind(self.publish)
+            self.by_topic.setdefault(u.topic, []).append(u)
         self.addr = addr
         self.clock = clock
         self.client_id = client_id
         self.check_every_s = check_every_s
-        self.link: MqttLink | None = None
+        self.inbox = Inbox(maxlen=inbox, max_bytes=MAX_COMMAND_BYTES)
+        # One connection per process (with authentication, the client id is the user name):
+        # the sim backend's boards share it. Persistent session: QoS 1 commands sent while the
+        # agent was briefly away are delivered.
+        self.link: MqttLink | None = link if link is not None else MqttLink(addr, client_id, clean_session=False)
         self._tasks: list[asyncio.Task[None]] = []
 
     def publish(self, topic: str, payload: bytes) -> None:
-        """Publish a status (QoS 1, retained)."""
+        """Publish a status (QoS 1, not retained: a stale status must not outlive its agent)."""
         if self.link is not None:
-            self.link.publish(topic, payload, qos=1, retain=True)
+            self.link.publish(topic, payload, qos=1, retain=False)
 
     async def start(self) -> None:
-        """Connect, open every node's GPUs (safe cap) and subscribe to their cap topics."""
-        # Persistent session: QoS 1 commands sent while the agent was briefly away are delivered.
-        self.link = MqttLink(self.addr, self.client_id, clean_session=False)
-        for topic in self.agents:
-            self.link.subscribe(topic, qos=1)
+        """Connect, open every unit's GPUs (safe cap) and subscribe to their racks' cap topics."""
+        assert self.link is not None
+        for topic in self.by_topic:
+            self.link.subscribe(topic, qos=1, inbox=self.inbox)
         self.link.start()
-        await asyncio.gather(*(a.open() for a in self.agents.values()))
+        await asyncio.gather(*(u.open() for u in self.units))
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._commands(), name="agent-commands"),
                        loop.create_task(self._watch(), name="agent-lease")]
@@ -295,36 +354,50 @@ class AgentHost:
         for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
-        for a in self.agents.values():
-            await a.close()
+        for u in self.units:
+            await u.close()
         if self.link is not None:
             self.link.stop()
+            self.link = None
 
     async def _commands(self) -> None:
-        assert self.link is not None
-        pending: set[asyncio.Task[object]] = set()
         while True:
-            topic, payload = await self.link.messages.get()
-            agent = self.agents.get(topic)
-            if agent is None:
-                log.warning("message on %s (node %s) that no agent here serves", topic,
-                            node_of_topic(topic.rsplit("/", 1)[-1]))
-                continue
-            # Nodes apply concurrently (a slow board must not hold up the others); one node's
-            # commands stay in order because its lock wakes waiters first come, first served.
-            t: asyncio.Task[object] = asyncio.get_running_loop().create_task(agent.handle(payload))
-            pending.add(t)
-            t.add_done_callback(pending.discard)
+            await self.inbox.wait()
+            for topic, payload in self.inbox.drain():
+                for u in self.by_topic.get(topic, ()):
+                    await u.handle(payload)
+                # Yield after every message: the lease watch must never wait behind a burst.
+                await asyncio.sleep(0)
 
     async def _watch(self) -> None:
         while True:
-            now = self.clock.now_ns()
-            # Concurrently: one node's fallback must not wait for another's board to answer.
-            await asyncio.gather(*(a.check_lease() for a in self.agents.values()
-                                   if a.mode == "controlled" and now >= a.lease_expires_ns))
-            await asyncio.gather(*(a.heartbeat() for a in self.agents.values() if a.status_due(now)))
+            try:
+                now = self.clock.now_ns()
+                # Concurrently: one unit's fallback must not wait for another's board to answer.
+                await asyncio.gather(*(u.check_lease() for u in self.units
+                                       if u.mode == "controlled" and now >= u.lease_expires_ns))
+                await asyncio.gather(*(u.heartbeat() for u in self.units if u.status_due(now)))
+            except Exception:  # the watch must outlive any bug in a backend
+                log.exception("agent: lease watch failed; retrying")
             await self.clock.sleep(self.check_every_s)
 
     def modes(self) -> Counter[str]:
         """How many nodes are in each mode."""
-        return Counter(a.mode for a in self.agents.values())
+        c: Counter[str] = Counter()
+        for u in self.units:
+            c[u.mode] += len(u.nodes)
+        return c
+
+    def summary(self) -> dict[str, object]:
+        """What every unit did, for a summary file: modes, counts, and mode transitions per unit."""
+        return {
+            "nodes": sum(len(u.nodes) for u in self.units),
+            "modes": dict(self.modes()),
+            "applied": sum(u.stats.applied for u in self.units),
+            "renewed": sum(u.stats.renewed for u in self.units),
+            "fallbacks": sum(u.stats.fallbacks for u in self.units),
+            "apply_errors": sum(u.stats.apply_errors for u in self.units),
+            "rejected": dict(sum((u.stats.rejected for u in self.units), Counter())),
+            "units": [{"sender": u.sender, "nodes": len(u.nodes), "transitions": u.stats.transitions}
+                      for u in self.units],
+        }

@@ -1,12 +1,14 @@
 """GPU backends: how an agent sets and reads its node's GPU power limits.
 
-One small protocol (``GpuBackend``) and an explicit registry (``BACKENDS``). A backend
-works per node; all values are per GPU in watts, in the node's GPU order.
+One small protocol (``GpuBackend``). A backend works per *unit*: the GPUs of one node
+(NVML on the node itself), or the GPUs of the nodes an agent serves in one rack (the
+simulated backend, a rack-level management controller); all values are per GPU in watts,
+in the rack layout's order (``controllers.actuation.layout``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -25,10 +27,11 @@ class GpuReading:
 
     enforced_w: tuple[float | None, ...]
     power_w: tuple[float | None, ...]
+    power_ts_ns: int | None = None  # when the power was measured (None: now)
 
 
 class GpuBackend(Protocol):
-    """Sets and reads one node's GPU power limits."""
+    """Sets and reads the GPU power limits of one unit (a node, or served nodes of a rack)."""
 
     name: str
 
@@ -44,5 +47,3 @@ class GpuBackend(Protocol):
     async def close(self) -> None:
         """Release the GPUs (limits stay as set)."""
 
-
-BackendFactory = Callable[..., GpuBackend]

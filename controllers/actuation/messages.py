@@ -1,59 +1,89 @@
-"""Cap commands and agent status: the wire contract between the controller and the agents.
+"""Cap commands and agent statuses: the wire contract between the controller and the agents.
 
-Topics (``prefix`` is ``[actuation].topic_prefix``, default ``powerplane``; a node id's
-``/`` is sent as ``@`` because mosquitto never matches a ``%u`` ACL pattern for a user name
-that contains ``/``, and the agent logs in as its node)::
+Messages scale with racks, not nodes. Topics (``prefix`` is ``[actuation].topic_prefix``)::
 
-    <prefix>/<site>/caps/<node>     controller -> agent   QoS 1, retained   signed CapCommand
-    <prefix>/<site>/status/<node>   agent -> controller   QoS 1, retained   AgentStatus JSON
-    <prefix>/<site>/events/<kind>   controller -> anyone  QoS 1             hook event JSON
+    <prefix>/<site>/caps/<rack>            controller -> agents  QoS 1, retained   signed rack command
+    <prefix>/<site>/status/<rack>          rack agent -> controller  QoS 1         status of a whole rack
+    <prefix>/<site>/status/<rack>@<node>   node agent -> controller  QoS 1         status of one node
+    <prefix>/<site>/events/<kind>          controller -> anyone  QoS 1             hook event JSON
 
-A cap command travels in an envelope whose ``body`` is the exact JSON text that was
-signed, so that nobody has to re-serialise JSON canonically to check a signature::
+**Command.** One per rack, carrying the caps of every GPU of the rack in the order of
+``controllers.actuation.layout`` (nodes in rack order, GPUs in node order). It travels in an
+envelope whose ``body`` is the exact JSON text that was signed (HMAC-SHA256 under the site
+key), so nobody re-serialises JSON to check a signature::
 
-    {"alg": "HMAC-SHA256", "kid": "<first 8 hex of sha256(key)>", "body": "<json>", "sig": "<hex>"}
+    {"alg": "HMAC-SHA256", "kid": "<8 hex>", "body": "<json>", "sig": "<64 hex>"}
+    body = {"v": 2, "site": "demo", "rack": "r01", "layout": "<16 hex>", "epoch": 3, "seq": 812,
+            "plan_id": 42, "issued_ns": ..., "expires_ns": ...,
+            "caps_mw": "<base64 of uint32 little-endian mW, one per GPU of the rack>",
+            "bind": "<base64 of int16 per node: index into why, -1 none>", "why": ["row-a1", ...]}
 
-    body = {"v": 1, "site": "demo", "node": "r01/node-000", "seq": 1780000001000000000,
-            "plan_id": 42, "issued_ns": ..., "expires_ns": ..., "caps_w": [700.0, ...],
-            "reason": "row-a1 holds 96 GPUs"}
+``(epoch, seq)`` orders commands: ``epoch`` is the controller's authority epoch (persisted
+and raised at every start, so it survives restarts and clock steps), ``seq`` counts within
+it. An agent applies a command only if its ``(epoch, seq)`` is newer than the last it
+applied, it is for its site, rack and layout, it was not issued in the future (beyond
+``SKEW_S``), its lease is no longer than the site's ``lease_s`` (+ skew) and has not run out,
+and every cap is within the board's range.
 
-``seq`` rises strictly for every command the controller sends (it is at least the
-issue time in ns, so it keeps rising across controller restarts); an agent applies a
-command only if its seq is newer than the last one it applied and ``expires_ns`` (the
-lease) is still ahead. The agent keeps its caps until the lease runs out, then falls
-back to its safe cap on its own.
+**Status.** Unsigned JSON; the broker's ACL lets only the rack's (or node's) account write
+its topic, and the controller binds a status to its topic: a rack topic may speak for
+nodes of that rack, a node topic only for that node::
 
-AgentStatus (JSON, not signed: the broker's ACL lets only the node write its topic)::
+    {"v": 2, "site", "rack", "nodes": [rack-local node indices], "ts_ns", "mode", "since_ns",
+     "epoch", "seq", "plan_id", "lease_expires_ns",
+     "enforced_mw": "<base64 uint32 per GPU of the listed nodes; 4294967295 = unknown>",
+     "power_mw": "<same>", "apply_ms", "safe_cap_w", "backend",
+     "rejected": {"bad_signature": 0, ...}, "last_reject": "...", "stale_streak": 0,
+     "power_ts_ns": <when the power was measured>}
 
-    {"v": 1, "site", "node", "ts_ns", "mode": "starting|controlled|fallback",
-     "seq", "plan_id", "requested_w": [...], "enforced_w": [...], "power_w": [...],
-     "apply_ms", "applied_ns", "lease_expires_ns", "safe_cap_w", "backend",
-     "rejected": {"bad_signature": 0, ...}, "last_reject": "...", "mode_since_ns"}
+Both directions pass one typed, bounded model (msgspec) at the edge: sizes, string lengths,
+integer ranges, finite numbers. Anything else is a counted rejection, never an exception.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
-import json
-import math
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Literal
 
+import msgspec
+import numpy as np
+from msgspec import Meta
+from numpy.typing import NDArray
+
+from controllers.actuation.layout import Layouts, RackLayout
 from models.errors import ConfigError
 
-VERSION = 1
+VERSION = 2
 ALG = "HMAC-SHA256"
 KEY_ENV = "POWERPLANE_SITE_KEY"
 MIN_KEY_BYTES = 16
 BOUNDS_TOL_W = 0.5  # a cap this close outside the board's range is rounding, not a bad command
+SKEW_S = 2.0  # clock difference tolerated between controller and agent (issue time, lease length)
+UNKNOWN_MW = 0xFFFFFFFF
+MAX_COMMAND_BYTES = 256 * 1024  # a 2,304-GPU rack's command is about 13 KB
+MAX_STATUS_BYTES = 256 * 1024
+MAX_DETAIL = 200
 
 Mode = Literal["starting", "controlled", "fallback"]
+MODES: tuple[str, ...] = ("starting", "controlled", "fallback")
 # Why an agent refused a command; counted per reason and reported in its status.
-REJECT_REASONS = ("malformed", "bad_signature", "wrong_target", "stale_seq", "expired", "out_of_bounds")
+REJECT_REASONS = ("malformed", "bad_signature", "wrong_target", "stale_seq", "expired", "future",
+                  "lease_too_long", "out_of_bounds")
+# Why the controller refused a status.
+STATUS_REJECTS = ("malformed", "wrong_site", "wrong_topic", "unknown_node", "timestamp")
+
+Str64 = Annotated[str, Meta(min_length=1, max_length=64)]
+Int63 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
+Seq = Annotated[int, Meta(ge=0, le=2**40 - 1)]
+Epoch = Annotated[int, Meta(ge=0, le=2**22 - 1)]
+B64 = Annotated[str, Meta(max_length=MAX_COMMAND_BYTES)]
 
 
 # ---- topics -----------------------------------------------------------------------------
@@ -67,19 +97,24 @@ def node_of_topic(level: str) -> str:
     return level.replace("@", "/")
 
 
-def caps_topic(prefix: str, site: str, node: str) -> str:
-    """Topic the controller publishes ``node``'s cap commands on."""
-    return f"{prefix}/{site}/caps/{topic_node(node)}"
+def caps_topic(prefix: str, site: str, rack: str) -> str:
+    """Topic the controller publishes ``rack``'s cap commands on."""
+    return f"{prefix}/{site}/caps/{rack}"
 
 
-def status_topic(prefix: str, site: str, node: str) -> str:
-    """Topic ``node``'s agent reports its status on."""
-    return f"{prefix}/{site}/status/{topic_node(node)}"
+def status_topic(prefix: str, site: str, sender: str) -> str:
+    """Topic a rack agent (``sender`` = rack id) or node agent (``sender`` = node id) reports on."""
+    return f"{prefix}/{site}/status/{topic_node(sender)}"
 
 
 def events_topic(prefix: str, site: str, kind: str) -> str:
     """Topic hook events of ``kind`` are published on."""
     return f"{prefix}/{site}/events/{kind}"
+
+
+def order(epoch: int, seq: int) -> int:
+    """``(epoch, seq)`` as one comparable integer."""
+    return (int(epoch) << 40) | int(seq)
 
 
 # ---- the site key -----------------------------------------------------------------------
@@ -108,13 +143,19 @@ class SiteKey:
 
     @classmethod
     def load(cls, path: str | Path | None = None, env: str = KEY_ENV) -> SiteKey:
-        """The key from ``path`` if given, else from the environment variable ``env``."""
+        """The key from ``path`` (which must be 0600 or stricter) if given, else from ``$env``."""
         if path is not None:
             p = Path(path)
             try:
+                mode = p.stat().st_mode
+                if mode & 0o077:
+                    raise ConfigError(str(p), [("", f"site key file is mode {mode & 0o777:o}: others can read "
+                                                    f"it; chmod 600 {p}")])
                 return cls.parse(p.read_text(), str(p))
             except OSError as exc:
                 raise ConfigError(str(p), [("", f"cannot read the site key: {exc.strerror}")]) from exc
+            except UnicodeDecodeError:
+                raise ConfigError(str(p), [("", "the site key file is not text")]) from None
         text = os.environ.get(env)
         if not text:
             raise ConfigError(f"${env}", [("", "no site key: pass --key-file or set the variable")])
@@ -134,36 +175,132 @@ class SiteKey:
         return hmac.new(self.secret, body, hashlib.sha256).hexdigest()
 
     def verify(self, body: bytes, sig: str) -> bool:
-        """Whether ``sig`` is this key's signature of ``body`` (constant time)."""
-        return hmac.compare_digest(self.sign(body), sig)
+        """Whether ``sig`` is this key's signature of ``body`` (constant time; ``sig`` is ASCII hex)."""
+        return hmac.compare_digest(self.sign(body).encode(), sig.encode("ascii", "replace"))
 
 
-# ---- cap commands -------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
+# ---- wire models (the edge) ----------------------------------------------------------------
+class Envelope(msgspec.Struct, forbid_unknown_fields=True):
+    """A signed command as published."""
+
+    alg: Annotated[str, Meta(max_length=16)]
+    kid: Annotated[str, Meta(max_length=16)]
+    body: Annotated[str, Meta(max_length=MAX_COMMAND_BYTES)]
+    sig: Annotated[str, Meta(pattern="^[0-9a-f]{64}$")]
+
+
+class CommandBody(msgspec.Struct, forbid_unknown_fields=True):
+    """The signed body of a rack command."""
+
+    v: Literal[2]
+    site: Str64
+    rack: Str64
+    layout: Annotated[str, Meta(pattern="^[0-9a-f]{16}$")]
+    epoch: Epoch
+    seq: Annotated[int, Meta(ge=1, le=2**40 - 1)]
+    plan_id: Int63
+    issued_ns: Int63
+    expires_ns: Int63
+    caps_mw: B64
+    bind: B64 = ""
+    why: Annotated[list[Annotated[str, Meta(max_length=MAX_DETAIL)]], Meta(max_length=256)] = []
+
+
+class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
+    """An agent's status of the nodes it serves in one rack."""
+
+    v: Literal[2]
+    site: Str64
+    rack: Str64
+    nodes: Annotated[list[Annotated[int, Meta(ge=0, le=65535)]], Meta(min_length=1, max_length=65536)]
+    ts_ns: Int63
+    mode: Literal["starting", "controlled", "fallback"]
+    since_ns: Int63
+    epoch: Epoch
+    seq: Seq
+    plan_id: Int63
+    lease_expires_ns: Int63
+    enforced_mw: B64
+    power_mw: B64
+    apply_ms: Annotated[float, Meta(ge=0, le=1e7)] = 0.0
+    safe_cap_w: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
+    backend: Annotated[str, Meta(max_length=16)] = ""
+    rejected: Annotated[dict[Annotated[str, Meta(max_length=32)], Annotated[int, Meta(ge=0, le=2**53)]],
+                        Meta(max_length=16)] = {}
+    last_reject: Annotated[str, Meta(max_length=4 * MAX_DETAIL)] = ""
+    stale_streak: Annotated[int, Meta(ge=0, le=2**53)] = 0
+    power_ts_ns: Int63 = 0  # when the power was measured (0: at ts_ns)
+
+
+_ENV_DEC = msgspec.json.Decoder(Envelope)
+_CMD_DEC = msgspec.json.Decoder(CommandBody)
+_STATUS_DEC = msgspec.json.Decoder(StatusBody)
+_ENC = msgspec.json.Encoder()
+
+
+def b64(a: NDArray[np.generic]) -> str:
+    """An array's little-endian bytes as base64 text."""
+    return base64.b64encode(np.ascontiguousarray(a).tobytes()).decode()
+
+
+def unb64(text: str, dtype: str, n: int) -> NDArray[np.generic] | None:
+    """``n`` values of ``dtype`` from base64 text; None if it is not exactly that."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    dt = np.dtype(dtype)
+    if len(raw) != n * dt.itemsize:
+        return None
+    return np.frombuffer(raw, dt)
+
+
+def short(text: str) -> str:
+    """``text`` bounded for a log line or a status field (never a whole hostile message)."""
+    t = text.encode("ascii", "backslashreplace").decode()
+    return t if len(t) <= MAX_DETAIL else t[:MAX_DETAIL] + "..."
+
+
+# ---- commands -----------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, eq=False)
 class CapCommand:
-    """Caps for every GPU of one node, valid until ``expires_ns``."""
+    """Caps for every GPU of one rack, valid until ``expires_ns``."""
 
     site: str
-    node: str
+    rack: str
+    layout: str
+    epoch: int
     seq: int
     plan_id: int
     issued_ns: int
     expires_ns: int
-    caps_w: tuple[float, ...]
-    reason: str = ""
+    caps_w: NDArray[np.float64]  # per GPU of the rack, layout order
+    bind: NDArray[np.int16] | None = None  # per node: index into why, -1 none
+    why: tuple[str, ...] = ()
+
+    @property
+    def order(self) -> int:
+        """``(epoch, seq)`` as one integer."""
+        return order(self.epoch, self.seq)
 
     def body(self) -> bytes:
-        """The JSON text that is signed and sent."""
-        d: dict[str, Any] = {"v": VERSION, "site": self.site, "node": self.node, "seq": self.seq,
-                             "plan_id": self.plan_id, "issued_ns": self.issued_ns, "expires_ns": self.expires_ns,
-                             "caps_w": list(self.caps_w), "reason": self.reason}
-        return json.dumps(d, separators=(",", ":")).encode()
+        """The JSON text that is signed and sent (caps as whole milliwatts, rounded down)."""
+        mw = np.floor(np.asarray(self.caps_w, np.float64) * 1000.0 + 1e-6).astype("<u4")
+        bind = b64(self.bind.astype("<i2")) if self.bind is not None else ""
+        return _ENC.encode(CommandBody(VERSION, self.site, self.rack, self.layout, self.epoch, self.seq,
+                                       self.plan_id, self.issued_ns, self.expires_ns, b64(mw), bind,
+                                       list(self.why)))
 
     def envelope(self, key: SiteKey) -> bytes:
         """The signed message as published."""
         body = self.body()
-        return json.dumps({"alg": ALG, "kid": key.kid, "body": body.decode(), "sig": key.sign(body)},
-                          separators=(",", ":")).encode()
+        return _ENC.encode(Envelope(ALG, key.kid, body.decode(), key.sign(body)))
+
+    def node_reason(self, k: int) -> str:
+        """Why node ``k``'s caps are what they are (the binding constraint), for logs."""
+        if self.bind is None or k >= self.bind.shape[0] or not 0 <= int(self.bind[k]) < len(self.why):
+            return "no limit binding"
+        return f"{self.why[int(self.bind[k])]} binding"
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,120 +309,160 @@ class Rejected:
 
     reason: str
     detail: str
+    epoch: int | None = None
     seq: int | None = None
 
 
-def verify_command(payload: bytes, key: SiteKey, *, site: str, node: str, now_ns: int, last_seq: int,
-                   min_w: Sequence[float], max_w: Sequence[float]) -> CapCommand | Rejected:
-    """Open and check one cap command for ``node``: signature, target, freshness, lease, bounds.
+def verify_command(payload: bytes, key: SiteKey, *, site: str, layout: RackLayout, now_ns: int,
+                   last_order: int, lease_s: float, skew_s: float = SKEW_S) -> CapCommand | Rejected:
+    """Open and check one rack command: size, signature, target, order, issue time, lease, bounds.
 
     Checks run in that order so that nothing unauthenticated is even looked at: a tampered
-    body fails the signature before its seq or caps are believed.
+    body fails the signature before its seq or caps are believed. Never raises.
     """
+    if len(payload) > MAX_COMMAND_BYTES:
+        return Rejected("malformed", f"{len(payload)} bytes, over the {MAX_COMMAND_BYTES} limit")
     try:
-        env = json.loads(payload)
-        if not isinstance(env, dict) or not isinstance(env.get("body"), str) or not isinstance(env.get("sig"), str):
-            return Rejected("malformed", "not a signed envelope (body and sig strings)")
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Rejected("malformed", f"not JSON: {exc}")
-    if env.get("alg", ALG) != ALG:
-        return Rejected("malformed", f"unsupported alg {env.get('alg')!r}")
-    body = env["body"].encode()
-    if not key.verify(body, env["sig"]):
-        kid = env.get("kid")
-        hint = f" (signed with key {kid}, ours is {key.kid})" if kid and kid != key.kid else ""
+        env = _ENV_DEC.decode(payload)
+    except msgspec.MsgspecError as exc:
+        return Rejected("malformed", short(f"not a signed envelope: {exc}"))
+    if env.alg != ALG:
+        return Rejected("malformed", short(f"unsupported alg {env.alg!r}"))
+    try:
+        body = env.body.encode("utf-8")
+    except UnicodeEncodeError:
+        return Rejected("malformed", "body is not valid UTF-8")
+    if not key.verify(body, env.sig):
+        hint = f" (signed with key {short(env.kid)}, ours is {key.kid})" if env.kid and env.kid != key.kid else ""
         return Rejected("bad_signature", f"signature does not match{hint}")
     try:
-        d = json.loads(body)
-        cmd = CapCommand(site=str(d["site"]), node=str(d["node"]), seq=int(d["seq"]), plan_id=int(d["plan_id"]),
-                         issued_ns=int(d["issued_ns"]), expires_ns=int(d["expires_ns"]),
-                         caps_w=tuple(float(x) for x in d["caps_w"]), reason=str(d.get("reason", "")))
-        if int(d.get("v", 0)) != VERSION:
-            return Rejected("malformed", f"version {d.get('v')!r}, this agent speaks {VERSION}", cmd.seq)
-    except (ValueError, TypeError, KeyError) as exc:
-        return Rejected("malformed", f"bad body: {exc!r}")
-    if cmd.site != site or cmd.node != node:
-        return Rejected("wrong_target", f"for {cmd.site}/{cmd.node}, this is {site}/{node}", cmd.seq)
-    if cmd.seq <= last_seq:
-        return Rejected("stale_seq", f"seq {cmd.seq} is not newer than {last_seq}", cmd.seq)
-    if cmd.expires_ns <= now_ns:
-        return Rejected("expired", f"lease ran out {(now_ns - cmd.expires_ns) / 1e9:.1f} s ago", cmd.seq)
-    if len(cmd.caps_w) != len(min_w):
-        return Rejected("out_of_bounds", f"{len(cmd.caps_w)} caps for {len(min_w)} GPUs", cmd.seq)
-    for i, (c, lo, hi) in enumerate(zip(cmd.caps_w, min_w, max_w, strict=True)):
-        if not math.isfinite(c) or c < lo - BOUNDS_TOL_W or c > hi + BOUNDS_TOL_W:
-            return Rejected("out_of_bounds", f"GPU {i}: cap {c} W outside {lo:g}..{hi:g} W", cmd.seq)
-    return cmd
+        d = _CMD_DEC.decode(body)
+    except msgspec.MsgspecError as exc:
+        return Rejected("malformed", short(f"bad body: {exc}"))
+    if d.site != site or d.rack != layout.rack:
+        return Rejected("wrong_target", short(f"for {d.site}/{d.rack}, this is {site}/{layout.rack}"), d.epoch, d.seq)
+    if d.layout != layout.digest:
+        return Rejected("wrong_target", f"layout {d.layout} is not this agent's {layout.digest} (site files differ)",
+                        d.epoch, d.seq)
+    if order(d.epoch, d.seq) <= last_order:
+        return Rejected("stale_seq", f"({d.epoch}, {d.seq}) is not newer than ({last_order >> 40}, "
+                                     f"{last_order & ((1 << 40) - 1)})", d.epoch, d.seq)
+    skew_ns = int(skew_s * 1e9)
+    if d.issued_ns > now_ns + skew_ns:
+        return Rejected("future", f"issued {(d.issued_ns - now_ns) / 1e9:.1f} s in the future", d.epoch, d.seq)
+    if d.expires_ns - d.issued_ns > int(lease_s * 1e9) + skew_ns:
+        return Rejected("lease_too_long", f"lease of {(d.expires_ns - d.issued_ns) / 1e9:.1f} s exceeds the site's "
+                                          f"{lease_s:g} s", d.epoch, d.seq)
+    if d.expires_ns <= now_ns:
+        return Rejected("expired", f"lease ran out {(now_ns - d.expires_ns) / 1e9:.1f} s ago", d.epoch, d.seq)
+    mw = unb64(d.caps_mw, "<u4", layout.n_gpus)
+    if mw is None:
+        return Rejected("out_of_bounds", f"caps_mw is not {layout.n_gpus} uint32 values", d.epoch, d.seq)
+    caps = mw.astype(np.float64) / 1000.0
+    bad = np.flatnonzero((caps < layout.min_w - BOUNDS_TOL_W) | (caps > layout.max_w + BOUNDS_TOL_W))
+    if bad.size:
+        i = int(bad[0])
+        return Rejected("out_of_bounds", f"GPU {i}: cap {caps[i]:g} W outside {layout.min_w[i]:g}.."
+                                         f"{layout.max_w[i]:g} W", d.epoch, d.seq)
+    bind = unb64(d.bind, "<i2", layout.n_nodes) if d.bind else None
+    return CapCommand(d.site, d.rack, d.layout, d.epoch, d.seq, d.plan_id, d.issued_ns, d.expires_ns, caps,
+                      None if bind is None else bind.astype(np.int16), tuple(d.why))
 
 
 # ---- agent status -------------------------------------------------------------------------
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class AgentStatus:
-    """What one node's agent enforces and measures (see the module docstring)."""
+    """What the agent of some nodes of one rack enforces and measures (see the module docstring)."""
 
     site: str
-    node: str
+    rack: str
+    nodes: Sequence[int]  # rack-local node indices
     ts_ns: int
-    mode: Mode
+    mode: str
+    since_ns: int
+    epoch: int
     seq: int
     plan_id: int
-    requested_w: list[float]
-    enforced_w: list[float | None]  # None: the backend could not read it
-    power_w: list[float | None]
-    apply_ms: float
-    applied_ns: int
     lease_expires_ns: int
-    safe_cap_w: float
-    backend: str
-    rejected: dict[str, int]
+    enforced_w: NDArray[np.float64]  # per GPU of the listed nodes, NaN unknown
+    power_w: NDArray[np.float64]
+    apply_ms: float = 0.0
+    safe_cap_w: float = 0.0
+    backend: str = ""
+    rejected: dict[str, int] = field(default_factory=dict)
     last_reject: str = ""
-    mode_since_ns: int = 0  # when the node entered its mode (a fallback's moment survives later heartbeats)
+    stale_streak: int = 0
+    power_ts_ns: int = 0
+
+    @property
+    def order(self) -> int:
+        """The ``(epoch, seq)`` of the last command applied, as one integer."""
+        return order(self.epoch, self.seq)
 
     def to_json(self) -> bytes:
         """The status message as published."""
-        d = {f: getattr(self, f) for f in _STATUS_FIELDS}  # dataclasses.asdict deep-copies: 4x slower
-        d["v"] = VERSION
-        return json.dumps(d, separators=(",", ":"), allow_nan=False).encode()
-
-    @classmethod
-    def from_json(cls, payload: bytes) -> AgentStatus:
-        """Parse a status message; raises ``ValueError`` on anything malformed."""
-        try:
-            d = json.loads(payload)
-            if not isinstance(d, dict) or d.pop("v", None) != VERSION:
-                raise ValueError(f"not a v{VERSION} agent status")
-            st = cls(**d)
-        except (TypeError, KeyError) as exc:
-            raise ValueError(f"bad agent status: {exc}") from exc
-        if st.mode not in ("starting", "controlled", "fallback"):
-            raise ValueError(f"bad mode {st.mode!r}")
-        _check_types(st)
-        return st
+        return _ENC.encode(StatusBody(
+            VERSION, self.site, self.rack, list(self.nodes), self.ts_ns, self.mode,  # type: ignore[arg-type]
+            self.since_ns, self.epoch, self.seq, self.plan_id, self.lease_expires_ns,
+            b64(_to_mw(self.enforced_w)), b64(_to_mw(self.power_w)), round(float(self.apply_ms), 3),
+            float(self.safe_cap_w), self.backend, dict(self.rejected), short(self.last_reject),
+            self.stale_streak, self.power_ts_ns))
 
 
-def _is_num(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool)
+def _to_mw(w: NDArray[np.float64]) -> NDArray[np.uint32]:
+    a = np.asarray(w, np.float64)
+    ok = np.isfinite(a) & (a >= 0) & (a < UNKNOWN_MW / 1000.0)
+    return np.where(ok, np.round(np.where(ok, a, 0.0) * 1000.0), UNKNOWN_MW).astype("<u4")
 
 
-def _check_types(st: AgentStatus) -> None:
-    """A status from the wire is believed only with the right types (ints, numbers, lists, counts)."""
-    for name in ("ts_ns", "seq", "plan_id", "applied_ns", "lease_expires_ns", "mode_since_ns"):
-        v = getattr(st, name)
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise ValueError(f"agent status: {name} must be an integer, got {v!r}")
-    for name in ("apply_ms", "safe_cap_w"):
-        if not _is_num(getattr(st, name)):
-            raise ValueError(f"agent status: {name} must be a number, got {getattr(st, name)!r}")
-    for name, nullable in (("requested_w", False), ("enforced_w", True), ("power_w", True)):
-        v = getattr(st, name)
-        if not isinstance(v, list) or not all(_is_num(x) or (nullable and x is None) for x in v):
-            raise ValueError(f"agent status: {name} must be a list of numbers, got {v!r}")
-    if not isinstance(st.rejected, dict) or not all(isinstance(k, str) and isinstance(n, int)
-                                                     for k, n in st.rejected.items()):
-        raise ValueError(f"agent status: rejected must map reasons to counts, got {st.rejected!r}")
-    for name in ("site", "node", "backend", "last_reject"):
-        if not isinstance(getattr(st, name), str):
-            raise ValueError(f"agent status: {name} must be a string")
+def _from_mw(a: NDArray[np.generic]) -> NDArray[np.float64]:
+    return np.where(a == UNKNOWN_MW, np.nan, a.astype(np.float64) / 1000.0)
 
 
-_STATUS_FIELDS = tuple(f.name for f in fields(AgentStatus))
+@dataclass(frozen=True, slots=True)
+class StatusRejected:
+    """A status the controller refused, and why (one of ``STATUS_REJECTS``)."""
+
+    reason: str
+    detail: str
+
+
+def open_status(topic: str, payload: bytes, layouts: Layouts, *, site: str) -> AgentStatus | StatusRejected:
+    """Decode one status and bind it to its topic (``.../status/<rack>`` or ``.../status/<rack>@<node>``).
+
+    Never raises. The site and rack are the controller's own, the nodes must exist in the
+    rack, a node topic may speak only for its node, and the per-GPU arrays must have
+    exactly the listed nodes' GPU count.
+    """
+    if len(payload) > MAX_STATUS_BYTES:
+        return StatusRejected("malformed", f"{len(payload)} bytes, over the {MAX_STATUS_BYTES} limit")
+    try:
+        d = _STATUS_DEC.decode(payload)
+    except msgspec.MsgspecError as exc:
+        return StatusRejected("malformed", short(str(exc)))
+    if d.site != site:
+        return StatusRejected("wrong_site", short(f"status for site {d.site!r}"))
+    sender = topic.rsplit("/", 1)[-1]
+    lay = layouts.racks.get(d.rack)
+    if lay is None:
+        return StatusRejected("unknown_node", short(f"no rack {d.rack!r}"))
+    if sender == d.rack:
+        pass  # a rack's account speaks for any of its nodes
+    elif sender.startswith(f"{d.rack}@") and len(d.nodes) == 1 and \
+            d.nodes[0] < lay.n_nodes and topic_node(lay.nodes[d.nodes[0]]) == sender:
+        pass  # a node's account speaks for that node alone
+    else:
+        return StatusRejected("wrong_topic", short(f"topic {topic} may not speak for rack {d.rack} nodes "
+                                                   f"{d.nodes[:4]}"))
+    nodes = np.asarray(d.nodes, np.int64)
+    if nodes.max() >= lay.n_nodes or np.unique(nodes).size != nodes.size:
+        return StatusRejected("unknown_node", f"node indices outside 0..{lay.n_nodes - 1} or repeated")
+    n_gpus = int(lay.node_gpus[nodes].sum())
+    enf = unb64(d.enforced_mw, "<u4", n_gpus)
+    pw = unb64(d.power_mw, "<u4", n_gpus)
+    if enf is None or pw is None:
+        return StatusRejected("malformed", f"enforced_mw/power_mw are not {n_gpus} uint32 values")
+    return AgentStatus(d.site, d.rack, d.nodes, d.ts_ns, d.mode, d.since_ns, d.epoch, d.seq, d.plan_id,
+                       d.lease_expires_ns, _from_mw(enf), _from_mw(pw), d.apply_ms, d.safe_cap_w, d.backend,
+                       d.rejected, d.last_reject, d.stale_streak,
+                       d.power_ts_ns if 0 < d.power_ts_ns <= d.ts_ns else d.ts_ns)

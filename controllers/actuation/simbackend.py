@@ -2,85 +2,95 @@
 
 It behaves like NVML from the agent's side: ``apply`` returns once the twin's broker has
 the new limits (QoS 1 PUBACK), the board clamps to its range, and ``read`` gives the
-limits and power the twin last reported for the node.
+limits and power the twin last reported. One backend serves the nodes an agent serves in
+one rack, with one message per apply.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Sequence
 
+import numpy as np
+
+from bus.mqtt import Inbox, MqttLink
 from controllers.actuation.backends import BoardLimits, GpuReading
-from controllers.actuation.link import MqttAddress, MqttLink
+from controllers.actuation.layout import RackLayout
 from models.errors import ControlError
-from models.topology import Topology, server_gpus
-from models.twin.boards import set_topic, state_topic
+from models.twin.boards import decode_mw, encode_mw, set_topic, state_topic
 
 log = logging.getLogger("powerplane.agent.sim")
 ACK_TIMEOUT_S = 5.0
 
 
 class SimBoards:
-    """One connection to the twin's boards, shared by the simulated backends of a process."""
+    """The twin's boards, over the agent process's one MQTT connection (shared by its sim backends)."""
 
-    def __init__(self, addr: MqttAddress, site: str, client_id: str) -> None:
-        self.addr = addr
+    def __init__(self, link: MqttLink, site: str) -> None:
         self.site = site
-        self.client_id = client_id
-        self.link: MqttLink | None = None
-        self.state: dict[str, tuple[int, list[float], list[float]]] = {}  # node -> (ts, limit, power)
+        self.link: MqttLink | None = link
+        self.inbox = link.subscribe(state_topic(site, "+"), qos=0, inbox=Inbox(maxlen=10_000, max_bytes=1 << 20))
+        self.state: dict[str, tuple[int, np.ndarray, np.ndarray]] = {}  # rack -> (ts, limit W, power W)
+        self.sizes: dict[str, int] = {}
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Connect and follow the twin's board state."""
-        self.link = MqttLink(self.addr, self.client_id)
-        self.link.subscribe(state_topic(self.site, "+"), qos=0)
-        self.link.start()
+        """Follow the twin's board state (the host starts the connection)."""
         self._task = asyncio.get_running_loop().create_task(self._follow(), name="sim-boards")
 
     async def stop(self) -> None:
-        """Disconnect."""
+        """Stop following."""
         if self._task is not None:
             self._task.cancel()
-        if self.link is not None:
-            self.link.stop()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
     async def _follow(self) -> None:
-        assert self.link is not None
         while True:
-            _topic, payload = await self.link.messages.get()
-            try:
-                d = json.loads(payload)
-                ts = int(d["ts_ns"])
-                for node, v in d["nodes"].items():
-                    self.state[node] = (ts, v["limit_w"], v["power_w"])
-            except (ValueError, KeyError, TypeError) as exc:
-                log.warning("bad twin board state: %s", exc)
+            await self.inbox.wait()
+            for topic, payload in self.inbox.drain():
+                rack = topic.rsplit("/", 1)[-1]
+                n = self.sizes.get(rack)
+                if n is None:
+                    continue
+                try:
+                    d = json.loads(payload)
+                    ts = int(d["ts_ns"])
+                    lim, pw = decode_mw(str(d["limit_mw"]), n), decode_mw(str(d["power_mw"]), n)
+                    if lim is None or pw is None:
+                        raise ValueError("wrong GPU count")
+                    self.state[rack] = (ts, lim, pw)
+                except (ValueError, KeyError, TypeError, RecursionError) as exc:
+                    log.warning("bad twin board state on %s: %s", topic, str(exc)[:200])
 
-    async def set(self, node: str, caps_w: Sequence[float]) -> None:
-        """Send ``node``'s limits to the twin and wait until the broker has them."""
+    async def set(self, rack: str, nodes: list[int], caps_w: Sequence[float]) -> None:
+        """Send limits for ``nodes`` of ``rack`` to the twin and wait until the broker has them."""
         if self.link is None:
             raise ControlError("sim boards not started")
-        body = json.dumps({"node": node, "caps_w": [float(c) for c in caps_w]}, separators=(",", ":")).encode()
+        body = json.dumps({"rack": rack, "nodes": nodes, "caps_mw": encode_mw(np.asarray(caps_w, np.float64))},
+                          separators=(",", ":")).encode()
         if not await self.link.publish_acked(set_topic(self.site), body, timeout_s=ACK_TIMEOUT_S):
-            raise ControlError(f"twin did not take {node}'s limits within {ACK_TIMEOUT_S:g} s (broker down?)")
+            raise ControlError(f"twin did not take {rack}'s limits within {ACK_TIMEOUT_S:g} s (broker down?)")
 
 
 class SimBackend:
-    """``GpuBackend`` for one node of the twin."""
+    """``GpuBackend`` for the nodes an agent serves in one rack of the twin."""
 
     name = "sim"
 
-    def __init__(self, boards: SimBoards, topo: Topology, node: str) -> None:
+    def __init__(self, boards: SimBoards, layout: RackLayout, nodes: Sequence[int]) -> None:
         self.boards = boards
-        self.node = node
-        gpus = server_gpus(topo).get(node)
-        if gpus is None or gpus.size == 0:
-            raise ControlError(f"node {node} has no GPUs in the site file")
-        self._limits = BoardLimits(tuple(float(x) for x in topo.gpu_min_w[gpus]),
-                                   tuple(float(x) for x in topo.gpu_max_w[gpus]))
+        self.layout = layout
+        self.nodes = sorted(int(k) for k in nodes)
+        self.all = len(self.nodes) == layout.n_nodes
+        self.sel = np.concatenate([np.arange(layout.gpu_slice(k).start, layout.gpu_slice(k).stop)
+                                   for k in self.nodes])
+        boards.sizes[layout.rack] = layout.n_gpus
+        self._applied: np.ndarray | None = None
+        self._limits = BoardLimits(tuple(layout.min_w[self.sel].tolist()), tuple(layout.max_w[self.sel].tolist()))
 
     async def open(self) -> BoardLimits:
         """The GPUs' limit ranges (from the site file's rack type)."""
@@ -88,18 +98,23 @@ class SimBackend:
 
     async def apply(self, caps_w: Sequence[float]) -> tuple[float, ...]:
         """Set the limits; the board clamps to its range."""
-        caps = tuple(min(max(c, lo), hi) for c, lo, hi in zip(caps_w, self._limits.min_w, self._limits.max_w,
-                                                                strict=True))
-        await self.boards.set(self.node, caps)
-        return caps
+        caps = np.clip(np.asarray(caps_w, np.float64), self.layout.min_w[self.sel], self.layout.max_w[self.sel])
+        await self.boards.set(self.layout.rack, [] if self.all else self.nodes, caps)
+        self._applied = caps
+        return tuple(caps.tolist())
 
     async def read(self) -> GpuReading:
-        """Limits and power the twin last reported (None before its first report)."""
-        st = self.boards.state.get(self.node)
+        """The limits in force and the power the twin last reported (None before its first report).
+
+        The enforced limit is what the board took at the last apply — as NVML reads it back
+        at once — not the twin's periodic report, which can predate that apply.
+        """
+        st = self.boards.state.get(self.layout.rack)
+        n = self.sel.size
         if st is None:
-            n = len(self._limits.min_w)
             return GpuReading((None,) * n, (None,) * n)
-        return GpuReading(tuple(st[1]), tuple(st[2]))
+        enforced = self._applied if self._applied is not None else st[1][self.sel]
+        return GpuReading(tuple(enforced.tolist()), tuple(st[2][self.sel].tolist()), st[0])
 
     async def close(self) -> None:
         """Nothing to release."""

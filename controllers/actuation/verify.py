@@ -1,36 +1,45 @@
-"""Verification: does each node enforce and follow the caps it was sent?
+"""Verification: does each node enforce and follow the caps it was sent? All arrays, no per-node objects.
 
 For every node the controller compares three things: the cap it **requested** (what the
-publisher last sent), the limit the agent reports **enforced**, and the **measured**
-draw (the server's power telemetry, per GPU). After a cap goes down, the node has
-``[actuation].settle_s`` to acknowledge it (status seq at least the command's) with an
-enforced limit at or below it and a draw that follows; the time this takes is its
-settling time. A node that misses the deadline is non-compliant until it complies:
+publisher last sent), the limit the agent reports **enforced**, and the **measured** draw
+(the GPU power in the agents' statuses). After a cap goes down, the node has
+``[actuation].settle_s`` to acknowledge it (a status whose ``(epoch, seq)`` is at least the
+command's) with an enforced limit at or below it and a draw that follows; the time this
+takes is its settling time. A node that misses the deadline is non-compliant until it
+complies:
 
-* it is flagged (``node_noncompliant`` event, once per episode, with the reason);
+* it is flagged — one ``node_noncompliant`` event per rack and period for the nodes that
+  became non-compliant in it (entity = rack, value = nodes, the node list in the hook
+  detail), never one event per node;
 * the controller accounts it at worst case — the higher of its measured draw and the
-  limit it last reported enforcing (the cap before the cut if it never acknowledged) —
-  through ``pinned_w``, which ``ControlLoop.step`` takes as the node's fixed load.
+  limit it last reported enforcing (its ceiling if unknown) — through ``pinned_w``,
+  which ``ControlLoop.step`` takes as the node's fixed load.
 
-Agent statuses also tell when a node fell back on its lease (``lease_fallback``).
+Statuses also tell when nodes fell back on their lease (``lease_fallback``, per rack).
+Settling times go into a fixed-bin histogram, so percentiles cover the whole run and
+merge across controller restarts.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from controllers.actuation.messages import AgentStatus
+from controllers.actuation.messages import MODES, AgentStatus
 from controllers.actuation.publisher import CapPublisher
 from controllers.safety import OVERDRAW_SHARE, OVERDRAW_W
 from models.clock import NS_PER_S
 from models.events import EV_LEASE_FALLBACK, EV_NON_COMPLIANT, Event
+from models.histogram import Histogram
 
 F64 = NDArray[np.float64]
 ENFORCE_TOL_W = 1.0
+UNKNOWN = 255
+M_STARTING, M_CONTROLLED, M_FALLBACK = (MODES.index(m) for m in ("starting", "controlled", "fallback"))
+HookEvent = tuple[Event, dict[str, Any]]
 
 
 @dataclass
@@ -38,20 +47,16 @@ class VerifyStats:
     """Verification so far."""
 
     statuses: int = 0
-    bad_statuses: int = 0
     settled: int = 0
-    settle_s: deque[float] = field(default_factory=lambda: deque(maxlen=5000))
+    settle: Histogram = field(default_factory=Histogram)
     noncompliant_now: int = 0
-    noncompliant_episodes: int = 0
-    fallbacks: int = 0
+    noncompliant_episodes: int = 0  # nodes that became non-compliant, summed over episodes
+    fallbacks: int = 0  # nodes that fell back on their lease
     modes: dict[str, int] = field(default_factory=dict)
 
     def settle_percentiles(self) -> tuple[float, float, float]:
         """p50, p95 and max settling time (s); NaN before the first."""
-        if not self.settle_s:
-            return (float("nan"),) * 3
-        a = np.asarray(self.settle_s)
-        return float(np.percentile(a, 50)), float(np.percentile(a, 95)), float(a.max())
+        return self.settle.percentile(50), self.settle.percentile(95), self.settle.max
 
 
 class Verifier:
@@ -60,46 +65,102 @@ class Verifier:
     def __init__(self, pub: CapPublisher) -> None:
         self.pub = pub
         self.site_id = pub.site_id
-        n = len(pub.nodes)
-        self.index = {node: k for k, node in enumerate(pub.nodes)}
-        self.ack_seq = np.zeros(n, np.int64)
+        self.layouts = pub.layouts
+        topo = pub.topo
+        n = int(pub.first.shape[0])
+        self.ack_order = np.zeros(n, np.int64)
         self.ack_ns = np.full(n, -1, np.int64)
-        self.enforced_w = np.full(pub.topo.n_gpus, np.nan)  # per GPU, as reported
-        self.mode = np.array(["unknown"] * n, dtype=object)
-        self.fallback_ns = np.full(n, -1, np.int64)  # when each node last fell back (its own clock)
+        self.status_ns = np.full(n, -1, np.int64)
+        self.enforced_w = np.full(topo.n_gpus, np.nan)  # per GPU, as reported
+        self.power_w = np.full(topo.n_gpus, np.nan)
+        self.power_ns = np.full(n, -1, np.int64)  # per node: stamp of its GPU power
+        self.mode = np.full(n, UNKNOWN, np.uint8)
+        self.fallback_ns = np.full(n, -1, np.int64)  # when each node last fell back (its agent's clock)
         self.controlled_ns = np.full(n, -1, np.int64)  # when each node last came (back) under control
-        self.settled_seq = np.zeros(n, np.int64)  # the lowering already settled (or being waited for)
+        self.settled_order = np.zeros(n, np.int64)  # the lowering already settled
         self.bad = np.zeros(n, bool)
-        self.reason: dict[int, str] = {}
         self.settle_s = float(pub.cfg.settle_s)
         self.stats = VerifyStats()
+        self._new_fallback = np.zeros(n, bool)
+        self._fallback_cap = np.zeros(n)
+        self._gpu_ix: dict[tuple[str, tuple[int, ...]], tuple[NDArray[np.intp], NDArray[np.intp]]] = {}
 
-    def status(self, st: AgentStatus) -> list[Event]:
-        """Take one agent status; return events it raises (a lease fallback)."""
-        k = self.index.get(st.node)
-        if k is None or st.site != self.site_id:
-            self.stats.bad_statuses += 1
-            return []
+    def _indices(self, st: AgentStatus) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
+        """Global node and GPU indices of a status's nodes (cached per rack and node list)."""
+        key = (st.rack, tuple(st.nodes))
+        hit = self._gpu_ix.get(key)
+        if hit is not None:
+            return hit
+        lay = self.layouts[st.rack]
+        local = np.asarray(st.nodes, np.intp)
+        nodes = lay.node0 + local
+        gpus = np.concatenate([np.arange(lay.gpu0 + lay.node_first[k], lay.gpu0 + lay.node_first[k]
+                                         + lay.node_gpus[k]) for k in local.tolist()]).astype(np.intp)
+        if len(self._gpu_ix) < 100_000:
+            self._gpu_ix[key] = (nodes, gpus)
+        return nodes, gpus
+
+    def status(self, st: AgentStatus) -> None:
+        """Take one (validated, topic-bound) agent status."""
+        nodes, gpus = self._indices(st)
         self.stats.statuses += 1
-        lo, hi = int(self.pub.first[k]), int(self.pub.first[k] + self.pub.count[k])
-        if len(st.enforced_w) == hi - lo:
-            self.enforced_w[lo:hi] = [np.nan if x is None else x for x in st.enforced_w]
-        if st.seq >= self.ack_seq[k]:
-            self.ack_seq[k] = st.seq
-            self.ack_ns[k] = st.ts_ns
-        was = self.mode[k]
-        self.mode[k] = st.mode
-        if st.mode == "controlled" and was != "controlled":
-            self.controlled_ns[k] = st.mode_since_ns or st.ts_ns
-        if st.mode == "fallback" and was != "fallback":
-            self.fallback_ns[k] = st.mode_since_ns or st.ts_ns
-            self.stats.fallbacks += 1
-            return [Event(int(self.fallback_ns[k]), EV_LEASE_FALLBACK, "warning", "agent",
-                          f"{st.node} fell back to its safe cap {st.safe_cap_w:.0f} W per GPU: no plan renewed "
-                          f"its lease (plan {st.plan_id})", st.node, {"value": st.safe_cap_w})]
-        return []
+        self.enforced_w[gpus] = st.enforced_w
+        # A status without power (the acknowledgement of a cut, sent at once) keeps the last
+        # measurement, and its stamp: settling waits for a draw measured after the cut.
+        measured = np.isfinite(st.power_w)
+        if measured.all():
+            self.power_w[gpus] = st.power_w
+            self.power_ns[nodes] = st.power_ts_ns or st.ts_ns
+        elif measured.any():
+            self.power_w[gpus[measured]] = st.power_w[measured]
+        self.status_ns[nodes] = st.ts_ns
+        o = st.order
+        newer = o > self.ack_order[nodes]  # when each node first acknowledged its newest command
+        self.ack_order[nodes[newer]] = o
+        self.ack_ns[nodes[newer]] = st.ts_ns
+        m = MODES.index(st.mode)
+        was = self.mode[nodes]
+        self.mode[nodes] = m
+        since = st.since_ns or st.ts_ns
+        if m == M_CONTROLLED:
+            self.controlled_ns[nodes[was != M_CONTROLLED]] = since
+        elif m == M_FALLBACK:
+            fell = nodes[was != M_FALLBACK]
+            self.fallback_ns[fell] = since
+            self._new_fallback[fell] = True
+            self._fallback_cap[fell] = st.safe_cap_w
 
-    def check(self, now_ns: int, draw_per_gpu_w: F64) -> tuple[list[Event], F64]:
+    def fallback_events(self) -> list[HookEvent]:
+        """One ``lease_fallback`` event per rack for the nodes that fell back since the last call."""
+        idx = np.flatnonzero(self._new_fallback)
+        self._new_fallback[idx] = False
+        self.stats.fallbacks += int(idx.size)
+        return self._per_rack(idx, lambda rack, names, k: (
+            Event(int(self.fallback_ns[k].max()), EV_LEASE_FALLBACK, "warning", "agent",
+                  f"{rack}: {len(names)} node(s) fell back to their safe cap "
+                  f"({self._fallback_cap[k].max():.0f} W per GPU): no plan renewed their lease; "
+                  f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}",
+                  rack, {"value": float(len(names)), "safe_cap_w": float(self._fallback_cap[k].max())}),
+            {"rack": rack, "nodes": names}))
+
+    def _per_rack(self, idx: NDArray[np.intp], make: Any) -> list[HookEvent]:
+        out: list[HookEvent] = []
+        if not idx.size:
+            return out
+        racks = self.pub.node_rack[idx]
+        for r in np.unique(racks).tolist():
+            k = idx[racks == r]
+            lay = self.layouts[self.pub.racks[r]]
+            names = [lay.nodes[int(i) - lay.node0] for i in k.tolist()]
+            out.append(make(lay.rack, names, k))
+        return out
+
+    def node_power_w(self) -> tuple[F64, NDArray[np.int64]]:
+        """Per server: GPU power summed from the statuses (NaN where any GPU is unknown) and its stamp."""
+        s = np.add.reduceat(self.power_w, self.pub.first)
+        return s, self.power_ns
+
+    def check(self, now_ns: int, draw_per_gpu_w: F64) -> tuple[list[HookEvent], F64]:
         """Settle and deadline checks at ``now_ns``; return events and ``pinned_w`` per server.
 
         ``draw_per_gpu_w``: each server's measured draw per GPU (NaN where unknown).
@@ -111,40 +172,57 @@ class Verifier:
         enf = self.enforced_w
         enf_ok_gpu = np.isfinite(enf) & (enf <= req + ENFORCE_TOL_W)
         enf_ok = np.minimum.reduceat(enf_ok_gpu.astype(np.int8), first) > 0
-        req_node = np.minimum.reduceat(np.where(np.isnan(req), np.inf, req), first)  # per-GPU cap (spread evenly)
+        req_node = np.minimum.reduceat(np.where(np.isnan(req), np.inf, req), first)
         req_mean = np.add.reduceat(np.nan_to_num(req, nan=0.0), first) / pub.count
-        draw_ok = ~np.isfinite(draw_per_gpu_w) | (draw_per_gpu_w <= req_mean * (1 + OVERDRAW_SHARE) + OVERDRAW_W)
-        acked = self.ack_seq >= pub.lowered_seq
-        waiting = (pub.lowered_seq > self.settled_seq) & (pub.lowered_ns >= 0)
+        # The draw that counts is the agents' own measurement taken after they applied the
+        # command they acknowledge: an older one (before the cut) neither settles nor condemns.
+        draw = np.add.reduceat(self.power_w, first) / pub.count
+        after = self.power_ns >= self.ack_ns
+        over = draw > req_mean * (1 + OVERDRAW_SHARE) + OVERDRAW_W
+        known = np.isfinite(draw)
+        draw_ok = ~known | (after & ~over)  # never measured: the enforced limit is all there is
+        draw_bad = known & after & over
+        acked = self.ack_order >= pub.lowered_order
+        waiting = (pub.lowered_order > self.settled_order) & (pub.lowered_ns >= 0)
         ok = acked & enf_ok & draw_ok
-        events: list[Event] = []
         # Settled: a lowering acknowledged, enforced and followed.
         done = np.flatnonzero(waiting & ok)
-        for k in done.tolist():
-            self.stats.settle_s.append((now_ns - int(pub.lowered_ns[k])) / NS_PER_S)
+        self.stats.settle.add((now_ns - pub.lowered_ns[done]) / NS_PER_S)
         self.stats.settled += int(done.size)
-        self.settled_seq[done] = pub.lowered_seq[done]
+        self.settled_order[done] = pub.lowered_order[done]
         # Deadline: waiting longer than settle_s, or a settled node drifting out of compliance.
         late = waiting & ~ok & (now_ns - pub.lowered_ns >= int(self.settle_s * NS_PER_S))
-        drift = ~waiting & (pub.lowered_ns >= 0) & acked & ~(enf_ok & draw_ok)
+        drift = ~waiting & (pub.lowered_ns >= 0) & acked & (~enf_ok | draw_bad)
         bad = late | drift
-        for k in np.flatnonzero(bad & ~self.bad).tolist():
-            why = ("no acknowledgement" if not acked[k] else
-                   "enforced limit above the cap" if not enf_ok[k] else "draws over its cap")
-            over = max(0.0, float(draw_per_gpu_w[k] - req_mean[k])) * float(pub.count[k]) \
-                if np.isfinite(draw_per_gpu_w[k]) else 0.0
-            self.reason[k] = why
-            self.stats.noncompliant_episodes += 1
-            events.append(Event(now_ns, EV_NON_COMPLIANT, "error", "controller",
-                                f"{pub.nodes[k]} did not comply within {self.settle_s:g} s: {why} "
-                                f"(cap {req_node[k]:.0f} W per GPU); accounted at worst case", pub.nodes[k],
-                                {"value": over}))
-        for k in np.flatnonzero(~bad & self.bad).tolist():
-            self.reason.pop(k, None)
+        new = np.flatnonzero(bad & ~self.bad)
+        self.stats.noncompliant_episodes += int(new.size)
+
+        def event(rack: str, names: list[str], k: NDArray[np.intp]) -> HookEvent:
+            why = {"no acknowledgement": int((~acked[k]).sum()),
+                   "enforced limit above the cap": int((acked[k] & ~enf_ok[k]).sum()),
+                   "draws over its cap": int((acked[k] & enf_ok[k] & ~draw_ok[k]).sum())}
+            excess = np.where(known[k], np.maximum(draw[k] - req_mean[k], 0.0), 0.0)
+            over_w = float((excess * pub.count[k]).sum())
+            text = ", ".join(f"{n} {w}" for w, n in why.items() if n)
+            k0 = int(k[0])
+            g = slice(int(first[k0]), int(first[k0] + pub.count[k0]))
+            enf0 = float(np.nanmax(enf[g])) if np.isfinite(enf[g]).any() else float("nan")
+            state = f"waiting {(now_ns - pub.lowered_ns[k0]) / 1e9:.1f} s" if waiting[k0] else "had settled"
+            text += f"; e.g. {names[0]}: draws {draw[k0]:.0f} W per GPU, enforces {enf0:.0f} W, {state}"
+            return (Event(now_ns, EV_NON_COMPLIANT, "error", "controller",
+                          f"{rack}: {len(names)} node(s) did not comply within {self.settle_s:g} s ({text}; "
+                          f"cap {float(req_node[k].min()):.0f} W per GPU); accounted at worst case: "
+                          f"{', '.join(names[:4])}{' ...' if len(names) > 4 else ''}",
+                          rack, {"value": float(len(names)), "over_w": over_w}),
+                    {"rack": rack, "nodes": names, "reasons": {w: n for w, n in why.items() if n}})
+
+        events = self._per_rack(new, event)
         self.bad = bad
         self.stats.noncompliant_now = int(bad.sum())
-        modes, counts = np.unique(self.mode, return_counts=True)
-        self.stats.modes = {str(m): int(c) for m, c in zip(modes, counts, strict=True)}
+        counts = np.bincount(self.mode, minlength=256)
+        self.stats.modes = {MODES[i]: int(counts[i]) for i in range(len(MODES)) if counts[i]}
+        if counts[UNKNOWN]:
+            self.stats.modes["unknown"] = int(counts[UNKNOWN])
         # Worst case of a non-compliant node: what it draws, or the limit it last reported
         # (its old, higher cap when it never acknowledged the cut).
         enf_node = np.maximum.reduceat(np.where(np.isnan(enf), -np.inf, enf), first)

@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers.actuation.link import MqttAddress
+from bus.mqtt import MqttAddress, MqttLink
 from controllers.hooks.kubernetes import KubernetesAdapter
 from controllers.hooks.mqtt import MqttEventPublisher
 from controllers.hooks.payloads import EventLike, HookEvent, build_payload, hook_events
@@ -198,7 +198,8 @@ class HookDispatcher:
                  rack_nodes: Mapping[str, Sequence[str]] | None = None,
                  node_name: Callable[[str], str] = default_node_name, coalesce_window_s: float = 10.0,
                  coalesce_kinds: frozenset[str] = DEFAULT_COALESCE_KINDS, queue_size: int = 1000,
-                 backoff: Backoff | None = None, out: Callable[[str], None] | None = None) -> None:
+                 backoff: Backoff | None = None, out: Callable[[str], None] | None = None,
+                 link: MqttLink | None = None) -> None:
         """Build every sink (secrets are read now: a missing one is a ConfigError before anything runs)."""
         self.site = site
         self.hooks = hooks
@@ -214,7 +215,7 @@ class HookDispatcher:
             self.webhooks.append(WebhookSender(
                 hook.url, secret, self.dead_letter, max_tries=hook.max_tries, timeout_s=hook.timeout_s,
                 kinds=frozenset(hook.kinds), queue_size=queue_size, backoff=backoff, name=f"webhook[{i}] {hook.url}"))
-        self.mqtt = (MqttEventPublisher(mqtt, site, prefix=topic_prefix)
+        self.mqtt = (MqttEventPublisher(mqtt, site, prefix=topic_prefix, link=link)
                      if mqtt is not None and hooks.mqtt_events else None)
         self.slurm = (SlurmAdapter(hooks.slurm, node_name=node_name, rack_nodes=rack_nodes, out=out)
                       if hooks.slurm != "off" else None)

@@ -1,33 +1,35 @@
 """The twin's GPU boards over MQTT: what NVML is to a real node, for the simulated backend.
 
-An agent with ``--backend sim`` runs in its own process; it sets its node's GPU power
-limits by publishing to the twin, and reads enforced limits and power back, as the NVML
-backend would on a real node::
+An agent with ``--backend sim`` runs in its own process; it sets the GPU power limits of
+the nodes it serves by publishing to the twin, and reads enforced limits and power back,
+as the NVML backend would on a real node. One message per rack, compact::
 
-    twin/<site>/gpu/set            agent -> twin  QoS 1  {"node": "r01/node-000", "caps_w": [...]}
+    twin/<site>/gpu/set            agent -> twin  QoS 1
+        {"rack": "r01", "nodes": [0, 1, ...] (rack-local, [] = all), "caps_mw": "<b64 uint32 per GPU>"}
     twin/<site>/gpu/state/<rack>   twin -> agents QoS 0, retained, every BOARD_PERIOD_S of site time
-                                   {"ts_ns": ..., "nodes": {"r01/node-000": {"limit_w": [...], "power_w": [...]}}}
+        {"ts_ns": ..., "limit_mw": "<b64 uint32 per GPU of the rack>", "power_mw": "<same>"}
 
 The twin applies a set at its next tick, clamped to each GPU's range as NVML does. The
 paho network thread only queues what arrives; the twin's own loop applies it, so the
-simulation is never touched from two threads.
+simulation is never touched from two threads. Boards share the twin's one MQTT connection.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
-import threading
-from collections import deque
-from typing import Any
 
 import numpy as np
 
-from models.topology import L_NODE, L_RACK, server_gpus
+from bus.mqtt import Inbox, MqttLink
+from models.topology import L_RACK
 from models.twin.sim import TwinSim
 
 log = logging.getLogger("powerplane.twin.boards")
-BOARD_PERIOD_S = 2.0
+BOARD_PERIOD_S = 0.25  # NVML's power reading is a 1 s average; the twin reports four times as often
+MAX_SET_BYTES = 64 * 1024
 
 
 def set_topic(site: str) -> str:
@@ -40,85 +42,91 @@ def state_topic(site: str, rack: str) -> str:
     return f"twin/{site}/gpu/state/{rack}"
 
 
+def encode_mw(w: np.ndarray) -> str:
+    """Watts as base64 uint32 milliwatts."""
+    return base64.b64encode(np.round(np.clip(w, 0, 4e6) * 1000.0).astype("<u4").tobytes()).decode()
+
+
+def decode_mw(text: str, n: int) -> np.ndarray | None:
+    """Inverse of ``encode_mw``; None unless exactly ``n`` values."""
+    try:
+        raw = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if len(raw) != 4 * n:
+        return None
+    return np.frombuffer(raw, "<u4").astype(np.float64) / 1000.0
+
+
 class GpuBoards:
-    """Serves the twin's GPUs to simulated-backend agents through an MQTT broker."""
+    """Serves the twin's GPUs to simulated-backend agents over the twin's MQTT connection."""
 
-    def __init__(self, sim: TwinSim, host: str, port: int) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
+    def __init__(self, sim: TwinSim, link: MqttLink, *, period_s: float = BOARD_PERIOD_S) -> None:
         self.sim = sim
         self.site = sim.site.site.name
         topo = sim.topo
-        self._gpus = server_gpus(topo)
-        rack_of_node = topo.node_parent[topo.level_slice(L_NODE)]
-        # node -> rack goes through the PDU level; walk up to the rack.
-        racks: dict[str, list[str]] = {}
-        for k, nid in enumerate(topo.ids(L_NODE)):
-            n = int(rack_of_node[k])
-            while int(topo.node_level[n]) > L_RACK:
-                n = int(topo.node_parent[n])
-            racks.setdefault(topo.node_id(n), []).append(nid)
-        self._racks = racks
-        self._pending: deque[tuple[str, Any]] = deque()
-        self._lock = threading.Lock()
+        self.period_s = period_s
+        self.link = link
+        self._rack_ids = topo.ids(L_RACK)
+        self._rack_ix = {r: i for i, r in enumerate(self._rack_ids)}
+        self._g0 = topo.rack_first_gpu.astype(np.int64)
+        self._ng = topo.rack_gpus.astype(np.int64)
+        off = int(topo.rack_first_node[0]) if topo.rack_first_node.size else 0
+        self._n0 = topo.rack_first_node.astype(np.int64) - off
+        self._nn = topo.rack_nodes.astype(np.int64)
+        self._node_first = topo.node_first_gpu.astype(np.int64)
+        self._node_gpus = topo.node_gpus.astype(np.int64)
+        # The paho thread only queues what arrives (bounded); tick() applies it on the twin's loop.
+        self.inbox = link.subscribe(set_topic(self.site), qos=1, inbox=Inbox(maxlen=100_000, max_bytes=MAX_SET_BYTES))
         self.applied = 0
         self.rejected = 0
         self._next_state_ns = 0
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"powerplane-twin-boards-{self.site}",
-                                   clean_session=True)
-        self._client.on_connect = self._on_connect
-        self._client.on_message = self._on_message
-        self._client.reconnect_delay_set(1, 5)
-        self._client.max_queued_messages_set(100_000)
-        self.host, self.port = host, port
 
-    def start(self) -> None:
-        """Connect and start paho's network thread."""
-        self._client.connect_async(self.host, self.port, keepalive=30)
-        self._client.loop_start()
-
-    def stop(self) -> None:
-        """Disconnect."""
-        self._client.disconnect()
-        self._client.loop_stop()
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
-        if not reason_code.is_failure:
-            client.subscribe(set_topic(self.site), qos=1)
-
-    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _parse(self, payload: bytes) -> tuple[int, list[int], str] | None:
         try:
-            d = json.loads(msg.payload)
-            node, caps = str(d["node"]), [float(x) for x in d["caps_w"]]
-        except (ValueError, KeyError, TypeError) as exc:
+            d = json.loads(payload)
+            return self._rack_ix[str(d["rack"])], [int(k) for k in d.get("nodes") or []], str(d["caps_mw"])
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as exc:
             self.rejected += 1
-            log.warning("twin boards: bad set message on %s: %s", msg.topic, exc)
-            return
-        with self._lock:
-            self._pending.append((node, caps))
+            log.warning("twin boards: bad set message: %s", str(exc)[:200])
+            return None
+
+    def gpus(self, r: int, nodes: list[int]) -> np.ndarray:
+        """Global GPU indices of rack ``r``'s rack-local ``nodes`` ([] = all), in layout order."""
+        if not nodes:
+            return np.arange(self._g0[r], self._g0[r] + self._ng[r])
+        local = np.asarray(nodes, np.int64)
+        if (local < 0).any() or (local >= self._nn[r]).any():
+            raise IndexError("node index outside the rack")
+        n = self._n0[r] + local
+        return np.concatenate([np.arange(self._node_first[k], self._node_first[k] + self._node_gpus[k])
+                               for k in n.tolist()])
 
     def tick(self) -> None:
         """Apply what arrived; publish every rack's board state when due (twin loop only)."""
-        with self._lock:
-            pending = list(self._pending)
-            self._pending.clear()
-        for node, caps in pending:
-            gpus = self._gpus.get(node)
-            if gpus is None or len(caps) != gpus.size:
-                self.rejected += 1
-                log.warning("twin boards: set for unknown node or wrong GPU count: %s (%d caps)", node, len(caps))
+        for _topic, payload in self.inbox.drain():
+            parsed = self._parse(payload)
+            if parsed is None:
                 continue
-            self.sim.set_caps(np.asarray(caps, np.float64), gpus)
+            r, nodes, text = parsed
+            try:
+                gpus = self.gpus(r, nodes)
+            except (IndexError, ValueError):
+                gpus = None
+            caps = decode_mw(text, gpus.size) if gpus is not None else None
+            if gpus is None or caps is None:
+                self.rejected += 1
+                log.warning("twin boards: set for rack %s: wrong node list or GPU count", self._rack_ids[r])
+                continue
+            self.sim.set_caps(caps, gpus)
             self.applied += 1
         now = self.sim.now_ns
         if now < self._next_state_ns:
             return
-        self._next_state_ns = now + int(BOARD_PERIOD_S * 1e9)
+        self._next_state_ns = now + int(self.period_s * 1e9)
         cap, power = self.sim.gpu_cap_w, self.sim.gpu_power_w
-        for rack, nodes in self._racks.items():
-            doc = {"ts_ns": now, "nodes": {
-                n: {"limit_w": np.round(cap[self._gpus[n]], 1).tolist(),
-                    "power_w": np.round(power[self._gpus[n]], 1).tolist()} for n in nodes}}
-            self._client.publish(state_topic(self.site, rack), json.dumps(doc, separators=(",", ":")),
-                                 qos=0, retain=True)
+        for r, rack in enumerate(self._rack_ids):
+            sl = slice(int(self._g0[r]), int(self._g0[r] + self._ng[r]))
+            doc = {"ts_ns": now, "limit_mw": encode_mw(cap[sl]), "power_mw": encode_mw(power[sl])}
+            self.link.publish(state_topic(self.site, rack), json.dumps(doc, separators=(",", ":")).encode(),
+                              qos=0, retain=True)

@@ -11,12 +11,14 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from bus.mqtt import MqttAddress
 from models.clock import NS_PER_S, Clock
 from models.site import SiteConfig
-from models.topology import Topology, build_topology
+from models.topology import L_HALL, L_RACK, L_ROW, Topology, build_topology
 from models.twin.boards import GpuBoards
 from models.twin.devices import bms_messages, grid_messages, inventory
 from models.twin.servers import (
@@ -28,12 +30,42 @@ from models.twin.servers import (
     SnmpAgent,
 )
 from models.twin.sim import TwinSim
+from models.twin.truth import Truth
 
 log = logging.getLogger("powerplane.twin")
 
 GRID_PERIOD_S = 1.0
 BMS_PERIOD_S = 5.0
 TICK_WALL_S = 0.02
+VIEW_WALL_S = 0.25  # the live view's refresh
+
+
+def view_topic(site: str) -> str:
+    """Where the twin publishes its state for a live view (``view_doc``), QoS 0, retained."""
+    return f"twin/{site}/view"
+
+
+def view_doc(sim: TwinSim) -> dict[str, object]:
+    """The twin's state for a live view: power against limits, grid, halls..racks, cooling loops."""
+    t = sim.topo
+    g = sim.grid()
+    active = [e for e in g.events if e.state(g.ts_ns) in ("announced", "active")]
+
+    def rows(level: int) -> list[list[object]]:
+        sl = t.level_slice(level)
+        return [[i, round(float(p), 1), float(lim)] for i, p, lim in
+                zip(t.ids(level), sim.node_power_w[sl], t.node_limit_w[sl], strict=True)]
+
+    loops = [[lid, round(float(sim.loop_supply_c[k]), 2), round(float(sim.loop_return_c[k]), 2),
+              float(t.loop_max_return_c[k]), round(float(sim.loop_flow_lpm[k]), 1), round(float(sim.loop_heat_w[k]), 1),
+              round(float(sim.loop_capacity_w[k]), 1), int(sim.loop_pumps_running[k]), int(t.loop_pumps[k])]
+             for k, lid in enumerate(t.loop_ids)]
+    return {"site": sim.site.site.name, "t_s": sim.t_s, "facility_w": sim.facility_w, "it_w": sim.it_w,
+            "limit_w": g.limit_w, "dr_target_w": active[0].target_w if active else None,
+            "dr_state": active[0].state(g.ts_ns) if active else None, "price_per_mwh": g.price_per_mwh,
+            "currency": g.currency, "carbon_g_per_kwh": g.carbon_g_per_kwh, "frequency_hz": g.frequency_hz,
+            "energy_mwh": sim.facility_energy_wh / 1e6, "halls": rows(L_HALL), "rows": rows(L_ROW),
+            "racks": rows(L_RACK), "loops": loops}
 
 
 @dataclass(frozen=True)
@@ -64,23 +96,25 @@ class Twin:
     """The digital twin of a site, served on loopback (or any ``host``)."""
 
     def __init__(self, site: SiteConfig, clock: Clock, *, topo: Topology | None = None,
-                 host: str = "127.0.0.1", mqtt: tuple[str, int] | None = None,
-                 seed: int | None = None, serve: bool = True, snmp_port: int = 0) -> None:
+                 host: str = "127.0.0.1", mqtt: MqttAddress | tuple[str, int] | None = None,
+                 seed: int | None = None, serve: bool = True, snmp_port: int = 0, start_capped: bool = False) -> None:
         self.site = site
         self.topo = topo if topo is not None else build_topology(site)
         self.clock = clock
         self.host = host
-        self.sim = TwinSim(site, self.topo, start_ns=clock.now_ns(), seed=seed)
+        self.sim = TwinSim(site, self.topo, start_ns=clock.now_ns(), seed=seed, start_capped=start_capped)
         self.devices = inventory(site, self.topo)
         self.serve = serve
         self.modbus: dict[str, ModbusDeviceServer] = {}
         self.snmp: SnmpAgent | None = None
         self._snmp_port = snmp_port
-        self._mqtt_addr = mqtt
+        self._mqtt_addr = MqttAddress(*mqtt) if isinstance(mqtt, tuple) else mqtt
         self.mqtt: MqttPublisher | None = None
         self.boards: GpuBoards | None = None
         self._next_grid_ns = 0
         self._next_bms_ns = 0
+        self._next_view_wall = 0.0
+        self.truth = Truth(self.sim)
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -98,10 +132,9 @@ class Twin:
             self.snmp = SnmpAgent(self.sim, snmp_devs, self.host, self._snmp_port)
             await self.snmp.start()
         if self._mqtt_addr is not None:
-            self.mqtt = MqttPublisher(*self._mqtt_addr, client_id=f"powerplane-twin-{self.site.site.name}")
+            self.mqtt = MqttPublisher(self._mqtt_addr, client_id=f"powerplane-twin-{self.site.site.name}")
             self.mqtt.start()
-            self.boards = GpuBoards(self.sim, *self._mqtt_addr)
-            self.boards.start()
+            self.boards = GpuBoards(self.sim, self.mqtt.link)
 
     def tick(self) -> int:
         """Catch the simulation up with the clock and publish what is due; return steps taken."""
@@ -116,6 +149,10 @@ class Twin:
             if now >= self._next_bms_ns:
                 self.mqtt.publish(bms_messages(self.sim))
                 self._next_bms_ns = now + int(BMS_PERIOD_S * NS_PER_S)
+            wall = time.monotonic()
+            if wall >= self._next_view_wall:
+                self._next_view_wall = wall + VIEW_WALL_S
+                self.mqtt.publish([(view_topic(self.site.site.name), view_doc(self.sim), True)], qos=0)
         return n
 
     async def run(self, until_ns: int | None = None) -> None:
@@ -142,8 +179,6 @@ class Twin:
             await self.snmp.stop()
         if self.mqtt is not None:
             self.mqtt.stop()
-        if self.boards is not None:
-            self.boards.stop()
 
     def endpoints(self) -> list[Endpoint]:
         """Every endpoint the twin serves."""

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from models.errors import TwinError
+from bus.mqtt import MqttAddress, MqttLink
+from models.errors import ConfigError, TwinError
 from models.twin.devices import MODBUS_ENCODERS, SNMP_ENCODERS, DeviceSpec, OidRow
 from models.twin.sim import TwinSim
 
@@ -257,35 +258,27 @@ class SnmpAgent:
 
 
 class MqttPublisher:
-    """Publishes twin messages to a broker with QoS 1; paho reconnects on its own."""
+    """Publishes twin messages as JSON over one MQTT connection (``bus.mqtt.MqttLink``)."""
 
-    def __init__(self, host: str, port: int, client_id: str) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        self.host = host
-        self.port = port
+    def __init__(self, addr: MqttAddress, client_id: str) -> None:
+        self.host = addr.host
+        self.port = addr.port
         self.published = 0
-        self._client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                   clean_session=True)
-        self._client.reconnect_delay_set(1, 5)
-        self._client.max_queued_messages_set(100_000)
+        self.link = MqttLink(addr, client_id, clean_session=True, max_queued=100_000, keepalive_s=30)
 
     def start(self) -> None:
         """Connect (asynchronously) and start paho's network thread."""
         try:
-            self._client.connect_async(self.host, self.port, keepalive=30)
-        except (OSError, ValueError) as exc:
+            self.link.start()
+        except ConfigError as exc:
             raise TwinError(f"MQTT broker {self.host}:{self.port}: {exc}") from exc
-        self._client.loop_start()
 
-    def publish(self, messages: list[tuple[str, dict[str, object], bool]]) -> None:
+    def publish(self, messages: list[tuple[str, dict[str, object], bool]], qos: int = 1) -> None:
         """Publish ``(topic, payload, retain)`` messages as JSON."""
         for topic, payload, retain in messages:
-            self._client.publish(topic, json.dumps(payload, separators=(",", ":")), qos=1, retain=retain)
+            self.link.publish(topic, json.dumps(payload, separators=(",", ":")).encode(), qos=qos, retain=retain)
             self.published += 1
 
     def stop(self) -> None:
         """Disconnect and stop the network thread."""
-        self._client.disconnect()
-        self._client.loop_stop()
+        self.link.stop()

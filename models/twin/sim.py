@@ -28,6 +28,7 @@ are first-order. Capacity is ``min(hx_rated, m_dot*cp*(max_return - supply))``.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
@@ -70,7 +71,7 @@ class TwinSim:
     """A simulated site. All state is arrays; ``step()`` is the only thing that moves it."""
 
     def __init__(self, site: SiteConfig, topo: Topology, start_ns: int | None = None,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, start_capped: bool = False) -> None:
         self.site = site
         self.topo = topo
         self.step_s = site.twin.step_s
@@ -118,7 +119,10 @@ class TwinSim:
         self._rack_loop = t.rack_loop.astype(np.intp)
 
         # ---- state -----------------------------------------------------------------------
-        self.gpu_cap_w = t.gpu_max_w.copy()
+        # A site whose control plane is starting runs at the agents' safe cap (they start there).
+        safe = site.actuation.safe_cap_w
+        self.gpu_cap_w = (np.clip(np.full(g, safe) if safe is not None else t.gpu_min_w, t.gpu_min_w, t.gpu_max_w)
+                          if start_capped else t.gpu_max_w.copy())
         self.gpu_demand_w = np.zeros(g)
         self.gpu_power_w = t.gpu_idle_w.copy()
         self.node_power_w = np.zeros(t.n_nodes)
@@ -126,6 +130,8 @@ class TwinSim:
         self.it_w = 0.0
         self.facility_w = 0.0
         self.facility_energy_wh = 0.0
+        self.it_energy_wh = 0.0
+        self.observers: list[Callable[[TwinSim], None]] = []  # called after every step (the truth)
 
         nl = t.n_loops
         self.loop_pumps_running = t.loop_pumps.astype(np.float64).copy()
@@ -201,6 +207,8 @@ class TwinSim:
             self._update_grid(dt)
             self._update_power(dt)
             self._update_cooling(dt)
+            for obs in self.observers:
+                obs(self)
 
     def advance_to(self, ts_ns: int, max_steps: int = 100_000) -> int:
         """Step until site time reaches ``ts_ns``; return the number of steps taken."""
@@ -255,14 +263,15 @@ class TwinSim:
         if dt > 0:
             self.node_energy_wh += self.node_power_w * (dt / 3600.0)
             self.facility_energy_wh += self.facility_w * (dt / 3600.0)
+            self.it_energy_wh += self.it_w * (dt / 3600.0)
 
-    def _sum_tree(self) -> None:
+    def _tree(self, gpu_w: F64, p: F64) -> None:
+        """Fill ``p`` (every power node) with the power the tree carries when GPUs draw ``gpu_w``."""
         t = self.topo
         off = t.level_offset
-        p = self.node_power_w
         n_servers = t.count(L_NODE)
         # (np.bincount with weights returns float64; its stubs say int, hence the astype no-ops)
-        servers = np.bincount(self._gpu_node_local, weights=self.gpu_power_w,
+        servers = np.bincount(self._gpu_node_local, weights=gpu_w,
                               minlength=n_servers).astype(np.float64, copy=False)
         p[off[L_NODE]:off[L_NODE + 1]] = (servers + t.node_base_w) / t.node_psu_efficiency
         for lv in range(L_NODE, L_FEED, -1):  # child level lv feeds level lv-1
@@ -274,8 +283,19 @@ class TwinSim:
             if lv - 1 == L_RACK:
                 parent = parent + t.rack_overhead_w
             p[off[lv - 1]:off[lv]] = parent
-        self.it_w = float(p[off[L_UPS]:off[L_UPS + 1]].sum())
+
+    def _sum_tree(self) -> None:
+        off = self.topo.level_offset
+        self._tree(self.gpu_power_w, self.node_power_w)
+        self.it_w = float(self.node_power_w[off[L_UPS]:off[L_UPS + 1]].sum())
         self.facility_w = self.overhead.facility_w(self.it_w)
+
+    def demand_facility_w(self) -> float:
+        """Facility power if every GPU drew what its job asks, uncapped (what a cap holds back)."""
+        p = np.empty_like(self.node_power_w)
+        self._tree(self.gpu_demand_w, p)
+        off = self.topo.level_offset
+        return self.overhead.facility_w(float(p[off[L_UPS]:off[L_UPS + 1]].sum()))
 
     # ---- cooling ---------------------------------------------------------------------------
     def _update_cooling(self, dt: float, settle: bool = False) -> None:

@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 
 from models.errors import StoreError
 from models.events import Event
-from models.readings import ReadingBatch, SeriesKey, SeriesRegistry, metric
+from models.readings import ReadingBatch, SeriesKey, SeriesRegistry, rating_of
 from powerplane.store.base import StoreStats
 from powerplane.store.base import health_batch as _health_batch
 
@@ -72,12 +72,7 @@ _MAX_IN = 10_000
 _META = ("_series", "_metric", "_rating")  # tag keys beginning with "_" are reserved, as in InfluxDB
 
 
-def _rating(key: SeriesKey, hi: float) -> float | None:
-    """The entity rating a series was interned with, recovered from its upper bound."""
-    m = metric(key.metric)
-    if m.hi_rated is None or not np.isfinite(hi) or hi >= m.hi:
-        return None
-    return hi / m.hi_rated
+_rating = rating_of
 
 
 def _tags_json(key: SeriesKey) -> str:
@@ -103,6 +98,7 @@ class EmbeddedStore:
         self._lock = threading.Lock()
         self._maps: weakref.WeakKeyDictionary[SeriesRegistry, NDArray[np.int64]] = weakref.WeakKeyDictionary()
         self._written = 0
+        self._overwritten = 0
         self._events = 0
         self._rejected = 0
         self._last_error: str | None = None
@@ -147,16 +143,24 @@ class EmbeddedStore:
             try:
                 self._db.execute("BEGIN")
                 ids = self._series_ids(batch)
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO readings (series, ts_ns, value, quality) VALUES (?, ?, ?, ?)",
-                    zip(ids.tolist(), batch.ts_ns.tolist(), batch.value.tolist(), batch.quality.tolist(),
-                        strict=True))
+                rows = list(zip(ids.tolist(), batch.ts_ns.tolist(), batch.value.tolist(), batch.quality.tolist(),
+                                strict=True))
+                cur = self._db.executemany(
+                    "INSERT OR IGNORE INTO readings (series, ts_ns, value, quality) VALUES (?, ?, ?, ?)", rows)
+                added = cur.rowcount
+                if added < len(rows):
+                    # A point with the same series and time is overwritten, as InfluxDB does; it is
+                    # counted as overwritten, not as another point written, so that the count
+                    # matches what the store holds.
+                    self._db.executemany("UPDATE readings SET value = ?, quality = ? WHERE series = ? AND ts_ns = ?",
+                                         [(v, q, s_, t) for s_, t, v, q in rows])
                 self._db.execute("COMMIT")
             except sqlite3.Error as exc:
                 self._rollback()
                 self._last_error = f"sqlite: {exc}"
                 raise StoreError(f"embedded store {self.path}: {exc}") from exc
-            self._written += len(batch)
+            self._written += added
+            self._overwritten += len(rows) - added
 
     def write_events(self, events: Sequence[Event]) -> None:
         """Commit ``events``."""
@@ -203,7 +207,8 @@ class EmbeddedStore:
     def stats(self) -> StoreStats:
         """Counters since opening."""
         return StoreStats(written_points=self._written, rejected_points=self._rejected,
-                          written_events=self._events, last_error=self._last_error)
+                          written_events=self._events, overwritten_points=self._overwritten,
+                          last_error=self._last_error)
 
     def health_batch(self, ts_ns: int, site: str) -> ReadingBatch:
         """``store.*`` readings of this store."""

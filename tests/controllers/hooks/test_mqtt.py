@@ -10,7 +10,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from controllers.actuation.link import MqttAddress
+from bus.mqtt import MqttAddress
 from controllers.hooks.dispatch import HookDispatcher
 from controllers.hooks.payloads import event_id
 from models.errors import ConfigError

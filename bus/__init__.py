@@ -1,0 +1,1 @@
+"""The message bus every process talks over: the MQTT edge."""

@@ -1,0 +1,356 @@
+"""The MQTT edge: one broker address type and one paho connection wrapper for every process.
+
+paho-mqtt runs its network loop on its own thread. Its callbacks touch nothing but a
+bounded ``Inbox`` per subscription (and PUBACK bookkeeping), so that
+
+* a payload over the inbox's ``max_bytes`` is dropped in the network thread, counted,
+  and never parsed (a junk flood costs a length check, not a JSON parse);
+* an inbox holds at most ``maxlen`` messages; on overflow the oldest is dropped and
+  counted (the newest command or status is what matters);
+* a flood on one subscription (readings) cannot crowd out another (statuses, commands):
+  each has its own inbox.
+
+Credentials never come from argv: ``mqtt://user@host:port`` names the user, and the
+password comes from a file (``--mqtt-password-file``) or ``$POWERPLANE_MQTT_PASSWORD``.
+A URL that carries a password is refused, because every local user can read argv. With a
+user name the client id *is* the user name (brokers run with
+``use_username_as_clientid true``), so one account cannot take over another's session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from models.errors import ConfigError
+
+log = logging.getLogger("powerplane.mqtt")
+PASSWORD_ENV = "POWERPLANE_MQTT_PASSWORD"
+EARLY_VALID_S = 5.0
+EARLY_MAX = 4096
+MAX_PASSWORD_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class MqttAddress:
+    """Broker address and credentials, from ``mqtt://[user@]host[:port]`` plus a password source."""
+
+    host: str
+    port: int = 1883
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    tls: bool = False  # mqtts://: TLS with the system's CA certificates
+
+    @classmethod
+    def parse(cls, url: str, where: str = "--mqtt", *, password_file: str | Path | None = None,
+              env: str = PASSWORD_ENV, allow_url_password: bool = False) -> MqttAddress:
+        """Parse a broker URL; the password comes from ``password_file``, else ``$env``.
+
+        A password inside the URL is a ConfigError (argv is world-readable) unless
+        ``allow_url_password`` (URLs read from a protected file, not a command line).
+        """
+        try:
+            u = urlparse(url)
+            host, user, pw = u.hostname, u.username, u.password
+        except ValueError as exc:
+            raise ConfigError(where, [("", f"not a broker URL: {exc}")]) from None
+        if u.scheme not in ("mqtt", "tcp", "mqtts", "ssl") or not host:
+            raise ConfigError(where, [("", f"expected mqtt://host:port (mqtts:// for TLS, user@ before the "
+                                           f"host), got {_redact(url)!r}")])
+        if pw is not None and not allow_url_password:
+            raise ConfigError(where, [("", "the URL carries a password, which every local user can read in the "
+                                           f"process list: pass it in --mqtt-password-file or ${env}")])
+        tls = u.scheme in ("mqtts", "ssl")
+        try:
+            port = u.port or (8883 if tls else 1883)
+        except ValueError as exc:
+            raise ConfigError(where, [("", f"bad port in {_redact(url)!r}: {exc}")]) from None
+        password = unquote(pw) if pw is not None else None
+        if password_file is not None:
+            password = read_secret_file(password_file, "MQTT password")
+        elif password is None and user and os.environ.get(env):
+            password = os.environ[env].strip()
+        return cls(host, port, unquote(user) if user else None, password, tls)
+
+    def url(self) -> str:
+        """The address without the password."""
+        user = f"{self.username}@" if self.username else ""
+        return f"mqtt{'s' if self.tls else ''}://{user}{self.host}:{self.port}"
+
+    def with_user(self, username: str | None, password: str | None) -> MqttAddress:
+        """The same broker with other credentials."""
+        return replace(self, username=username, password=password)
+
+    def client_id(self, fallback: str) -> str:
+        """The client id to connect with: the user name when there is one (see module doc)."""
+        return self.username or fallback
+
+
+def _redact(url: str) -> str:
+    """``url`` without any password."""
+    try:
+        u = urlparse(url)
+        if u.password is None:
+            return url
+        netloc = u.netloc.replace(f":{u.password}@", ":***@", 1)
+        return u._replace(netloc=netloc).geturl()
+    except ValueError:
+        return "<unparseable URL>"
+
+
+def read_secret_file(path: str | Path, what: str, *, strict_mode: bool = False) -> str:
+    """A secret from a file; ``strict_mode``: refuse a file others can read (not 0600/0400)."""
+    p = Path(path)
+    try:
+        st = p.stat()
+        if strict_mode and st.st_mode & 0o077:
+            raise ConfigError(str(p), [("", f"{what} file is mode {st.st_mode & 0o777:o}: others can read it; "
+                                            f"chmod 600 {p}")])
+        if st.st_size > MAX_PASSWORD_BYTES:
+            raise ConfigError(str(p), [("", f"{what} file is {st.st_size} bytes; a secret is under "
+                                            f"{MAX_PASSWORD_BYTES}")])
+        text = p.read_text().strip()
+    except OSError as exc:
+        raise ConfigError(str(p), [("", f"cannot read the {what}: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError(str(p), [("", f"the {what} file is not text")]) from None
+    if not text:
+        raise ConfigError(str(p), [("", f"the {what} file is empty")])
+    return text
+
+
+Message = tuple[str, bytes]
+
+
+class Inbox:
+    """A bounded, thread-safe queue of (topic, payload) filled by paho's thread (see module doc)."""
+
+    def __init__(self, maxlen: int = 10_000, max_bytes: int = 1 << 20) -> None:
+        self.maxlen = maxlen
+        self.max_bytes = max_bytes
+        self.received = 0
+        self.dropped_oversize = 0
+        self.dropped_overflow = 0
+        self._q: collections.deque[Message] = collections.deque()
+        self._lock = threading.Lock()
+        self._waiter: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def put(self, topic: str, payload: bytes) -> None:
+        """Called by paho's thread for every message of the subscription."""
+        if len(payload) > self.max_bytes:
+            self.dropped_oversize += 1
+            return
+        with self._lock:
+            self.received += 1
+            if len(self._q) >= self.maxlen:
+                self._q.popleft()
+                self.dropped_overflow += 1
+            was_empty = not self._q
+            self._q.append((topic, payload))
+        if was_empty and self._waiter is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._waiter.set)
+
+    def drain(self, limit: int | None = None) -> list[Message]:
+        """Everything queued (at most ``limit``), oldest first; never blocks."""
+        with self._lock:
+            if limit is None or limit >= len(self._q):
+                out = list(self._q)
+                self._q.clear()
+            else:
+                out = [self._q.popleft() for _ in range(limit)]
+            if self._waiter is not None and not self._q:
+                self._waiter.clear()
+        return out
+
+    async def wait(self) -> None:
+        """Wait until something is queued (asyncio)."""
+        if self._waiter is None:
+            self._loop = asyncio.get_running_loop()
+            self._waiter = asyncio.Event()
+        with self._lock:
+            if self._q:
+                return
+            self._waiter.clear()
+        await self._waiter.wait()
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+    def dropped(self) -> int:
+        """Messages dropped so far (oversize + overflow)."""
+        return self.dropped_oversize + self.dropped_overflow
+
+
+class MqttLink:
+    """A paho client: bounded inboxes per subscription, QoS 1 publishes whose PUBACK can be awaited."""
+
+    def __init__(self, addr: MqttAddress, client_id: str, *, clean_session: bool = True,
+                 will: tuple[str, bytes] | None = None, max_queued: int = 200_000,
+                 max_inflight: int = 2_000, keepalive_s: int = 15) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        self.addr = addr
+        self.keepalive_s = keepalive_s
+        self.connected = threading.Event()
+        self.connects = 0
+        self.disconnects = 0
+        self.on_state: Callable[[bool, str], None] | None = None
+        self.started = False
+        self.acked = 0
+        self.ack_listeners: list[Callable[[int], None]] = []
+        self._subs: dict[str, tuple[int, Inbox]] = {}
+        # PUBACK futures by mid (publish_acked), and PUBACKs that came before their future was
+        # registered. paho calls on_publish holding the mutex publish() needs, so publish() is
+        # never called under this lock.
+        self._lock = threading.Lock()
+        self._acks: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
+        self._early: collections.OrderedDict[int, float] = collections.OrderedDict()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=addr.client_id(client_id),
+                        clean_session=clean_session)
+        if addr.username:
+            c.username_pw_set(addr.username, addr.password)
+        if addr.tls:
+            c.tls_set()
+        if will is not None:
+            c.will_set(will[0], will[1], qos=1, retain=True)
+        c.reconnect_delay_set(1, 5)
+        c.max_queued_messages_set(max_queued)
+        # paho allows 20 unacknowledged QoS 1 messages by default: a busy interpreter that is
+        # late reading PUBACKs would then queue commands for seconds.
+        c.max_inflight_messages_set(max_inflight)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
+        c.on_message = self._on_unrouted
+        self._client = c
+
+    # ---- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        """Connect in the background (paho retries until the broker is there); once."""
+        if self.started:
+            return
+        self.started = True
+        try:
+            self._client.connect_async(self.addr.host, self.addr.port, keepalive=self.keepalive_s)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("--mqtt", [("", f"{self.addr.url()}: {exc}")]) from exc
+        self._client.loop_start()
+
+    def stop(self, clean: bool = True) -> None:
+        """Disconnect (``clean=False`` drops the socket without DISCONNECT, as a crash would)."""
+        if clean:
+            self._client.disconnect()
+        else:
+            sock = self._client.socket()
+            if sock is not None:
+                sock.close()
+        self._client.loop_stop()
+        with self._lock:
+            futs = list(self._acks.values())
+        for loop, fut in futs:
+            loop.call_soon_threadsafe(_cancel, fut)
+
+    async def wait_connected(self, timeout_s: float) -> bool:
+        """Wait (wall time) until connected; False on timeout."""
+        return await asyncio.to_thread(self.connected.wait, timeout_s)
+
+    # ---- use ------------------------------------------------------------------------------
+    def subscribe(self, topic: str, qos: int = 1, inbox: Inbox | None = None) -> Inbox:
+        """Subscribe now (if connected) and after every reconnect; messages go to ``inbox``."""
+        box = inbox if inbox is not None else Inbox()
+        self._subs[topic] = (qos, box)
+        self._client.message_callback_add(topic, lambda c, u, msg: box.put(msg.topic, msg.payload))
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos=qos)
+        return box
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
+        """Queue a message (paho keeps QoS 1 messages across reconnects); return its mid."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        return int(info.mid)
+
+    async def publish_acked(self, topic: str, payload: bytes, *, timeout_s: float, retain: bool = False) -> bool:
+        """Publish at QoS 1 and wait for the broker's PUBACK; False on timeout."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        mid = self.publish(topic, payload, qos=1, retain=retain)
+        with self._lock:
+            t = self._early.pop(mid, None)
+            if t is not None and time.monotonic() - t < EARLY_VALID_S:
+                return True
+            self._acks[mid] = (loop, fut)
+        try:
+            await asyncio.wait_for(fut, timeout_s)
+            return True
+        except TimeoutError:
+            return False
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # our caller is being cancelled: never swallow that
+            return False  # the link stopped and cancelled the wait
+        finally:
+            with self._lock:
+                self._acks.pop(mid, None)
+
+    # ---- paho callbacks (network thread) ---------------------------------------------------
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            log.error("MQTT %s refused the connection: %s", self.addr.url(), reason_code)
+            if self.on_state is not None:
+                self.on_state(False, str(reason_code))
+            return
+        for topic, (qos, _box) in list(self._subs.items()):
+            client.subscribe(topic, qos=qos)
+        self.connects += 1
+        self.connected.set()
+        if self.on_state is not None:
+            self.on_state(True, "connected")
+
+    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
+        self.disconnects += 1
+        self.connected.clear()
+        if self.on_state is not None:
+            self.on_state(False, str(reason_code))
+
+    def _on_unrouted(self, client: Any, userdata: Any, msg: Any) -> None:
+        # A retained message on a topic no filter callback matches (cannot happen with
+        # message_callback_add per subscription, but paho needs a default).
+        log.debug("MQTT message on %s matches no subscription", msg.topic)
+
+    def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
+        self.acked += 1
+        for listener in self.ack_listeners:
+            listener(mid)
+        with self._lock:
+            entry = self._acks.get(mid)
+            if entry is None:
+                # A plain publish, or an awaited one not registered yet. Entries expire: mids
+                # wrap at 65,535 and a stale one must not ack a later publish.
+                self._early[mid] = time.monotonic()
+                if len(self._early) > EARLY_MAX:  # oldest first out: far fewer than the 65,535 mids
+                    self._early.popitem(last=False)
+                return
+        loop, fut = entry
+        loop.call_soon_threadsafe(_resolve, fut)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+def _cancel(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.cancel()

@@ -1,0 +1,1 @@
+"""The commands of the powerplane CLI that run the plane: controller, agent, collect, twin."""

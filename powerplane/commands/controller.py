@@ -1,0 +1,281 @@
+"""``powerplane controller``: the site's control loop in its own process.
+
+It takes readings in (from collector processes over MQTT with ``--readings``, or from
+devices it collects itself), plans caps every period, publishes signed per-rack commands,
+verifies the agents, and hands everything to the store and the scheduler hooks off the
+loop. numba compiles (or loads its cache) before the first period. With ``$NOTIFY_SOCKET``
+(systemd ``Type=notify``) it reports READY and pets the watchdog after every period.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from models.errors import ConfigError
+from powerplane.commands.common import (
+    add_mqtt_arguments,
+    clock_from,
+    logging_off_the_loop,
+    mqtt_address,
+    next_epoch,
+    number,
+    private_dir,
+    run_until,
+)
+
+log = logging.getLogger("powerplane.controller")
+SUMMARY_EVERY_WALL_S = 1.0
+PROTOCOLS = ("modbus", "snmp", "mqtt")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``controller`` to the CLI."""
+    from powerplane.store.config import add_store_arguments
+
+    c = sub.add_parser("controller", help="run the site's control loop: readings in, plan, caps out, verify")
+    c.add_argument("--site", required=True, help="site file")
+    add_mqtt_arguments(c)
+    src = c.add_mutually_exclusive_group()
+    src.add_argument("--collect", default=None, metavar="FILE", help="devices to collect in this process")
+    src.add_argument("--endpoints", default=None, metavar="FILE",
+                     help="a twin's endpoints.json (`powerplane twin --endpoints-out`)")
+    c.add_argument("--protocols", default=",".join(PROTOCOLS), metavar="P,Q",
+                   help="collect only devices of these protocols here (default all; the demo collects "
+                        "MQTT here and polls Modbus/SNMP in `powerplane collect --publish` processes)")
+    c.add_argument("--readings", action="store_true",
+                   help="take in reading batches that `powerplane collect --publish` processes send")
+    c.add_argument("--key-file", default=None, help="site HMAC key, mode 0600 (default: $POWERPLANE_SITE_KEY)")
+    c.add_argument("--state-dir", default="powerplane-state", type=Path,
+                   help="the authority epoch, kept across restarts (default: %(default)s)")
+    c.add_argument("--no-control", action="store_true", help="collect and store only: no plans, no caps")
+    c.add_argument("--webhook", action="append", default=[], metavar="URL",
+                   help="also send hook events to this URL (with --webhook-secret-file)")
+    c.add_argument("--webhook-secret-file", default=None, metavar="FILE", help="HMAC secret of --webhook URLs")
+    c.add_argument("--summary-out", default=None, metavar="FILE",
+                   help="keep a JSON summary of the run here (rewritten every second and at exit)")
+    c.add_argument("--duration", type=number(0, lo_open=True), default=None, metavar="S", help="stop after S seconds")
+    c.add_argument("--clock", default=None, help=argparse.SUPPRESS)  # the demo's shared scaled clock
+    add_store_arguments(c)
+    c.set_defaults(handler=cmd_controller)
+
+
+def cmd_controller(args: argparse.Namespace, console: Console) -> int:
+    """Run the site's control plane until stopped."""
+    return asyncio.run(_controller(args, console))
+
+
+def _site_with_webhooks(site: Any, args: argparse.Namespace, state_dir: Path) -> Any:
+    from models.site import Webhook
+
+    hooks = site.hooks
+    update: dict[str, Any] = {}
+    if args.webhook:
+        if not args.webhook_secret_file:
+            raise ConfigError("--webhook", [("", "needs --webhook-secret-file")])
+        update["webhooks"] = [*hooks.webhooks, *(Webhook(url=u, secret_file=args.webhook_secret_file)
+                                                 for u in args.webhook)]
+    if hooks.dead_letter == type(hooks)().dead_letter:
+        update["dead_letter"] = str(state_dir / "hooks-dead-letter.jsonl")
+    return site.model_copy(update={"hooks": hooks.model_copy(update=update)}) if update else site
+
+
+def warm_up(site: Any, topo: Any) -> float:
+    """Compile (or load from numba's cache) every kernel the period uses, with the site's own
+    shapes and dtypes, by planning once on a throwaway state; return the seconds it took."""
+    from controllers.loop import ControlLoop
+    from models.state import SiteState
+
+    t0 = time.perf_counter()
+    ControlLoop(site, topo, SiteState(topo)).step(time.time_ns())
+    return time.perf_counter() - t0
+
+
+async def _controller(args: argparse.Namespace, console: Console) -> int:
+    from bus.mqtt import Inbox, MqttLink
+    from collectors.config import devices_from_twin, load_collect_config, load_endpoints
+    from collectors.publish import readings_topic
+    from controllers.actuation.actuator import Actuator
+    from controllers.actuation.messages import SiteKey
+    from controllers.hooks.build import build_hooks
+    from controllers.moves import MoveAdvisor
+    from models.files import jsonable
+    from models.site import load_site
+    from models.topology import L_NODE, L_RACK, build_topology
+    from models.wire import MAX_BATCH_BYTES
+    from powerplane.runtime import ControlPlane
+    from powerplane.sdnotify import Notifier
+    from powerplane.store.config import open_sink, store_config_from_args
+
+    site = load_site(args.site)
+    topo = build_topology(site)
+    addr = mqtt_address(args)
+    control = not args.no_control
+    key = SiteKey.load(args.key_file) if control else None
+    clock = clock_from(args.clock)
+    protocols = {p.strip() for p in args.protocols.split(",") if p.strip()}
+    if protocols - set(PROTOCOLS):
+        raise ConfigError("--protocols", [("", f"unknown {sorted(protocols - set(PROTOCOLS))}; known {PROTOCOLS}")])
+    devices = []
+    if args.collect:
+        devices = load_collect_config(args.collect)
+    elif args.endpoints:
+        _site_id, eps = load_endpoints(args.endpoints)
+        devices = devices_from_twin(eps, site.site.name, topo=topo, period_s=site.controller.period_s)
+    devices = [d for d in devices if d.protocol in protocols]
+    state_dir = private_dir(args.state_dir)
+    site = _site_with_webhooks(site, args, state_dir)
+    epoch = next_epoch(state_dir) if control else 0
+    logging_off_the_loop()
+    compile_s = warm_up(site, topo) if control else 0.0
+
+    store_cfg = store_config_from_args(args, site.site.name)
+    sink = open_sink(store_cfg)
+    prefix = site.actuation.topic_prefix
+    # One connection for everything (with authentication the client id is the user name).
+    link = MqttLink(addr, f"powerplane-controller-{site.site.name}", clean_session=True)
+    actuator = Actuator(site, topo, key, addr, epoch=epoch, link=link) if key is not None else None
+    hooks = build_hooks(site, addr, topo, link=link) if control else None
+    readings = None
+    if args.readings:
+        readings = link.subscribe(readings_topic(prefix, site.site.name, "+"), qos=1,
+                                  inbox=Inbox(maxlen=100_000, max_bytes=MAX_BATCH_BYTES))
+    state_topic = f"{prefix}/{site.site.name}/controller/state"
+
+    def publish_state(doc: dict[str, Any]) -> None:
+        link.publish(state_topic, json.dumps(jsonable(doc)).encode(), qos=0, retain=True)
+
+    plane = ControlPlane(site, topo, clock, sink, devices=devices, actuator=actuator, hooks=hooks,
+                         advisors=[MoveAdvisor(topo, site.site.name)] if control else [], readings=readings,
+                         control=control, publish_state=publish_state)
+    notifier = Notifier()
+    console.print(f"powerplane controller · site {site.site.name} · {topo.count(L_RACK):,} racks, "
+                  f"{topo.count(L_NODE):,} nodes, {topo.n_gpus:,} GPUs · {len(devices)} devices here"
+                  f"{' + reading batches' if readings is not None else ''} · MQTT {addr.url()} · "
+                  + (f"epoch {epoch} · key {key.kid} · lease {site.actuation.lease_s:g} s · kernels ready in "
+                     f"{compile_s:.1f} s" if key is not None else "control off"), highlight=False, markup=False)
+    summary = _Summary(args.summary_out, plane, epoch, compile_s)
+    watchdog = _Watchdog(plane, site.controller.period_s / clock.speed, notifier)
+
+    def tick() -> None:
+        summary.write()
+
+    try:
+        link.start()
+        if hooks is not None:
+            hooks.start()
+        await plane.start()
+        notifier.ready(f"epoch {epoch}")
+        watchdog.start()
+        why = await run_until(args.duration, clock, tick, every_s=SUMMARY_EVERY_WALL_S)
+        log.info("controller stopping (%s)", why)
+    finally:
+        watchdog.stop()
+        await plane.stop()
+        if hooks is not None:
+            await asyncio.to_thread(hooks.close, 5.0)
+        link.stop()
+        sink.close()
+        summary.write(final=True)
+    st = plane.stats
+    console.print(f"controller: {st.plans:,} plans in {st.periods:,} periods ({st.missed_periods} missed), "
+                  f"{st.control_errors} failed; {st.plans_with_violations} plans granted over a limit",
+                  highlight=False, markup=False)
+    return 1 if st.plans_with_violations else 0
+
+
+class _Watchdog:
+    """Pets systemd's watchdog after every period, and says so when the loop stops completing them."""
+
+    def __init__(self, plane: Any, period_wall_s: float, notifier: Any) -> None:
+        self.plane = plane
+        self.period_wall_s = period_wall_s
+        self.notifier = notifier
+        self.stalls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="loop-watchdog", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(2.0)
+
+    def _run(self) -> None:
+        stalled = False
+        while not self._stop.wait(self.period_wall_s):
+            last = self.plane.stats.last_period_wall
+            age = time.monotonic() - last if last else 0.0
+            if age <= 3 * self.period_wall_s and self.plane.running:
+                self.notifier.watchdog()
+                stalled = False
+            elif not stalled:
+                stalled = True
+                self.stalls += 1
+                log.critical("control loop stalled: no period completed for %.1f s (3 periods are %.1f s)", age,
+                             3 * self.period_wall_s)
+
+
+class _Summary:
+    """The controller's run as data, rewritten atomically so that a SIGKILL loses at most a second."""
+
+    def __init__(self, path: str | None, plane: Any, epoch: int, compile_s: float) -> None:
+        self.path = path
+        self.plane = plane
+        self.epoch = epoch
+        self.compile_s = compile_s
+        self.started_ns = plane.clock.now_ns()
+
+    def doc(self) -> dict[str, Any]:
+        p = self.plane
+        st = p.stats
+        store = p.store_stats()
+        out: dict[str, Any] = {
+            "epoch": self.epoch, "started_ns": self.started_ns, "ts_ns": p.clock.now_ns(), "compile_s": self.compile_s,
+            "periods": st.periods, "plans": st.plans, "missed_periods": st.missed_periods,
+            "control_errors": st.control_errors, "last_error": st.last_error,
+            "late_ms": st.late_ms.to_json(), "period_ms": st.period_ms.to_json(),
+            "stage_worst_ms": st.stage_worst_ms, "plans_with_violations": st.plans_with_violations,
+            "violations": st.violations, "infeasible_plans": st.infeasible_plans,
+            "periods_at_risk": st.periods_at_risk, "worst_solve_ms": st.worst_solve_ms,
+            "readings_in": st.readings, "batches_rejected": dict(st.batches_rejected),
+            "readings_rejected": dict(st.readings_rejected), "events": dict(st.events),
+            "dr_stranded_max_w": st.dr_stranded_max_w,
+            "devices": [{"device": h.device, "protocol": h.protocol, "up": h.up, "polls": h.polls,
+                         "readings": h.readings, "last_error": h.last_error} for h in p.collectors.health()],
+            "store": {"written_points": store.written_points, "written_events": store.written_events,
+                      "overwritten_points": store.overwritten_points, "spooled_points": store.spooled_points,
+                      "rejected_points": store.rejected_points, "dropped_points": store.dropped_points,
+                      "last_error": store.last_error},
+        }
+        a = p.actuator
+        if a is not None:
+            v = a.verifier.stats
+            out["actuation"] = {**a.health(), "settle": v.settle.to_json(), "modes": v.modes,
+                                "statuses_rejected": dict(a.rejected)}
+        if p.hooks is not None:
+            hs = p.hooks.stats()
+            out["hooks"] = {"events": hs.hook_events, "coalesced": hs.coalesced,
+                            "sinks": {k: vars(s) for k, s in hs.sinks.items()}}
+        return out
+
+    def write(self, final: bool = False) -> None:
+        if not self.path:
+            return
+        from models.files import write_json
+
+        try:
+            d = self.doc()
+            d["final"] = final
+            write_json(self.path, d)
+        except (OSError, ValueError, RuntimeError) as exc:
+            log.error("cannot write the summary %s: %s", self.path, exc)
