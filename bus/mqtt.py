@@ -270,7 +270,7 @@ class MqttLink:
         """Subscribe now (if connected) and after every reconnect; messages go to ``inbox``."""
         box = inbox if inbox is not None else Inbox()
         self._subs[topic] = (qos, box)
-        self._client.message_callback_add(topic, lambda c, u, msg: box.put(msg.topic, msg.payload))
+        self._client.message_callback_add(topic, lambda c, u, msg: box.put(msg.topic, bytes(msg.payload)))
         if self.connected.is_set():
             self._client.subscribe(topic, qos=qos)
         return box

@@ -183,7 +183,7 @@ SNMP_INTERVAL_S = 30.0
 
 
 def devices_from_twin(endpoints: Sequence[Endpoint], site: str, *, topo: Topology | None = None,
-                      interval_s: float = 2.0, timeout_s: float = 1.0,
+                      interval_s: float = 1.0, timeout_s: float = 1.0,
                       period_s: float | None = None) -> list[DeviceConfig]:
     """One DeviceConfig per twin endpoint, with its profile and entity tags.
 

@@ -33,7 +33,7 @@ from msgspec import Meta
 from models.events import Event
 from models.readings import Quality, ReadingBatch, Reason, SeriesRegistry, check_ranges, metrics, rating_of
 
-VERSION = 1
+VERSION: Literal[1] = 1
 MAX_BATCH_BYTES = 4 << 20
 MAX_SERIES = 50_000
 MAX_READINGS = 500_000

@@ -205,7 +205,8 @@ def view_state(doc: dict[str, Any], opts: DemoOptions, notes: list[str]) -> View
     def rows(key: str) -> list[PowerRow]:
         return [PowerRow(str(i), float(p), float(lim)) for i, p, lim in doc.get(key, [])]
 
-    loops = [LoopRow(str(x[0]), *map(float, x[1:7]), int(x[7]), int(x[8])) for x in doc.get("loops", [])]
+    loops = [LoopRow(str(x[0]), float(x[1]), float(x[2]), float(x[3]), float(x[4]), float(x[5]), float(x[6]),
+                     int(x[7]), int(x[8])) for x in doc.get("loops", [])]
     return ViewState(
         site=str(doc["site"]), source="twin (own process)", t_s=float(doc["t_s"]), duration_s=opts.duration_s,
         speed=opts.speed, facility_w=float(doc["facility_w"]), it_w=float(doc["it_w"]), limit_w=float(doc["limit_w"]),

@@ -7,7 +7,7 @@ import sys
 
 from tests.conftest import ROOT
 
-PACKAGES = ["models", "powerplane", "collectors", "controllers", "dashboards"]
+PACKAGES = ["models", "powerplane", "collectors", "controllers", "dashboards", "bus"]
 
 
 def test_ruff() -> None:

@@ -60,7 +60,7 @@ from numpy.typing import NDArray
 from controllers.actuation.layout import Layouts, RackLayout
 from models.errors import ConfigError
 
-VERSION = 2
+VERSION: Literal[2] = 2
 ALG = "HMAC-SHA256"
 KEY_ENV = "POWERPLANE_SITE_KEY"
 MIN_KEY_BYTES = 16

@@ -66,7 +66,7 @@ class SimBoards:
                 except (ValueError, KeyError, TypeError, RecursionError) as exc:
                     log.warning("bad twin board state on %s: %s", topic, str(exc)[:200])
 
-    async def set(self, rack: str, nodes: list[int], caps_w: Sequence[float]) -> None:
+    async def set(self, rack: str, nodes: list[int], caps_w: Sequence[float] | np.ndarray) -> None:
         """Send limits for ``nodes`` of ``rack`` to the twin and wait until the broker has them."""
         if self.link is None:
             raise ControlError("sim boards not started")

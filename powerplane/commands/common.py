@@ -83,7 +83,7 @@ async def run_until(duration_s: float | None, clock: Clock, tick: Callable[[], A
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, lambda: (got_signal.set(), ev.set()))
+            loop.add_signal_handler(sig, _both, got_signal, ev)
     end = None if duration_s is None else clock.now_ns() + int(duration_s * NS_PER_S)
     while not ev.is_set() and (end is None or clock.now_ns() < end):
         left = every_s if end is None else min(every_s, (end - clock.now_ns()) / NS_PER_S / clock.speed)
@@ -92,6 +92,11 @@ async def run_until(duration_s: float | None, clock: Clock, tick: Callable[[], A
         if tick is not None:
             tick()
     return "signal" if got_signal.is_set() else "stopped" if ev.is_set() else "duration"
+
+
+def _both(a: asyncio.Event, b: asyncio.Event) -> None:
+    a.set()
+    b.set()
 
 
 def next_epoch(state_dir: Path) -> int:

@@ -30,8 +30,8 @@ class StoreStats:
     rejected_points: int = 0  # refused (4xx, non-finite, unencodable name); never retried
     dropped_points: int = 0  # dropped because the spool was at its bound
     written_events: int = 0
-    overwritten_points: int = 0  # same series and time as a point already stored: replaced, not added
     last_error: str | None = None
+    overwritten_points: int = 0  # same series and time as a point already stored: replaced, not added
 
 
 @runtime_checkable

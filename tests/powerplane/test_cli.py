@@ -44,22 +44,38 @@ def test_twin_prints_endpoints(tmp_path: Path) -> None:
 
 
 def test_demo_collects_controls_stores_and_reports(tmp_path: Path) -> None:
+    """The whole plane as processes (twin, collector, controller, agents) for 150 site seconds:
+    what the summary claims is checked against the twin's truth and the store itself."""
+    import sqlite3
+
     t0 = time.monotonic()
     data = tmp_path / "data"
+    out_json = tmp_path / "summary.json"
     # 150 simulated s: the demand-response event starts at 120 s.
-    r = pp("demo", "--duration", "150", "--speed", "10", "--no-live", "--data-dir", str(data), timeout=240,
-           env={**os.environ, "COLUMNS": "200"})
-    assert r.returncode == 0, r.stderr
-    out = r.stdout
-    assert "powerplane demo summary" in out
-    assert "energy" in out and "MWh" in out
-    assert "no plan granted over a limit" in out
-    assert "devices (Modbus, SNMP, MQTT); rejected 0" in out
-    assert "dropped 0" in out
-    assert "1,152 nodes in 2 processes" in out  # caps went through the agents
-    assert "signed webhooks verified by the receiver" in out and "dr_start 1" in out
-    assert "Traceback" not in r.stderr
-    print(f"demo: 150 simulated s in {time.monotonic() - t0:.1f} s")
+    r = pp("demo", "--duration", "150", "--speed", "10", "--no-live", "--data-dir", str(data), "--summary-json",
+           str(out_json), timeout=300, env={**os.environ, "COLUMNS": "200"})
+    s = json.loads(out_json.read_text())
+    assert r.returncode == s["exit_status"], (r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode == 0, s["reasons"]
+    assert "powerplane demo summary" in r.stdout and "Traceback" not in r.stderr
+    assert s["limits_exceeded"] == [] and s["plans_with_violations"] == 0 and s["control_errors"] == 0
+    assert s["devices_up"] == s["devices_total"] == 30
+    assert s["plans"] >= 0.98 * s["periods"] > 0
+    assert s["agents"]["nodes"] == 1152 and s["agents"]["processes"] == 2  # caps went through the agents
+    assert s["commands"] > 0 and s["statuses"] > 0 and s["settled"] > 0
+    assert s["hooks"]["verified"] > 0 and s["hooks"]["kinds"].get("dr_start") == 1
+    # truth: the twin's own integrals, and a PUE that is their ratio
+    assert s["facility_energy_kwh"] > s["it_energy_kwh"] > 0
+    assert abs(s["pue"] - s["facility_energy_kwh"] / s["it_energy_kwh"]) < 1e-9
+    # the count the summary claims is what the store holds
+    con = sqlite3.connect(data / "telemetry.sqlite")
+    held = con.execute("SELECT count(*) FROM readings").fetchone()[0]
+    events = con.execute("SELECT count(*) FROM events").fetchone()[0]
+    con.close()
+    assert s["points_stored"] == held == s["points_claimed"], (held, s["points_claimed"])
+    assert s["events_stored"] == events and s["dropped"] == 0
+    print(f"demo: 150 simulated s in {time.monotonic() - t0:.1f} s; plans {s['plans']}/{s['periods']}, "
+          f"settle p95 {s['settle_p95_s']} s")
 
     rep = pp("report", "--data-dir", str(data), "--out", str(tmp_path / "plots"))
     assert rep.returncode == 0, rep.stderr

@@ -34,6 +34,7 @@ def run_plane(site: SiteConfig, topo: Topology, store: EmbeddedStore, seconds: i
         sim.advance_to(clock.now_ns())
         plane.step(clock.now_ns())
     assert len(applied) == plane.stats.plans == seconds
+    assert plane.writer is not None and plane.writer.flush(30.0)  # the store thread wrote everything
     return plane, sim
 
 
@@ -80,6 +81,7 @@ def test_a_plan_that_grants_over_a_limit_only_cuts(demo_site: SiteConfig, demo_t
     assert (sim.gpu_cap_w <= before).all()
     half = demo_topo.n_gpus // 2
     np.testing.assert_array_equal(sim.gpu_cap_w[:half], before[:half])
+    assert plane.writer is not None and plane.writer.flush(30.0)
     a, b = store.time_range()
     ev = store.events(a, b + 1)
     assert (ev["kind"] == "plan_violation").sum() == 1

@@ -61,9 +61,17 @@ def test_events_arrive_on_their_topics_qos1_not_retained(mosquitto: Mosquitto, t
         sub.loop_stop()
 
 
-def test_mqtt_address_parse() -> None:
-    a = MqttAddress.parse("mqtt://u:pw@broker:1884")
-    assert (a.host, a.port, a.username, a.password) == ("broker", 1884, "u", "pw") and "pw" not in repr(a)
+def test_mqtt_address_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("s3cret\n")
+    a = MqttAddress.parse("mqtt://u@broker:1884", password_file=pw)
+    assert (a.host, a.port, a.username, a.password) == ("broker", 1884, "u", "s3cret") and "s3cret" not in repr(a)
+    assert a.client_id("fallback") == "u" and a.url() == "mqtt://u@broker:1884"
+    monkeypatch.setenv("POWERPLANE_MQTT_PASSWORD", "from-env")
+    assert MqttAddress.parse("mqtt://u@broker").password == "from-env"
+    with pytest.raises(ConfigError, match="process list"):  # never a password on a command line
+        MqttAddress.parse("mqtt://u:pw@broker:1884")
+    assert MqttAddress.parse("mqtts://b").port == 8883 and MqttAddress.parse("mqtts://b").tls
     assert MqttAddress.parse("mqtt://b").port == 1883
     with pytest.raises(ConfigError):
         MqttAddress.parse("http://b")
