@@ -67,7 +67,7 @@ def instance(gpus: int) -> tuple[Topology, SiteProblem, NDArray[np.float64], NDA
 def one(gpus: int, repeats: int) -> dict[str, object]:
     """Measure one size."""
     from controllers.allocate import solve
-    from controllers.lp import class_gaps, class_totals, lexicographic_totals
+    from testbed.lp import class_gaps, class_totals, lexicographic_totals
 
     t0 = time.perf_counter()
     topo, prob, demand, cap = instance(gpus)

@@ -32,7 +32,7 @@ from collectors.base import DeviceConfig  # noqa: E402
 from collectors.runtime import CollectorSet  # noqa: E402
 from models.clock import SystemClock  # noqa: E402
 from models.readings import ReadingBatch, SeriesRegistry  # noqa: E402
-from tests.realservers import Mosquitto, require  # noqa: E402
+from testbed.realservers import Mosquitto, require  # noqa: E402
 
 FILTERS = ["BMS/v1/PUB/Value/Rack/+/+/+/+", "BMS/v1/PUB/Value/CDU/+/+/+"]
 RACKS = [f"r{i:02d}" for i in range(1, 9)]

@@ -40,8 +40,8 @@ from collectors.profiles import load_profile
 from collectors.snmp.client import SnmpPoller, acquire_engine, release_engine
 from collectors.snmp.profile import SnmpProfile
 from models.readings import SeriesRegistry
-from tests.collectors.snmp.recordings import apc_rpdu2, render, sentry4
-from tests.realservers import Snmpd, Snmpsim
+from testbed.realservers import Snmpd, Snmpsim
+from testbed.recordings import apc_rpdu2, render, sentry4
 
 TABLE = "1.3.6.1.4.1.1718.4.1.8.3.1"  # st4OutletMonitorEntry
 REPS = 50

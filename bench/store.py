@@ -37,9 +37,9 @@ from models.twin.feed import TwinFeed  # noqa: E402
 from models.twin.sim import TwinSim  # noqa: E402
 from powerplane.store.influx import InfluxSink  # noqa: E402
 from powerplane.store.lineproto import encode  # noqa: E402
+from testbed.lpparse import parse_line  # noqa: E402
+from testbed.realservers import VictoriaMetrics, free_port  # noqa: E402
 from tests.powerplane.store.conftest import vm_export  # noqa: E402
-from tests.powerplane.store.lpparse import parse_line  # noqa: E402
-from tests.realservers import VictoriaMetrics, free_port  # noqa: E402
 
 REQUEST_LINES = 20_000
 

@@ -19,9 +19,9 @@ import pytest
 from dashboards import alerts
 from dashboards.boards import BOARDS
 from dashboards.build import load_committed
+from testbed.realservers import InfluxDB1
 from tests.conftest import ROOT
 from tests.dashboards.seed import Seeded
-from tests.realservers import InfluxDB1
 
 pytestmark = pytest.mark.servers
 
