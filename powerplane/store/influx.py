@@ -122,10 +122,10 @@ class V2Transport(Transport):
         from influxdb_client.domain.write_precision import WritePrecision
         from influxdb_client.rest import ApiException
 
-        body, enc = _body(payload, self._gzip_level)
+        data, enc = _body(payload, self._gzip_level)
         try:
             self._service.post_write(  # type: ignore[no-untyped-call]
-                org=self._org, bucket=self._bucket, body=body, precision=WritePrecision.NS,
+                org=self._org, bucket=self._bucket, body=data, precision=WritePrecision.NS,
                 content_type="text/plain; charset=utf-8",
                 **({"content_encoding": enc["Content-Encoding"]} if enc else {}))
         except ApiException as exc:
@@ -157,9 +157,9 @@ class V1Transport(Transport):
         self._gzip_level = gzip_level
 
     def post(self, payload: bytes) -> Response:
-        body, enc = _body(payload, self._gzip_level)
+        data, enc = _body(payload, self._gzip_level)
         try:
-            r = self._http.request("POST", self._url, body=body, headers={**enc, "Content-Type": "text/plain"})
+            r = self._http.request("POST", self._url, body=data, headers={**enc, "Content-Type": "text/plain"})
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             return Response(0, f"{type(exc).__name__}: {exc}")
         return Response(r.status, r.data.decode(errors="replace"), parse_retry_after(r.headers.get("Retry-After")))
