@@ -7,7 +7,11 @@ beside the rows. Each size runs in its own process so that its peak RSS is its o
 
     python bench/capping.py [--sizes 10000,100000,1000000] [--repeats 15]
 
-One JSON line per size, then one summary line. Figures are on a shared 2-core machine.
+One JSON line per size, then one summary line. The summary's ``ours``/``peer``/``ratio``
+compare the same size: the largest one HiGHS is run on. Agreement: at every size the kernel
+matches its NumPy reference within 1e-6 of the largest GPU ceiling, and where HiGHS runs,
+every priority class's total is within 1e-6 (relative) of the lexicographic LP optimum
+(``testbed/lp.py``). The bench exits 1 otherwise. Figures are on a shared 2-core machine.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 HIGHS_MAX_GPUS = 150_000  # beyond this the sequential LPs take minutes
+MAX_REL_GAP = 1e-6  # agreement: relative difference per class (HiGHS) or of the largest cap (NumPy)
 GPUS_PER_RACK = 576
 
 
@@ -67,7 +72,7 @@ def instance(gpus: int) -> tuple[Topology, SiteProblem, NDArray[np.float64], NDA
 def one(gpus: int, repeats: int) -> dict[str, object]:
     """Measure one size."""
     from controllers.allocate import solve
-    from controllers.lp import class_gaps, class_totals, lexicographic_totals
+    from testbed.lp import class_gaps, class_totals, lexicographic_totals
 
     t0 = time.perf_counter()
     topo, prob, demand, cap = instance(gpus)
@@ -87,22 +92,25 @@ def one(gpus: int, repeats: int) -> dict[str, object]:
         t = time.perf_counter()
         b = solve(s, lo, demand, hi, cap, "numpy")
         ref.append((time.perf_counter() - t) * 1e3)
-    agree = float(np.abs(a.x_w - b.x_w).max())
+    diff_w = float(np.abs(a.x_w - b.x_w).max())
+    numpy_rel = diff_w / float(hi.max())
     out: dict[str, object] = {"bench": "capping", "gpus": int(topo.n_gpus), "consumers": s.n,
                               "constraints": prob.n_constraints, "ours_ms": round(float(np.median(ours)), 2),
                               "ours_cpu_ms": round(float(np.median(cpu)), 2),
                               "numpy_ms": round(float(np.median(ref)), 2),
                               "numpy_ratio": round(float(np.median(ref) / np.median(ours)), 1),
-                              "max_abs_diff_w": agree, "jacobi_rounds": a.rounds,
+                              "max_abs_diff_w": diff_w, "numpy_rel_diff": numpy_rel, "jacobi_rounds": a.rounds,
                               "gpus_capped": int((s.count * (a.x_w < demand - 1e-6)).sum())}
     if topo.n_gpus <= HIGHS_MAX_GPUS:
         runs = [lexicographic_totals(s, lo, demand, cap) for _ in range(3)]
         lp_ms = float(np.median([r.solve_ms for r in runs]))
         gaps = class_gaps(class_totals(s, a, demand, lo), runs[0].totals_w)
-        out.update(peer="highs", peer_ms=round(lp_ms, 1), ratio=round(lp_ms / float(np.median(ours)), 1),
-                   gap=float(np.abs(gaps).max()))
+        gap = float(np.abs(gaps).max())
+        out.update(peer="highs", peer_ms=round(lp_ms, 1), ratio=round(lp_ms / float(np.median(ours)), 1), gap=gap)
     else:
+        gap = 0.0
         out.update(peer="highs", peer_ms=None, ratio=None, gap=None)
+    out["agree"] = bool(numpy_rel <= MAX_REL_GAP and gap <= MAX_REL_GAP)
     out["build_s"] = round(build_s, 2)
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     return out
@@ -123,7 +131,7 @@ def compile_times() -> tuple[float, float]:
 
 
 def main() -> int:
-    """Run every size in its own process and print the JSON lines."""
+    """Run every size in its own process and print the JSON lines; 1 if any size disagrees."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="10000,100000,1000000", help="GPU counts, comma separated")
     ap.add_argument("--repeats", type=int, default=15)
@@ -142,17 +150,20 @@ def main() -> int:
         results.append(json.loads(line))
     largest = results[-1]
     with_peer = [r for r in results if r.get("peer_ms")]
-    peer = with_peer[-1] if with_peer else None
+    head = with_peer[-1] if with_peer else None  # same size on both sides
+    agree = bool(with_peer) and all(r["agree"] for r in results)
     print(json.dumps({
-        "bench": "capping", "ours": largest["ours_ms"], "ours_cpu_ms": largest["ours_cpu_ms"], "peer": "highs",
-        "ratio": peer["ratio"] if peer else None, "unit": "ms",
-        "ours_gpus": largest["gpus"], "peer_gpus": peer["gpus"] if peer else None,
-        "peer_ms": peer["peer_ms"] if peer else None, "gap": peer["gap"] if peer else None,
-        "numpy_ratio": largest["numpy_ratio"], "peak_rss_mb": largest["peak_rss_mb"],
+        "bench": "capping", "ours": head["ours_ms"] if head else None, "peer": head["peer_ms"] if head else None,
+        "ratio": head["ratio"] if head else None, "unit": "ms", "agree": agree, "peer_name": "highs",
+        "gpus": head["gpus"] if head else None, "gap": head["gap"] if head else None,
+        "ours_cpu_ms": head["ours_cpu_ms"] if head else None,
+        "largest": {"gpus": largest["gpus"], "ours_ms": largest["ours_ms"], "ours_cpu_ms": largest["ours_cpu_ms"],
+                    "numpy_ratio": largest["numpy_ratio"], "numpy_rel_diff": largest["numpy_rel_diff"],
+                    "peak_rss_mb": largest["peak_rss_mb"]},
         "compile_cold_s": round(cold_s, 2), "compile_cached_s": round(cached_s, 2),
         "note": "2-core machine shared with other sessions; solve times are medians after compile",
     }))
-    return 0
+    return 0 if agree else 1
 
 
 if __name__ == "__main__":

@@ -9,6 +9,11 @@ raw:   bare pymodbus reading exactly our blocks, no decoding (the ceiling)
 
 Readings/s counts decoded metric values (scale-factor registers are not readings).
 
+Agreement is on values: the twin runs frozen (``--speed 1e-9``: its registers do not move
+during the bench), so ours and the naive peer must decode exactly the same value for every
+series, slow points (read every ``slow_every`` polls) included, and raw pymodbus must read
+the same register words in two passes. The bench exits 1 otherwise.
+
     python bench/modbus.py [--device site-meter] [--seconds 5]
 """
 
@@ -29,7 +34,7 @@ from collectors.modbus.decode import PlanDecoder
 from collectors.modbus.plan import ReadPlan, naive_plan
 from collectors.modbus.poller import ModbusPoller
 from collectors.registry import make_poller
-from models.readings import SeriesRegistry
+from models.readings import ReadingBatch, SeriesRegistry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,6 +48,41 @@ async def run_poller(p: ModbusPoller, seconds: float) -> tuple[int, int, float]:
         polls += 1
         readings += len(r.batch)
     return polls, readings, el
+
+
+def values(batch: ReadingBatch) -> dict[object, float]:
+    """Value of every series in ``batch``, by series key."""
+    keys = batch.registry.keys()
+    return {keys[sid]: v for sid, v in zip(batch.series.tolist(), batch.value.tolist(), strict=True)}
+
+
+async def full_poll(p: ModbusPoller) -> dict[object, float]:
+    """Every series' value over ``slow_every`` polls, so that the slow points are in too."""
+    out: dict[object, float] = {}
+    for i in range(p.slow_every):
+        r = await p.poll(i)
+        if r.errors:
+            raise SystemExit(f"poll failed: {r.errors[0]}")
+        out.update(values(r.batch))
+    return out
+
+
+async def raw_words(host: str, port: int, plan: ReadPlan) -> list[list[int]]:
+    """The register words of every block of the plan, read with bare pymodbus."""
+    from pymodbus.client import AsyncModbusTcpClient
+
+    c = AsyncModbusTcpClient(host, port=port, retries=0, timeout=2)
+    await c.connect()
+    try:
+        out = []
+        for b in plan.blocks:
+            rr = await c.read_holding_registers(b.address, count=b.count, device_id=1)
+            if rr.isError():
+                raise SystemExit(f"raw read failed: {rr}")
+            out.append(list(rr.registers))
+        return out
+    finally:
+        c.close()
 
 
 async def run_raw(host: str, port: int, plan: ReadPlan, slow_every: int, seconds: float) -> tuple[int, float]:
@@ -91,14 +131,22 @@ async def bench(args: argparse.Namespace, eps_file: Path) -> dict[str, object]:
         best_r = max(best_r, r_polls / r_el)
         _, n_read, n_el = await run_poller(naive, each)
         best_n = max(best_n, n_read / n_el)
+    # Values: the twin is frozen, so both must decode the same numbers for every series.
+    ours_v, naive_v = await full_poll(ours), await full_poll(naive)
+    words = [await raw_words(dev.host, dev.port, plan) for _ in range(2)]
     await ours.close()
     await naive.close()
+    diff = sorted(str(k) for k in ours_v.keys() | naive_v.keys() if ours_v.get(k) != naive_v.get(k))
+    agree = not diff and words[0] == words[1] and len(ours_v) > 0
+    for k in diff[:5]:
+        print(f"DISAGREE {k}: ours {ours_v.get(k)}, naive {naive_v.get(k)}")  # type: ignore[call-overload]
     per_poll = o_read / o_polls
     ours_rps, naive_rps, raw_rps = best_o, best_n, per_poll * best_r
     slow_share = (plan.requests(slow=True) - plan.requests(slow=False)) / ours.slow_every
     return {"bench": "modbus", "ours": round(ours_rps), "peer": round(naive_rps),
             "ratio": round(ours_rps / naive_rps, 2),
-            "unit": "readings/s", "raw_pymodbus": round(raw_rps), "vs_raw": round(ours_rps / raw_rps, 3),
+            "unit": "readings/s", "agree": agree, "values_compared": len(ours_v),
+            "raw_pymodbus": round(raw_rps), "vs_raw": round(ours_rps / raw_rps, 3),
             "device": args.device, "profile": dev.profile, "readings_per_poll": round(per_poll, 1),
             "requests_per_poll_ours": round(plan.requests(slow=False) + slow_share, 2),
             "requests_per_poll_naive": len(plan.fields), "seconds_each": args.seconds, "rounds": args.rounds,
@@ -106,7 +154,8 @@ async def bench(args: argparse.Namespace, eps_file: Path) -> dict[str, object]:
             "note": "2 shared cores, other sessions running: absolute figures are under contention"}
 
 
-def main() -> None:
+def main() -> int:
+    """Run the benchmark and print its JSON line last; 1 if ours and the naive peer read different values."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--device", default="site-meter", help="twin device (site-meter: SunSpec 203 int+SF)")
     ap.add_argument("--seconds", type=float, default=6.0, help="per variant, split over the rounds")
@@ -116,7 +165,7 @@ def main() -> None:
         eps = Path(tmp) / "endpoints.json"
         twin = subprocess.Popen([sys.executable, "-m", "powerplane", "twin", "--site",
                                  str(ROOT / "deploy/sites/demo.toml"), "--no-mqtt", "--endpoints-out", str(eps),
-                                 "--duration", "600"],
+                                 "--duration", "1e-6", "--speed", "1e-9"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
         try:
             deadline = time.monotonic() + 60
@@ -132,7 +181,8 @@ def main() -> None:
     print(f"{result['device']} ({result['profile']}): ours {result['ours']:,} readings/s, "
           f"naive {result['peer']:,}/s, raw pymodbus {result['raw_pymodbus']:,}/s")
     print(json.dumps(result))
+    return 0 if result["agree"] else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -8,7 +8,8 @@ per-candidate re-evaluation costs. Both must give the same recommendations.
 
     python bench/moves.py [--racks 1700] [--constraints 1] [--free 0.1]
 
-Ends with one JSON line {"bench": "moves", "ours", "peer", "ratio", "unit"}.
+Ends with one JSON line {"bench": "moves", "ours", "peer", "ratio", "unit", "agree"}; exits 1
+when the two searches recommend different moves.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def main() -> None:
-    """Run the benchmark and print its JSON line."""
+def main() -> int:
+    """Run the benchmark and print its JSON line; 1 if ours and the peer recommend differently."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--racks", type=int, default=1700)
     ap.add_argument("--constraints", type=int, default=1, help="infeasible racks to relieve")
@@ -110,8 +111,10 @@ def main() -> None:
                       "recommendations": [(r.action, r.job, r.gpus, list(r.to_racks)) for r in ours],
                       "same": same}))
     print(json.dumps({"bench": "moves", "ours": round(ours_s, 3), "peer": round(peer_s, 3),
-                      "ratio": round(peer_s / ours_s, 1), "unit": "s"}))
+                      "ratio": round(peer_s / ours_s, 1), "unit": "s", "agree": same,
+                      "recommendations": len(ours)}))
+    return 0 if same else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

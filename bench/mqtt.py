@@ -6,7 +6,11 @@ it; the clock runs from connect until the last message is in.
 
 ours: CollectorSet with one MQTT device (bms-json profile): paho thread -> asyncio drain ->
       JSON parse -> tags -> validation -> on_batch
-peer: a bare paho subscriber whose on_message only counts
+peer: a bare paho subscriber whose on_message only counts (and keeps the payload)
+
+Agreement is on values: after the clock stops, the peer's payloads are decoded and every
+rack's (timestamp, value) pairs must equal the readings ours produced for that rack, and
+both must equal what was published. The bench exits 1 otherwise.
 
     python bench/mqtt.py [--messages 40000]
 """
@@ -32,7 +36,7 @@ from collectors.base import DeviceConfig  # noqa: E402
 from collectors.runtime import CollectorSet  # noqa: E402
 from models.clock import SystemClock  # noqa: E402
 from models.readings import ReadingBatch, SeriesRegistry  # noqa: E402
-from tests.realservers import Mosquitto, require  # noqa: E402
+from testbed.realservers import Mosquitto, require  # noqa: E402
 
 FILTERS = ["BMS/v1/PUB/Value/Rack/+/+/+/+", "BMS/v1/PUB/Value/CDU/+/+/+"]
 RACKS = [f"r{i:02d}" for i in range(1, 9)]
@@ -55,29 +59,40 @@ def make_session(port: int, client_id: str) -> None:
     c.loop_stop()
 
 
+# By rack: distinct (timestamp ms, value), sorted. Distinct: QoS 1 is at-least-once, and a
+# redelivered message is the same point (the store overwrites it), not a disagreement.
+Pairs = dict[str, list[tuple[int, float]]]
+
+
+def published(n: int) -> Pairs:
+    """What ``publish`` sends to each rack."""
+    per = n // len(RACKS)
+    return {r: [(1_700_000_000_000 + i, 25 + (i % 100) / 10) for i in range(per)] for r in RACKS}
+
+
 def publish(port: int, n: int) -> None:
     """Queue ``n`` messages over 8 rack topics with mosquitto_pub (QoS 1)."""
     exe = require("mosquitto_pub")
-    per = n // len(RACKS)
-    for r in RACKS:
-        lines = "\n".join(json.dumps({"value": 25 + (i % 100) / 10, "timestamp": 1_700_000_000_000 + i,
-                                      "quality": "Good"}) for i in range(per))
+    for r, pairs in published(n).items():
+        lines = "\n".join(json.dumps({"value": v, "timestamp": ts, "quality": "Good"}) for ts, v in pairs)
         subprocess.run([exe, "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-l",
                         "-t", f"BMS/v1/PUB/Value/Rack/LiquidInletTemperature/site/row-a/{r}"],
                        input=lines + "\n", text=True, check=True)
 
 
-def run_peer(port: int, n: int) -> float:
-    """Seconds for a bare paho subscriber to receive ``n`` queued messages."""
+def run_peer(port: int, n: int) -> tuple[float, Pairs]:
+    """Seconds for a bare paho subscriber to receive ``n`` queued messages, and what they said."""
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
 
     count = 0
     done = threading.Event()
+    got: list[tuple[str, bytes]] = []
 
-    def on_message(client: object, userdata: object, msg: object) -> None:
+    def on_message(client: object, userdata: object, msg: mqtt.MQTTMessage) -> None:
         nonlocal count
         count += 1
+        got.append((msg.topic, msg.payload))
         if count >= n:
             done.set()
 
@@ -92,17 +107,23 @@ def run_peer(port: int, n: int) -> float:
     el = time.perf_counter() - t0
     c.disconnect()
     c.loop_stop()
-    return el
+    pairs: Pairs = {}
+    for topic, payload in got:
+        d = json.loads(payload)
+        pairs.setdefault(topic.rsplit("/", 1)[1], []).append((int(d["timestamp"]), float(d["value"])))
+    return el, {k: sorted(set(v)) for k, v in pairs.items()}
 
 
-async def run_ours(port: int, n: int) -> tuple[float, int, int]:
-    """(seconds, readings, bad) for the collector to turn ``n`` queued messages into batches."""
+async def run_ours(port: int, n: int) -> tuple[float, int, int, Pairs]:
+    """(seconds, readings, bad, values by rack) for the collector to turn ``n`` queued messages into batches."""
     readings = 0
     done = asyncio.Event()
+    batches: list[ReadingBatch] = []
 
     def on_batch(b: ReadingBatch) -> None:
         nonlocal readings
         readings += len(b)
+        batches.append(b)
         if readings >= n:
             done.set()
 
@@ -114,10 +135,16 @@ async def run_ours(port: int, n: int) -> tuple[float, int, int]:
     await asyncio.wait_for(done.wait(), 300)
     el = time.perf_counter() - t0
     await cs.stop()
-    return el, readings, cs.health()[0].messages_bad
+    pairs: Pairs = {}
+    for b in batches:
+        keys = b.registry.keys()
+        for sid, ts, v in zip(b.series.tolist(), b.ts_ns.tolist(), b.value.tolist(), strict=True):
+            pairs.setdefault(dict(keys[sid].tags)["id"], []).append((ts // 1_000_000, v))
+    return el, readings, cs.health()[0].messages_bad, {k: sorted(set(v)) for k, v in pairs.items()}
 
 
-def main() -> None:
+def main() -> int:
+    """Run the benchmark and print its JSON line last; 1 if ours and the peer saw different values."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=24_000, help="per round")
     ap.add_argument("--rounds", type=int, default=3)
@@ -131,22 +158,34 @@ def main() -> None:
                 make_session(broker.port, cid)
             # Interleaved rounds, best of each: the machine is shared and its load drifts.
             peer_s = ours_s = float("inf")
+            truth = {k: sorted(v) for k, v in published(n).items()}
+            agree = True
             for _ in range(args.rounds):
                 publish(broker.port, n)  # queued for both sessions
-                peer_s = min(peer_s, run_peer(broker.port, n))
-                el, readings, bad = asyncio.run(run_ours(broker.port, n))
+                el, peer_pairs = run_peer(broker.port, n)
+                peer_s = min(peer_s, el)
+                el, readings, bad, ours_pairs = asyncio.run(run_ours(broker.port, n))
                 ours_s = min(ours_s, el)
+                for k in truth:
+                    if not (ours_pairs.get(k) == peer_pairs.get(k) == truth[k]):
+                        agree = False
+                        o, p_ = ours_pairs.get(k, []), peer_pairs.get(k, [])
+                        print(f"DISAGREE rack {k}: published {len(truth[k])}, ours {len(o)} "
+                              f"(first off {next((x for x in o if x not in set(truth[k])), None)}), peer {len(p_)} "
+                              f"(first off {next((x for x in p_ if x not in set(truth[k])), None)})")
             rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         finally:
             broker.stop()
     ours, peer = n / ours_s, n / peer_s
     print(f"{n:,} queued QoS 1 messages: ours {ours:,.0f} msg/s into batches, bare paho {peer:,.0f} msg/s")
+    print(f"values: ours == peer == published: {agree}")
     print(json.dumps({"bench": "mqtt", "ours": round(ours), "peer": round(peer), "ratio": round(ours / peer, 3),
-                      "unit": "messages/s", "messages_per_round": n, "rounds": args.rounds,
+                      "unit": "messages/s", "agree": agree, "messages_per_round": n, "rounds": args.rounds,
                       "readings_last_round": readings, "bad": bad,
                       "peak_rss_mb": round(rss_mb),
                       "note": "2 shared cores, other sessions running: absolute figures are under contention"}))
+    return 0 if agree else 1
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

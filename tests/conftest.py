@@ -10,7 +10,7 @@ import pytest
 from models.clock import ManualClock
 from models.site import SiteConfig, load_site
 from models.topology import Topology, build_topology
-from tests.realservers import InfluxDB1, Mosquitto, Snmpd, Snmpsim, VictoriaMetrics
+from testbed.realservers import InfluxDB1, Mosquitto, Snmpd, Snmpsim, VictoriaMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SITE = ROOT / "deploy" / "sites" / "demo.toml"

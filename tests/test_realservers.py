@@ -13,7 +13,7 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 
-from tests.realservers import InfluxDB1, Mosquitto, Snmpd, Snmpsim, VictoriaMetrics, require
+from testbed.realservers import InfluxDB1, Mosquitto, Snmpd, Snmpsim, VictoriaMetrics, require
 
 
 def _http(method: str, url: str, body: bytes | None = None) -> tuple[int, bytes]:

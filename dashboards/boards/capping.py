@@ -7,6 +7,8 @@ from grafana_foundation_sdk.models.dashboard import Dashboard
 
 from dashboards.panels import (
     BY_TIME,
+    EVERY_EVENT,
+    EVERY_FAST,
     WHERE_SITE,
     new_dashboard,
     stat_panel,
@@ -31,6 +33,11 @@ def _events(kind: str) -> str:
     return f"FROM \"events\" {WHERE_SITE} AND \"kind\" = '{kind}'"
 
 
+def _distinct(kind: str) -> str:
+    """How many distinct entities (nodes, constraints) had an event of ``kind``: not how many events."""
+    return f'SELECT count("n") FROM (SELECT count("message") AS "n" {_events(kind)} GROUP BY "entity")'
+
+
 def build() -> Dashboard:
     """The Capping dashboard."""
     d = new_dashboard(UID, "Capping", "GPU power caps by job and priority, power withheld, binding and "
@@ -38,45 +45,61 @@ def build() -> Dashboard:
                       ["caps"])
     warn = steps((None, "green"), (1, "orange"))
     d = (d
-         .with_panel(stat_panel("GPUs capped", f'SELECT last("gpus_capped") {_SITE}', "none", span=4,
+         .with_panel(stat_panel("GPUs capped", f'SELECT last("gpus_capped") {_SITE}', "none", interval=EVERY_FAST,
+                                span=4, thresholds=warn))
+         .with_panel(stat_panel("Power withheld", f'SELECT last("cut_w") {_SITE}', "watt", interval=EVERY_FAST, span=4,
                                 thresholds=warn))
-         .with_panel(stat_panel("Power withheld", f'SELECT last("cut_w") {_SITE}', "watt", span=4, thresholds=warn))
-         .with_panel(stat_panel("Infeasible constraints", f'SELECT count("message") {_events(EV_INFEASIBLE)}',
-                                "none", span=4, thresholds=steps((None, "green"), (1, "red"))))
-         .with_panel(stat_panel("Non-compliant nodes", f'SELECT count("message") {_events(EV_NON_COMPLIANT)}',
-                                "none", span=4, thresholds=warn))
-         .with_panel(stat_panel("Lease fallbacks", f'SELECT count("message") {_events(EV_LEASE_FALLBACK)}',
-                                "none", span=4, thresholds=warn))
-         .with_panel(stat_panel("Solve time", f'SELECT last("solve_ms") {_SITE}', "ms", span=4,
+         .with_panel(stat_panel("Infeasible constraints", _distinct(EV_INFEASIBLE), "none", interval=EVERY_EVENT,
+                                span=4, thresholds=steps((None, "green"), (1, "red")),
+                                description="Distinct constraints reported infeasible in the time range."))
+         .with_panel(stat_panel("Non-compliant nodes", _distinct(EV_NON_COMPLIANT), "none", interval=EVERY_EVENT,
+                                span=4, thresholds=warn,
+                                description="Distinct nodes that failed to follow their cap in the time range "
+                                            "(a node counts once however often it failed)."))
+         .with_panel(stat_panel("Lease fallbacks", f'SELECT count("message") {_events(EV_LEASE_FALLBACK)}', "none",
+                                interval=EVERY_EVENT, span=4, thresholds=warn,
+                                description="Fallbacks to the safe cap in the time range (events)."))
+         .with_panel(stat_panel("Solve time", f'SELECT last("solve_ms") {_SITE}', "ms", interval=EVERY_FAST, span=4,
                                 description="Solver time of the plan in force."))
          .with_row(db.Row("Caps by job"))
          .with_panel(ts_panel("Caps by job", [
              (f'SELECT mean("cap_w") {_JOBS} {BY_TIME}, "id" fill(null)', "$tag_id cap"),
              (f'SELECT mean("demand_w") {_JOBS} {BY_TIME}, "id" fill(null)', "$tag_id demand"),
-         ], "watt", minimum=0, span=12))
+         ], "watt", interval=EVERY_FAST, minimum=0, span=12))
          .with_panel(ts_panel("Power withheld by job", [
              (f'SELECT mean("cut_w") {_JOBS} {BY_TIME}, "id" fill(null)', "$tag_id"),
-         ], "watt", minimum=0, span=12, description="Demand not granted (caps.cut_w)."))
+         ], "watt", interval=EVERY_FAST, minimum=0, span=12, description="Demand not granted (caps.cut_w)."))
          .with_panel(table_panel("Caps by job and priority",
-                                 f'SELECT last("value") AS "cap_w", last("priority") AS "priority" '
-                                 f'{_events(EV_CAP_CHANGED)} GROUP BY "entity"', unit="watt",
-                                 description="Latest cap change of every job with its priority (0 = highest, "
-                                             "cut last)."))
+                                 f'SELECT last("value") AS "cap_w_per_gpu", last("priority") AS "priority", '
+                                 f'last("gpus") AS "gpus" {_events(EV_CAP_CHANGED)} GROUP BY "entity"',
+                                 interval=EVERY_EVENT, unit="watt",
+                                 description="Latest cap change of every job: its per-GPU cap, priority (0 = "
+                                             "highest, cut last) and GPUs."))
          .with_panel(table_panel("Binding constraints",
-                                 f'SELECT last("headroom_w") AS "headroom_w", last("limit_w") AS "limit_w" '
-                                 f"FROM \"caps\" {WHERE_SITE} AND \"binding\" = 1 GROUP BY \"level\", \"id\"",
-                                 span=12, unit="watt", description="Constraints that bound the plan in force."))
+                                 'SELECT "headroom_w", "limit_w" FROM (SELECT last("binding") AS "binding", '
+                                 'last("headroom_w") AS "headroom_w", last("limit_w") AS "limit_w" '
+                                 f'FROM "caps" {WHERE_SITE} GROUP BY "level", "id") WHERE "binding" = 1 '
+                                 'GROUP BY "level", "id"',
+                                 interval=EVERY_FAST, span=12, unit="watt",
+                                 description="Constraints that bind the plan in force (the latest plan), with "
+                                             "their headroom and limit."))
          .with_row(db.Row("What needs an operator"))
          .with_panel(table_panel("Infeasible constraints",
                                  f'SELECT "entity", "message", "value" AS "deficit_w" {_events(EV_INFEASIBLE)}',
-                                 span=12, description="Floors alone exceed the constraint (deficit in W)."))
+                                 interval=EVERY_EVENT, span=12,
+                                 description="Floors alone exceed the constraint (deficit in W)."))
          .with_panel(table_panel("Move recommendations",
-                                 f'SELECT "entity", "message", "value" AS "freed_w" {_events(EV_MOVE)}', span=12))
+                                 f'SELECT "entity", "message", "value" AS "freed_w" {_events(EV_MOVE)}',
+                                 interval=EVERY_EVENT, span=12))
          .with_panel(table_panel("Non-compliant nodes",
-                                 f'SELECT "entity", "message", "value" AS "over_cap_w" {_events(EV_NON_COMPLIANT)}',
-                                 span=12, description="Nodes drawing more than their cap."))
+                                 f'SELECT last("value") AS "over_cap_w", last("message") AS "last_message", '
+                                 f'count("message") AS "episodes" {_events(EV_NON_COMPLIANT)} GROUP BY "entity"',
+                                 interval=EVERY_EVENT, span=12,
+                                 description="One row per node that failed to follow its cap: the latest "
+                                             "episode and how many there were."))
          .with_panel(ts_panel("Lease fallbacks", [
              (f'SELECT count("message") {_events(EV_LEASE_FALLBACK)} {BY_TIME} fill(0)', "fallbacks"),
-         ], "none", bars=True, span=12, description="Agents that fell back to their safe cap when the lease ran out."))
+         ], "none", interval=EVERY_EVENT, bars=True, span=12,
+             description="Agents that fell back to their safe cap when the lease ran out."))
          )
     return d.build()

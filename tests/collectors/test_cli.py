@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from powerplane.cli import main
-from tests.realservers import Mosquitto
+from testbed.realservers import Mosquitto
 
 # real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
 pytestmark = pytest.mark.timeout(120)

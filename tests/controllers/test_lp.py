@@ -8,10 +8,10 @@ import pytest
 from bench.capping import instance  # the benchmark's generated-site instance
 from controllers.allocate import solve
 from controllers.budget import overhead_model
-from controllers.lp import class_gaps, class_totals, lexicographic_totals
 from controllers.problem import KIND_POWER, SiteProblem
 from models.site import SiteConfig
 from models.topology import Topology
+from testbed.lp import class_gaps, class_totals, lexicographic_totals
 from tests.controllers.instances import random_instance
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from models.site import SiteConfig
 from models.topology import Topology
+from testbed.realservers import InfluxDB1
 from tests.dashboards.seed import Seeded, seed
-from tests.realservers import InfluxDB1
 
 
 @pytest.fixture(scope="session")

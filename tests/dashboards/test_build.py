@@ -106,3 +106,49 @@ def test_alert_rules_file_parses_and_is_complete() -> None:
     titles = " ".join(r["title"].lower() for r in rules)
     for topic in ("headroom", "infeasible", "loop", "stale", "spool"):
         assert topic in titles
+
+
+def test_every_panel_sets_a_minimum_interval() -> None:
+    for d in load_committed(ROOT).values():
+        for p in d["panels"]:
+            if p["type"] != "row":
+                assert re.fullmatch(r"\d+[smh]", p.get("interval") or ""), f"{d['title']}: {p['title']}"
+
+
+def _profile_tag_keys() -> set[str]:
+    """Every tag key a shipped device profile can put on a series beside the device's own tags."""
+    import tomllib
+
+    keys: set[str] = set()
+
+    def walk(node: object, parent: str = "") -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                if k == "tags" and isinstance(v, dict):
+                    keys.update(v)
+                elif k == "index" and isinstance(v, list):
+                    keys.update(n for n in v if not n.startswith("_"))
+                elif k == "groups" and isinstance(v, list):
+                    # a group without entity_level is a sub-point tagged with the group's name
+                    keys.update(g["name"] for g in v if isinstance(g, dict) and not g.get("entity_level"))
+                walk(v, k)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v, parent)
+
+    for path in sorted((ROOT / "collectors" / "profiles").glob("*/*.toml")):
+        walk(tomllib.loads(path.read_text()))
+    return keys
+
+
+def test_totals_only_covers_every_subpoint_tag_of_the_profiles() -> None:
+    from dashboards.panels import SUBPOINT_TAGS, TOTALS_ONLY
+
+    entity = {"site", "level", "id", "loop", "device", "protocol"}
+    found = _profile_tag_keys()
+    # where-filtered index positions (Raritan's sensor type) never become tags: harmless extras
+    assert {"phase", "side", "line", "outlet"} <= found
+    assert found - entity - {"sensor"} <= set(SUBPOINT_TAGS), found - entity - set(SUBPOINT_TAGS)
+    chain = load_committed(ROOT)["powerplane-power-chain"]
+    power = [t["query"] for p in chain["panels"] for t in p.get("targets", []) if 'FROM "power"' in t["query"]]
+    assert power and all(TOTALS_ONLY in q for q in power)

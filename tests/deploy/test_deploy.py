@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from powerplane.cli import build_parser
+from testbed.realservers import Server, free_port, require, wait_tcp
 from tests.conftest import ROOT
-from tests.realservers import Server, free_port, require, wait_tcp
 
 DEPLOY = ROOT / "deploy"
 

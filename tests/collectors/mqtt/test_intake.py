@@ -16,7 +16,7 @@ from collectors.runtime import CollectorSet
 from models.clock import SystemClock
 from models.grid import DemandResponseEvent
 from models.readings import ReadingBatch, SeriesRegistry
-from tests.realservers import Mosquitto, require
+from testbed.realservers import Mosquitto, require
 
 # real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
 pytestmark = pytest.mark.timeout(120)

@@ -6,8 +6,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from testbed.realservers import Snmpd
 from tests.conftest import DATA
-from tests.realservers import Snmpd
 
 _TYPES = {2: "integer", 65: "counter", 66: "unsigned", 67: "timeticks"}
 

@@ -20,7 +20,7 @@ from models.state import SiteState
 from models.twin.devices import PF
 from models.twin.runner import Twin
 from models.twin.servers import SNMP_V3_AUTH_KEY, SNMP_V3_PRIV_KEY, SNMP_V3_USER
-from tests.realservers import Snmpd, Snmpsim
+from testbed.realservers import Snmpd, Snmpsim
 
 pytestmark = pytest.mark.servers
 

@@ -34,7 +34,7 @@ from models.topology import L_NODE, Topology, build_topology
 from models.twin.runner import Twin
 from powerplane.runtime import ControlPlane
 from powerplane.store.embedded import EmbeddedStore
-from tests.realservers import Mosquitto
+from testbed.realservers import Mosquitto
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 

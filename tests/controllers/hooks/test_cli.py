@@ -13,8 +13,8 @@ from controllers.hooks.cli import register, sample_event
 from controllers.hooks.payloads import build_payload
 from controllers.hooks.webhook import DeadLetter, dead_letter_record, read_dead_letter
 from models.events import EVENT_KINDS
+from testbed.realservers import free_port
 from tests.controllers.hooks.conftest import SECRET, SigServer
-from tests.realservers import free_port
 
 
 def run(argv: list[str]) -> tuple[int, str]:

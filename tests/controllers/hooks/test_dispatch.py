@@ -11,8 +11,8 @@ from controllers.hooks.receiver import WebhookReceiver
 from controllers.hooks.webhook import Backoff, read_dead_letter
 from models.events import EV_CAP_CHANGED, EV_DR_END, EV_DR_START, EV_MOVE, Event
 from models.site import Hooks, Webhook
+from testbed.realservers import free_port
 from tests.controllers.hooks.conftest import SECRET, SigServer
-from tests.realservers import free_port
 
 S = 1_000_000_000
 FAST = Backoff(base_s=0.01, max_s=0.05, rng=random.Random(2))

@@ -16,7 +16,7 @@ from controllers.hooks.payloads import event_id
 from models.errors import ConfigError
 from models.events import EV_DR_START, EV_MOVE, Event
 from models.site import Hooks
-from tests.realservers import Mosquitto
+from testbed.realservers import Mosquitto
 
 pytestmark = pytest.mark.servers
 

@@ -24,8 +24,8 @@ from controllers.hooks.webhook import (
 from models.errors import ConfigError
 from models.events import EV_MOVE, Event
 from models.site import Webhook
+from testbed.realservers import free_port
 from tests.controllers.hooks.conftest import SECRET, SigServer
-from tests.realservers import free_port
 
 FAST = Backoff(base_s=0.01, max_s=0.05, rng=random.Random(1))
 

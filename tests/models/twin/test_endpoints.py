@@ -24,7 +24,7 @@ from models.clock import ManualClock
 from models.site import SiteConfig
 from models.topology import L_RACK
 from models.twin.runner import Twin
-from tests.realservers import Mosquitto, require
+from testbed.realservers import Mosquitto, require
 
 APC_DEVICE_POWER = ".1.3.6.1.4.1.318.1.1.26.4.3.1.5.1"  # rPDU2DeviceStatusPower, 0.01 kW
 RARITAN_INLET_POWER = ".1.3.6.1.4.1.13742.6.5.2.3.1.4.1.1.5"  # activePower, W (0 decimals)

@@ -1,4 +1,4 @@
-"""Helpers for the store tests: reading back what VictoriaMetrics and InfluxDB 1.x hold."""
+"""Helpers for the store tests: reading back what InfluxDB 1.x holds (VictoriaMetrics: ``vm.export``)."""
 
 from __future__ import annotations
 
@@ -7,15 +7,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
-from tests.realservers import InfluxDB1, VictoriaMetrics
-
-
-def vm_export(vm: VictoriaMetrics, match: str = '{__name__!=""}') -> list[dict[str, Any]]:
-    """Every raw sample VictoriaMetrics holds for ``match`` (after a flush), one dict per series."""
-    vm.flush()
-    q = urllib.parse.urlencode({"match[]": match, "start": "0"})
-    with urllib.request.urlopen(f"{vm.url}/api/v1/export?{q}", timeout=30) as r:
-        return [json.loads(ln) for ln in r.read().decode().splitlines() if ln.strip()]
+from testbed.realservers import InfluxDB1
 
 
 def influxql(srv: InfluxDB1, q: str, db: str = "") -> list[dict[str, Any]]:

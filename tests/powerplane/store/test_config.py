@@ -11,7 +11,7 @@ from models.errors import ConfigError
 from powerplane.store.config import StoreConfig, add_store_arguments, open_sink, store_config_from_args
 from powerplane.store.embedded import EmbeddedStore
 from powerplane.store.influx import InfluxSink
-from tests.realservers import VictoriaMetrics
+from testbed.realservers import VictoriaMetrics
 
 
 def _parse(argv: list[str]) -> argparse.Namespace:

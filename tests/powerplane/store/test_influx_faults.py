@@ -13,10 +13,9 @@ import pytest
 from models.events import Event
 from models.readings import SeriesRegistry
 from powerplane.store.influx import InfluxSink, parse_retry_after
-from tests.powerplane.store.conftest import vm_export
+from testbed.realservers import VictoriaMetrics
 from tests.powerplane.store.faultproxy import FaultProxy, Rule
 from tests.powerplane.store.writer_proc import SERIES, T0_MS, batch_of
-from tests.realservers import VictoriaMetrics
 
 pytestmark = pytest.mark.servers
 
@@ -36,7 +35,7 @@ def proxy_for(victoriametrics: VictoriaMetrics) -> Iterator[type[FaultProxy]]:
 
 
 def _stored(vm: VictoriaMetrics) -> list[tuple[str, int, float]]:
-    return sorted((s["metric"]["id"], t, v) for s in vm_export(vm, '{__name__="power_power_w"}')
+    return sorted((s["metric"]["id"], t, v) for s in vm.export('{__name__="power_power_w"}')
                   for t, v in zip(s["timestamps"], s["values"], strict=True))
 
 

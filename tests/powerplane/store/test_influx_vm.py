@@ -17,17 +17,16 @@ import pytest
 from models.events import Event
 from models.readings import ReadingBatch, SeriesRegistry
 from powerplane.store.influx import InfluxSink
+from testbed.realservers import VictoriaMetrics
 from tests.conftest import ROOT
-from tests.powerplane.store.conftest import vm_export
 from tests.powerplane.store.writer_proc import SERIES, T0_MS, batch_of
-from tests.realservers import VictoriaMetrics
 
 pytestmark = pytest.mark.servers
 
 
 def _samples(vm: VictoriaMetrics, name: str) -> dict[str, list[tuple[int, float]]]:
     out: dict[str, list[tuple[int, float]]] = {}
-    for s in vm_export(vm, f'{{__name__="{name}"}}'):
+    for s in vm.export(f'{{__name__="{name}"}}'):
         out.setdefault(s["metric"]["id"], []).extend(zip(s["timestamps"], s["values"], strict=True))
     return {k: sorted(v) for k, v in out.items()}
 
@@ -53,13 +52,26 @@ def test_round_trip_exact_values_and_timestamps(victoriametrics: VictoriaMetrics
         assert got[f"r,{i} x="] == [(T0_MS + 1000 * k, float(values[k, i])) for k in range(30)]
 
 
+@pytest.mark.parametrize("gzip_level", [0, 9])
+def test_any_gzip_level_round_trips(victoriametrics: VictoriaMetrics, tmp_path: Path, gzip_level: int) -> None:
+    reg = SeriesRegistry()
+    sid = reg.id("power.power_w", site="gz", level="rack", id=f"level-{gzip_level}")
+    sink = InfluxSink(victoriametrics.url, "", "org", "bucket", spool_dir=tmp_path / "spool", gzip_level=gzip_level,
+                      flush_interval_s=0.05)
+    sink.write(ReadingBatch.of((T0_MS + np.arange(50) * 1000) * 1_000_000, np.full(50, sid), np.arange(50.0), 0, reg))
+    sink.flush(30)
+    sink.close()
+    assert _samples(victoriametrics, "power_power_w")[f"level-{gzip_level}"] == [
+        (T0_MS + 1000 * k, float(k)) for k in range(50)]
+
+
 def test_events_reach_the_server(victoriametrics: VictoriaMetrics, tmp_path: Path) -> None:
     sink = InfluxSink(victoriametrics.url, "", "org", "bucket", spool_dir=tmp_path / "spool", site="demo hall")
     sink.write_events([Event(T0_MS * 1_000_000, "cap_plan", "info", "controller", 'cut "r01"', entity="r01",
                              fields={"cut_w": 1500.0})])
     sink.flush(30)
     sink.close()
-    (s,) = vm_export(victoriametrics, '{__name__="events_cut_w"}')
+    (s,) = victoriametrics.export('{__name__="events_cut_w"}')
     assert s["metric"] == {"__name__": "events_cut_w", "site": "demo hall", "kind": "cap_plan",
                            "severity": "info", "source": "controller", "entity": "r01"}
     assert (s["timestamps"], s["values"]) == ([T0_MS], [1500.0])

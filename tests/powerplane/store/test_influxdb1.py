@@ -17,8 +17,8 @@ from models.twin.feed import TwinFeed
 from models.twin.sim import TwinSim
 from powerplane.store.influx import InfluxSink
 from powerplane.store.lineproto import encode
+from testbed.realservers import InfluxDB1
 from tests.powerplane.store.conftest import influxql
-from tests.realservers import InfluxDB1
 
 pytestmark = pytest.mark.servers
 

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from models.events import Event
 from models.readings import Quality, ReadingBatch, SeriesRegistry
 from powerplane.store.lineproto import encode, encode_batch, encode_events, series_prefix
-from tests.powerplane.store.lpparse import parse, parse_line
+from testbed.lpparse import parse, parse_line
 
 # Names with every character the syntax cares about, plus unicode; a line break or a
 # trailing backslash cannot be carried and is tested separately.

@@ -1,7 +1,7 @@
 """snmpsim recordings of the PDU models (tests/data/snmprec/*.snmprec), and how they were made.
 
 Values are fixed, round numbers in the devices' own units so a test can state the
-expected reading by hand. Regenerate with ``python -m tests.collectors.snmp.recordings``.
+expected reading by hand. Regenerate with ``python -m testbed.recordings``.
 snmprec types: 2 Integer32, 4 OctetString, 6 OID, 65 Counter32, 66 Gauge32, 67 TimeTicks.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 Row = tuple[str, int, object]
-DATA = Path(__file__).resolve().parents[2] / "data" / "snmprec"
+DATA = Path(__file__).resolve().parents[1] / "tests" / "data" / "snmprec"
 
 
 def _system(descr: str, sys_oid: str, name: str) -> list[Row]:
