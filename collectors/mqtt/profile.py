@@ -28,10 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from collectors.base import PointTarget
-from collectors.profiles import MetricName, validate_model
+from collectors.profiles import STRICT, MetricName, Scale, validate_model
 from models.errors import ProfileError
 from models.readings import metric
 
@@ -43,20 +43,20 @@ UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
 class MqttPointSpec(BaseModel):
     """What one point of a subscription becomes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     kind: Literal["value", "dr_event"] = "value"
     metric: MetricName | None = None
     field: str | None = None
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: Scale = 1.0
+    offset: Scale = 0.0
     tags: dict[str, str] = {}
 
 
 class SubscriptionSpec(BaseModel):
     """One topic template."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     topic: str
     value: str = "value"
@@ -74,7 +74,7 @@ class SubscriptionSpec(BaseModel):
 class MqttProfileModel(BaseModel):
     """The whole profile file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     protocol: Literal["mqtt"]
     name: str
