@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from models.errors import ConfigError, ProfileError
 
@@ -33,8 +35,8 @@ def cmd_profiles_list(args: argparse.Namespace, console: Console) -> int:
     tab = Table(title="device profiles")
     for col in ("name", "protocol", "vendor", "description"):
         tab.add_column(col)
-    for i in infos:
-        tab.add_row(i.name, i.protocol, i.vendor, i.description)
+    for i in infos:  # profile files are the operator's text: never rich markup
+        tab.add_row(Text(i.name), Text(i.protocol), Text(i.vendor), Text(i.description))
     console.print(tab)
     return 0
 
@@ -56,11 +58,11 @@ def cmd_profiles_show(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps({"name": prof.name, "protocol": prof.protocol, "path": str(prof.path),
                           "points": [{"point": a, "metric": b, "detail": c} for a, b, c in rows]}))
         return 0
-    tab = Table(title=f"{prof.name} ({prof.protocol}) · {prof.path}")
+    tab = Table(title=Text(f"{prof.name} ({prof.protocol}) · {prof.path}"))
     for col in ("point", "metric", "read as"):
         tab.add_column(col)
     for row in rows:
-        tab.add_row(*row)
+        tab.add_row(*(Text(c) for c in row))
     console.print(tab)
     return 0
 
@@ -77,8 +79,8 @@ def cmd_profiles_check(args: argparse.Namespace, console: Console) -> int:
         except ProfileError as err:
             problems.append(err)
             continue
-        console.print(f"[green]ok[/green] {f}: {prof.protocol} profile {prof.name}, {len(prof.describe())} points",
-                      highlight=False)
+        console.print(f"[green]ok[/green] {escape(str(f))}: {escape(prof.protocol)} profile {escape(prof.name)}, "
+                      f"{len(prof.describe())} points", highlight=False)
     if problems:
         for bad in problems:
             console.print(bad.render(), highlight=False, markup=False)
@@ -118,7 +120,8 @@ async def _collect(args: argparse.Namespace, console: Console) -> int:
     usable = [d for d in devices if d.protocol == "mqtt" or d.protocol in POLLER_FACTORIES]
     for d in devices:
         if d not in usable:
-            console.print(f"[yellow]skipped[/yellow] {d.name}: no {d.protocol} poller in this build", highlight=False)
+            console.print(f"[yellow]skipped[/yellow] {escape(d.name)}: no {escape(d.protocol)} poller in this build",
+                          highlight=False)
     if not usable:
         raise ConfigError(args.config or args.endpoints, [("", "no device this build can collect")])
     latest: dict[int, tuple[int, float, int]] = {}
@@ -161,21 +164,23 @@ async def _collect(args: argparse.Namespace, console: Console) -> int:
     for col in ("metric", "tags", "value"):
         tab.add_column(col)
     for m, tags, v, _, q in readings:
-        tab.add_row(m, ",".join(f"{k}={x}" for k, x in tags), f"{v:,.3f}" + (f" (q={q})" if q else ""))
+        tab.add_row(Text(m), Text(",".join(f"{k}={x}" for k, x in tags)), f"{v:,.3f}" + (f" (q={q})" if q else ""))
     console.print(tab)
     ht = Table(title="device health")
     for col in ("device", "protocol", "up", "polls", "failures", "latency ms", "readings", "rejected", "last error"):
         ht.add_column(col)
     for h in health:
-        ht.add_row(h.device, h.protocol, "yes" if h.up else "[red]no[/red]", str(h.polls),
+        ht.add_row(Text(h.device), Text(h.protocol), "yes" if h.up else "[red]no[/red]", str(h.polls),
                    str(h.consecutive_failures), f"{h.latency_s * 1e3:.1f}", str(h.readings),
-                   str(h.rejected_total + h.messages_bad), h.last_error)
+                   str(h.rejected_total + h.messages_bad), Text(h.last_error))
     console.print(ht)
     return 0 if any(h.up for h in health) else 1
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``profiles`` and ``collect`` to the powerplane CLI."""
+    from powerplane.argtypes import MAX_SIM_S, finite_number
+
     p = sub.add_parser("profiles", help="device profiles (Modbus, SNMP, MQTT)")
     psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
     pl = psub.add_parser("list", help="list shipped and user profiles")
@@ -195,7 +200,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--endpoints", metavar="FILE", help="endpoints JSON written by `powerplane twin`")
     c.add_argument("--site", metavar="FILE", help="with --endpoints: the twin's site file (tap-offs become racks, "
                    "ratings set range checks)")
-    c.add_argument("--duration", type=float, default=5.0, help="seconds to collect (default 5)")
-    c.add_argument("--interval", type=float, default=1.0, help="poll interval for --endpoints devices (default 1)")
+    c.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_SIM_S), default=5.0,
+                   help="seconds to collect (default 5)")
+    c.add_argument("--interval", type=finite_number(float, gt=0, le=3600), default=1.0,
+                   help="poll interval for --endpoints devices (default 1)")
     c.add_argument("--json", action="store_true", help="print one JSON document")
     c.set_defaults(handler=cmd_collect)

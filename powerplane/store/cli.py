@@ -11,6 +11,7 @@ from typing import Any
 import pandas as pd
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from models.errors import ConfigError
 from powerplane.store.config import DEFAULT_DATA_DIR
@@ -39,7 +40,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         site = pick_site(store, args.site)
         s = summarize(store, site, start, end)
         t0, t1 = pd.Timestamp(start, unit="ns", tz="UTC"), pd.Timestamp(end, unit="ns", tz="UTC")
-        table = Table(title=f"{site}: {t0:%Y-%m-%d %H:%M:%S} – {t1:%Y-%m-%d %H:%M:%S} UTC", show_header=False)
+        table = Table(title=Text(f"{site}: {t0:%Y-%m-%d %H:%M:%S} – {t1:%Y-%m-%d %H:%M:%S} UTC"), show_header=False)
         table.add_column("what")
         table.add_column("value", justify="right")
         rows: list[tuple[str, str]] = [
@@ -62,12 +63,12 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
             lv.add_column(col, justify="left" if col in ("level", "tightest") else "right")
         for r in s.levels.to_dict("records"):
             rec: dict[str, Any] = r
-            lv.add_row(str(rec["level"]), str(rec["entities"]), _fmt(float(rec["peak_w"]), 1e3, 1, " kW"),
-                       _fmt(float(rec["min_headroom_w"]), 1e3, 1, " kW"), str(rec["tightest"]))
+            lv.add_row(Text(str(rec["level"])), str(rec["entities"]), _fmt(float(rec["peak_w"]), 1e3, 1, " kW"),
+                       _fmt(float(rec["min_headroom_w"]), 1e3, 1, " kW"), Text(str(rec["tightest"])))
         console.print(lv)
         out = Path(args.out) if args.out else Path(args.data_dir) / "report"
         for p in write_plots(store, s, out):
-            console.print(f"wrote {p}", highlight=False)
+            console.print(f"wrote {p}", highlight=False, markup=False)
     finally:
         store.close()
     return 0
