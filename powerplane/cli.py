@@ -269,10 +269,11 @@ def command_registrars() -> tuple[Registrar, ...]:
     from controllers.actuation.cli import register as actuation
     from controllers.advise import register as advise
     from controllers.cli import register as controllers
+    from controllers.hooks.cli import register as hooks
     from dashboards.cli import register as dashboards
     from powerplane.store.cli import register as store
 
-    return (collectors, store, controllers, actuation, advise, dashboards)
+    return (collectors, store, controllers, actuation, advise, hooks, dashboards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
