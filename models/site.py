@@ -33,10 +33,11 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
-# Site size limits: twice the largest site we claim (1,700 racks, ~250k nodes, ~1M GPUs).
+# Site size limits: about three times the largest site we claim (1,700 racks, ~250k nodes, ~1M GPUs),
+# and consistent: MAX_RACKS generated racks (144 nodes, 576 GPUs each) fit under MAX_NODES and MAX_GPUS.
 MAX_RACKS = 5_000
-MAX_NODES = 500_000
-MAX_GPUS = 2_000_000
+MAX_NODES = 1_000_000
+MAX_GPUS = 3_000_000  # 5,000 racks of 576 GPUs (Rubin Ultra NVL576)
 MAX_JOBS = 50_000
 MAX_PLACEMENTS = 200_000  # placement entries over all jobs
 MAX_PRIORITY = 15

@@ -118,7 +118,7 @@ def test_too_many_gpus_is_refused_before_any_array_is_built(tmp_path: Path) -> N
     huge = ('\n[rack_types.huge]\nrated_kw = 600\nnodes = 4096\ngpus_per_node = 64\ngpu_min_w = 200\n'
             'gpu_max_w = 700\n')
     p = tmp_path / "site.toml"
-    text = DEMO_TEXT.replace("\n[[racks]]", huge + "\n[[racks]]", 1) + racks_text(10, "huge")
+    text = DEMO_TEXT.replace("\n[[racks]]", huge + "\n[[racks]]", 1) + racks_text(20, "huge")
     p.write_text(text)
     with pytest.raises(ConfigError, match=f"GPUs in all; a site holds at most {MAX_GPUS:,}"):
         load_site(p)
