@@ -221,6 +221,8 @@ class MessageParser:
                 ck = (ix, name or "", tuple(variables.values()))
                 sid = self._series.get(ck, -1)
                 if sid < 0:
+                    if len(self._series) >= self.max_series:  # topic levels come off the wire too
+                        raise DecodeError(f"{self.device.name}: more than {self.max_series:,} series (max_series)")
                     tags = {k: substitute(v, variables) for k, v in spec.tags.items()}
                     sid = self._series[ck] = series_id(self.registry, self.device, point.target, tuple(tags.items()))
             return _Route(ix, sub, variables, point, sid, topic)

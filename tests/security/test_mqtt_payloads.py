@@ -238,3 +238,20 @@ def test_profile_timestamp_unit_defaults() -> None:
     assert parse_mqtt_profile(Path("x"), {**base, "timestamp_unit": "us"}).subscriptions[0].timestamp_unit == "us"
     lines = {"protocol": "mqtt", "name": "y", "format": "influx", "subscriptions": [{"topic": "t/{s}"}]}
     assert parse_mqtt_profile(Path("y"), lines).subscriptions[0].timestamp_unit == "ns"
+
+
+def test_topics_and_tags_off_the_wire_create_at_most_max_series() -> None:
+    dev = DeviceConfig("d", "mqtt", "bms-json", "h", 1883, tags=(("site", "s1"),),
+                       options=MappingProxyType({"max_series": 2}))
+    reg = SeriesRegistry()
+    p = MessageParser(profile("bms-json"), dev, reg)
+    refused = 0
+    for i in range(5):
+        try:
+            p.parse(f"BMS/v1/PUB/Value/Rack/LiquidInletTemperature/s1/row-a/r{i}", b'{"value": 20}', NOW_NS)
+        except DecodeError as exc:
+            refused += 1
+            assert "max_series" in str(exc)
+    lines = MessageParser(profile("influx-lines"), dev, reg)
+    out = lines.parse(LINES, "\n".join(f"rack,id=r{i} power_w=1" for i in range(5)).encode(), NOW_NS)
+    assert refused == 3 and len(out.values) == 2 and out.rejected[Reason.DECODE] == 3
