@@ -179,7 +179,7 @@ async def _collect(args: argparse.Namespace, console: Console) -> int:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``profiles`` and ``collect`` to the powerplane CLI."""
-    from powerplane.argtypes import MAX_SIM_S, finite_number
+    from powerplane.argtypes import MAX_RUN_S, finite_number
 
     p = sub.add_parser("profiles", help="device profiles (Modbus, SNMP, MQTT)")
     psub = p.add_subparsers(dest="profiles_command", required=True, metavar="ACTION")
@@ -200,7 +200,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--endpoints", metavar="FILE", help="endpoints JSON written by `powerplane twin`")
     c.add_argument("--site", metavar="FILE", help="with --endpoints: the twin's site file (tap-offs become racks, "
                    "ratings set range checks)")
-    c.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_SIM_S), default=5.0,
+    c.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=5.0,
                    help="seconds to collect (default 5)")
     c.add_argument("--interval", type=finite_number(float, gt=0, le=3600), default=1.0,
                    help="poll interval for --endpoints devices (default 1)")

@@ -67,7 +67,11 @@ def finite_number(kind: type[int] | type[float] = float, *, ge: float | None = N
 
 
 # Bounds shared by several commands.
-MAX_SIM_S = 7 * 86_400.0  # a week of simulated time: longer runs are soak tests, not a typo's hang
+# How far plan/advise simulate before answering (a compute loop: a week already takes minutes).
+MAX_SIM_S = 7 * 86_400.0
+# How long a service-like run may last (twin/demo/collect --duration): a deployment runs the twin
+# "for a year" (deploy/compose.yaml); the bound only keeps the number finite.
+MAX_RUN_S = 10 * 365 * 86_400.0
 MAX_SPEED = 10_000.0  # simulated seconds per second
 SEED = finite_number(int, ge=0, le=2**63 - 1)  # numpy's generators refuse negative seeds
 PORT = finite_number(int, ge=0, le=65_535)

@@ -22,7 +22,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from models.errors import ConfigError, PowerplaneError
-from powerplane.argtypes import MAX_SIM_S, MAX_SPEED, PORT, SEED, finite_number
+from powerplane.argtypes import MAX_RUN_S, MAX_SPEED, PORT, SEED, finite_number
 
 Handler = Callable[[argparse.Namespace, Console], int]
 
@@ -179,8 +179,8 @@ def _outage(text: str) -> tuple[float, float] | None:
         at, down = (float(x) for x in text.split(":"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected AT:DOWN seconds (e.g. 380:30) or off, got {text[:40]!r}") from None
-    if not (0 <= at <= MAX_SIM_S and 0 < down <= MAX_SIM_S):  # also false for NaN
-        raise argparse.ArgumentTypeError(f"AT must be in 0..{MAX_SIM_S:g} and DOWN in (0, {MAX_SIM_S:g}], "
+    if not (0 <= at <= MAX_RUN_S and 0 < down <= MAX_RUN_S):  # also false for NaN
+        raise argparse.ArgumentTypeError(f"AT must be in 0..{MAX_RUN_S:g} and DOWN in (0, {MAX_RUN_S:g}], "
                                          f"got {text[:40]!r}")
     return at, down
 
@@ -199,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the control plane against the digital twin")
     d.add_argument("--site", default=str(DEFAULT_SITE), help="site file (default: the demo hall)")
-    d.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_SIM_S), default=780.0,
+    d.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=780.0,
                    help="simulated seconds (default 780)")
     d.add_argument("--speed", type=finite_number(float, gt=0, le=MAX_SPEED), default=10.0,
                    help="simulated seconds per second (default 10)")
@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--snmp-port", type=PORT, default=0, help="UDP port of the SNMP agent (default: free port)")
     t.add_argument("--mqtt", default=None, metavar="URL", help="publish to this broker (default: start one)")
     t.add_argument("--no-mqtt", action="store_true", help="do not publish MQTT")
-    t.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_SIM_S), default=None,
+    t.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=None,
                    help="stop after this many simulated s")
     t.add_argument("--endpoints-out", default=None, metavar="FILE", help="write the endpoints as JSON")
     t.set_defaults(handler=cmd_twin)
