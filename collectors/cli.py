@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from models.errors import ProfileError
 
@@ -30,8 +32,8 @@ def cmd_profiles_list(args: argparse.Namespace, console: Console) -> int:
     tab = Table(title="device profiles")
     for col in ("name", "protocol", "vendor", "description"):
         tab.add_column(col)
-    for i in infos:
-        tab.add_row(i.name, i.protocol, i.vendor, i.description)
+    for i in infos:  # profile files are the operator's text: never rich markup
+        tab.add_row(Text(i.name), Text(i.protocol), Text(i.vendor), Text(i.description))
     console.print(tab)
     return 0
 
@@ -53,11 +55,11 @@ def cmd_profiles_show(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps({"name": prof.name, "protocol": prof.protocol, "path": str(prof.path),
                           "points": [{"point": a, "metric": b, "detail": c} for a, b, c in rows]}))
         return 0
-    tab = Table(title=f"{prof.name} ({prof.protocol}) · {prof.path}")
+    tab = Table(title=Text(f"{prof.name} ({prof.protocol}) · {prof.path}"))
     for col in ("point", "metric", "read as"):
         tab.add_column(col)
     for row in rows:
-        tab.add_row(*row)
+        tab.add_row(*(Text(c) for c in row))
     console.print(tab)
     return 0
 
@@ -74,8 +76,8 @@ def cmd_profiles_check(args: argparse.Namespace, console: Console) -> int:
         except ProfileError as err:
             problems.append(err)
             continue
-        console.print(f"[green]ok[/green] {f}: {prof.protocol} profile {prof.name}, {len(prof.describe())} points",
-                      highlight=False)
+        console.print(f"[green]ok[/green] {escape(str(f))}: {escape(prof.protocol)} profile {escape(prof.name)}, "
+                      f"{len(prof.describe())} points", highlight=False)
     if problems:
         for bad in problems:
             console.print(bad.render(), highlight=False, markup=False)

@@ -55,20 +55,22 @@ TWIN_PROFILES = {
     "bms-json": "bms-json",
 }
 POWER_LEVELS = ("feed", "ups", "hall", "row", "rack", "pdu", "node")
+# TOML is typed: a bool or a string is not a number, and every number is finite and bounded.
+_STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class _DeviceModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     name: str = Field(min_length=1)
     protocol: str
     profile: str
     host: str
     port: int = Field(ge=0, le=65535)
-    interval_s: float = Field(1.0, gt=0)
-    timeout_s: float = Field(1.0, gt=0)
-    jitter_s: float = Field(0.0, ge=0)
-    rating_w: float | None = Field(None, gt=0)
+    interval_s: float = Field(1.0, gt=0, le=86_400)
+    timeout_s: float = Field(1.0, gt=0, le=3_600)
+    jitter_s: float = Field(0.0, ge=0, le=3_600)
+    rating_w: float | None = Field(None, gt=0, le=1e12)
     tags: dict[str, str] = {}
     options: dict[str, Any] = {}
 
@@ -81,23 +83,23 @@ class _DeviceModel(BaseModel):
 
 
 class _Defaults(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     port: int | None = Field(None, ge=0, le=65535)
-    interval_s: float | None = Field(None, gt=0)
-    timeout_s: float | None = Field(None, gt=0)
-    jitter_s: float | None = Field(None, ge=0)
+    interval_s: float | None = Field(None, gt=0, le=86_400)
+    timeout_s: float | None = Field(None, gt=0, le=3_600)
+    jitter_s: float | None = Field(None, ge=0, le=3_600)
     options: dict[str, Any] = {}
 
 
 class _Validate(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     stuck_polls: dict[str, int] = {}
 
 
 class _CollectModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = _STRICT
 
     site: str = ""
     defaults: _Defaults = Field(default_factory=lambda: _Defaults.model_validate({}))
@@ -158,9 +160,17 @@ def load_collect_file(path: str | Path) -> CollectConfig:
             tags.setdefault("site", top.site)
         if "level" in tags and tags["level"] in POWER_LEVELS and "id" not in tags:
             problems.append((f"devices[{i}].tags", "a power level needs an id tag"))
-        devices.append(DeviceConfig(dev.name, dev.protocol, dev.profile, dev.host, dev.port, dev.interval_s,
-                                    dev.timeout_s, dev.jitter_s, tuple(sorted(tags.items())), dev.rating_w,
-                                    MappingProxyType(dict(dev.options))))
+        device = DeviceConfig(dev.name, dev.protocol, dev.profile, dev.host, dev.port, dev.interval_s,
+                              dev.timeout_s, dev.jitter_s, tuple(sorted(tags.items())), dev.rating_w,
+                              MappingProxyType(dict(dev.options)))
+        if dev.protocol == "mqtt":
+            from collectors.mqtt.parse import edge_options
+
+            try:
+                edge_options(device)
+            except ConfigError as exc:
+                problems += [(f"devices[{i}].{k}", m) for k, m in exc.problems]
+        devices.append(device)
     if problems:
         raise ConfigError(path, problems)
     return CollectConfig(devices, dict(top.validate_.stuck_polls))

@@ -11,6 +11,10 @@ first). Every profile starts with the same header::
 
 and the rest is protocol-specific. A wrong profile raises ``ProfileError`` naming the file
 and every offending key path (``points[3].type: unknown type``).
+
+Profile models are strict (a bool or a string is not a number) and their numbers finite:
+``scale = nan`` or ``inf`` would turn every reading of the point into garbage that no
+range check can tell from data (``STRICT`` below; ``Scale`` bounds a scale or offset).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Protocol, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
 from models.configfile import read_toml, validation_problems
 from models.errors import ConfigError, ProfileError
@@ -31,6 +35,11 @@ BUILTIN_DIR = Path(__file__).parent / "profiles"
 PATH_ENV = "POWERPLANE_PROFILE_PATH"
 
 M = TypeVar("M", bound=BaseModel)
+
+# The model config of every profile model: frozen, no unknown keys, strict types, finite floats.
+STRICT = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+# A scale or offset: finite and far from overflowing when a raw 64-bit value is multiplied by it.
+Scale = Annotated[float, Field(ge=-1e12, le=1e12, allow_inf_nan=False)]
 
 
 class Profile(Protocol):
@@ -93,11 +102,11 @@ MetricName = Annotated[str, AfterValidator(known_metric)]
 class TargetSpec(BaseModel):
     """Common point keys that choose the metric a value lands in (shared by all protocols)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     metric: MetricName
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: Scale = 1.0
+    offset: Scale = 0.0
     tags: dict[str, str] = {}
     counter: bool = False
 

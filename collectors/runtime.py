@@ -205,23 +205,36 @@ class CollectorSet:
             raise ConfigError(d.name, [("profile", f"{d.profile} is not an MQTT profile")])
         parser = MessageParser(profile, d, self.registry)
         bad_logged = [False]
+        ts_logged = [False]
 
         def on_messages(msgs: list[Message]) -> None:
             t0 = time.perf_counter()
             out = Parsed()
             h = self.tracker.by_name[d.name]
             for topic, payload, arrived_ns in msgs:
+                n = len(out.series)
                 try:
                     parser.parse_into(out, topic, payload, arrived_ns)
-                except DecodeError as exc:
+                except Exception as exc:  # DecodeError, or a parser bug: either way it costs this message only
+                    del out.series[n:], out.values[n:], out.ts_ns[n:], out.quality[n:]
                     h.messages_bad += 1
                     out.rejected[Reason.DECODE] += 1
+                    what = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
                     if not bad_logged[0]:
                         bad_logged[0] = True
                         log.warning("%s: malformed message skipped (%s); further ones are logged at DEBUG",
-                                    d.name, exc)
+                                    d.name, what[:300])
                     else:
-                        log.debug("%s: malformed message skipped: %s", d.name, exc)
+                        log.debug("%s: malformed message skipped: %s", d.name, what[:300])
+            if out.bad_items:
+                log.debug("%s: %d malformed line-protocol lines skipped", d.name, out.bad_items)
+            if out.timestamp_note:
+                if not ts_logged[0]:
+                    ts_logged[0] = True
+                    log.warning("%s: readings rejected for their timestamp (%s); further ones are logged at DEBUG",
+                                d.name, out.timestamp_note)
+                else:
+                    log.debug("%s: timestamp rejected: %s", d.name, out.timestamp_note)
             for ev in out.dr_events:
                 if self.on_dr_event is not None:
                     try:

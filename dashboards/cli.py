@@ -57,13 +57,13 @@ def cmd_build(args: argparse.Namespace, console: Console) -> int:
     if args.check:
         old = stale(root)
         for rel in old:
-            console.print(f"stale: {rel}", highlight=False)
+            console.print(f"stale: {rel}", highlight=False, markup=False)
         if not old:
             console.print("dashboards: up to date")
         return 1 if old else 0
     changed = write(root)
     for rel in changed:
-        console.print(f"wrote {rel}", highlight=False)
+        console.print(f"wrote {rel}", highlight=False, markup=False)
     console.print(f"dashboards: {len(changed)} file(s) changed", highlight=False)
     return 0
 
@@ -82,8 +82,8 @@ def cmd_provision(args: argparse.Namespace, console: Console) -> int:
                           token=args.influx_token)
     report = provision(api, source, [dashboard_json(uid) for uid, _ in BOARDS], folder_uid=args.folder,
                        folder_title=args.folder, force_secrets=args.force_secrets)
-    console.print(f"folder {args.folder}: {report.folder}", highlight=False)
-    console.print(f"datasource: {report.datasource}", highlight=False)
+    console.print(f"folder {args.folder}: {report.folder}", highlight=False, markup=False)
+    console.print(f"datasource: {report.datasource}", highlight=False, markup=False)
     for uid, outcome in report.dashboards.items():
-        console.print(f"dashboard {uid}: {outcome}", highlight=False)
+        console.print(f"dashboard {uid}: {outcome}", highlight=False, markup=False)
     return 0

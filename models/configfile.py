@@ -2,6 +2,10 @@
 
 An operator who gets a file wrong sees ``FILE: key.path: what is wrong`` for every problem
 at once — never a traceback. Key paths use TOML's own spelling: ``racks[3].row``.
+
+Every file is bounded before it is trusted: at most ``MAX_FILE_BYTES`` (checked before
+parsing) and ``MAX_DEPTH`` levels of tables and arrays (checked right after, without
+recursion); values are echoed in messages cut to ``MAX_ECHO`` characters.
 """
 
 from __future__ import annotations
@@ -16,6 +20,10 @@ from pydantic import BaseModel, ValidationError
 from models.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
+
+MAX_FILE_BYTES = 8 << 20  # a generated 1,700-rack site is ~0.2 MiB
+MAX_DEPTH = 16  # the deepest shipped file (an MQTT profile) nests 5 levels
+MAX_ECHO = 80
 
 _MESSAGES = {
     "extra_forbidden": "unknown key",
@@ -49,27 +57,64 @@ def validation_problems(exc: ValidationError) -> list[tuple[str, str]]:
             msg = msg[len("Value error, "):]
         if err["type"] not in ("missing", "extra_forbidden") and "input" in err \
                 and not isinstance(err["input"], dict | list):
-            msg += f" (got {err['input']!r})"
+            msg += f" (got {echo(err['input'])})"
         problems.append((key_path(_clean_loc(err["loc"])), msg))
     return problems
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    """Read a TOML file; a missing file or a syntax error becomes a ConfigError."""
+def echo(value: Any) -> str:
+    """``repr(value)`` cut to ``MAX_ECHO`` characters: a 5 MB value must not become a 5 MB message."""
+    text = repr(value)
+    return text if len(text) <= MAX_ECHO else text[:MAX_ECHO] + f"... ({len(text):,} characters)"
+
+
+def too_deep(data: Any, max_depth: int = MAX_DEPTH) -> str | None:
+    """The key path of the first value nested deeper than ``max_depth`` tables/arrays, or None."""
+    stack: list[tuple[Any, list[int | str]]] = [(data, [])]
+    while stack:
+        node, loc = stack.pop()
+        if isinstance(node, dict | list):
+            if len(loc) >= max_depth:
+                return key_path(loc) or "(top level)"
+            items = node.items() if isinstance(node, dict) else enumerate(node)
+            stack.extend((v, [*loc, k]) for k, v in items if isinstance(v, dict | list))
+    return None
+
+
+def parse_toml(text: bytes, where: str | Path, max_depth: int = MAX_DEPTH) -> dict[str, Any]:
+    """Parse TOML bytes, bounded in depth; every problem becomes a ConfigError naming ``where``."""
+    try:
+        data = tomllib.loads(text.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError(where, [("", f"not UTF-8 text: {exc}")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(where, [("", f"invalid TOML: {exc}")]) from None
+    except RecursionError:  # tomllib recurses into nested arrays and inline tables
+        raise ConfigError(where, [("", f"nested too deeply (at most {max_depth} levels)")]) from None
+    deep = too_deep(data, max_depth)
+    if deep is not None:
+        raise ConfigError(where, [(deep, f"nested too deeply (at most {max_depth} levels)")])
+    return data
+
+
+def read_toml(path: str | Path, max_bytes: int = MAX_FILE_BYTES) -> dict[str, Any]:
+    """Read a TOML file of at most ``max_bytes``; a missing, huge or malformed file becomes a ConfigError."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
-            return tomllib.load(fh)
+            text = fh.read(max_bytes + 1)
     except FileNotFoundError:
         raise ConfigError(p, [("", "file not found")]) from None
     except IsADirectoryError:
         raise ConfigError(p, [("", "is a directory, not a file")]) from None
     except PermissionError:
         raise ConfigError(p, [("", "permission denied")]) from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(p, [("", f"invalid TOML: {exc}")]) from None
-    except UnicodeDecodeError as exc:
-        raise ConfigError(p, [("", f"not UTF-8 text: {exc}")]) from None
+    except OSError as exc:
+        raise ConfigError(p, [("", f"cannot read: {exc.strerror or exc}")]) from None
+    if len(text) > max_bytes:
+        raise ConfigError(p, [("", f"larger than {max_bytes:,} bytes (MAX_FILE_BYTES); "
+                                   "not a configuration file, or a site beyond what powerplane supports")])
+    return parse_toml(text, p)
 
 
 def load_model(

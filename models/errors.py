@@ -45,10 +45,14 @@ class ConfigError(PowerplaneError):
         self.problems = list(problems)
         super().__init__(self.render())
 
+    max_lines = 50  # a file with 5,000 bad racks gets the first 50 problems and a count
+
     def render(self) -> str:
-        """Return one line per problem: ``FILE: KEY.PATH: what is wrong``."""
+        """Return one line per problem: ``FILE: KEY.PATH: what is wrong`` (the first ``max_lines``)."""
         lines = [f"{self.path}: {key}: {msg}" if key else f"{self.path}: {msg}"
-                 for key, msg in self.problems]
+                 for key, msg in self.problems[:self.max_lines]]
+        if len(self.problems) > self.max_lines:
+            lines.append(f"{self.path}: ... and {len(self.problems) - self.max_lines:,} more problems")
         return "\n".join(lines)
 
 

@@ -18,6 +18,17 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 NS_PER_MS = 1_000_000
+MAX_EPOCH_MS = 2**62 // NS_PER_MS  # year 2116: still an int64 in nanoseconds
+
+
+def _epoch_ms(v: object, key: str) -> int:
+    if type(v) is float and math.isfinite(v):
+        v = int(v)
+    if type(v) is not int:
+        raise TypeError(f"{key} is {type(v).__name__}, not epoch milliseconds")
+    if not 0 <= v <= MAX_EPOCH_MS:
+        raise ValueError(f"{key} {v} is outside 0..{MAX_EPOCH_MS} epoch ms")
+    return v
 
 DrState = Literal["announced", "active", "ended"]
 
@@ -49,12 +60,22 @@ class DemandResponseEvent:
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> DemandResponseEvent:
-        """Parse an MQTT payload; raises KeyError/TypeError/ValueError on a bad one."""
-        start, end = int(doc["start"]) * NS_PER_MS, int(doc["end"]) * NS_PER_MS
-        target = float(doc["target_kw"]) * 1e3
+        """Parse an MQTT payload; raises KeyError/TypeError/ValueError on a bad one.
+
+        Times are epoch ms in 0..MAX_EPOCH_MS (so they stay int64 nanoseconds), the target a
+        finite positive kW, the id a string of at most 128 characters; a bool is not a number.
+        """
+        start, end = (_epoch_ms(doc[k], k) * NS_PER_MS for k in ("start", "end"))
+        kw = doc["target_kw"]
+        if type(kw) not in (int, float):
+            raise TypeError(f"target_kw is {type(kw).__name__}, not a number")
+        target = float(kw) * 1e3
         if end <= start or not math.isfinite(target) or target <= 0:
             raise ValueError("demand-response event needs end > start and target_kw > 0")
-        return cls(str(doc["id"]), start, end, target)
+        ident = doc["id"]
+        if type(ident) is not str or not 0 < len(ident) <= 128:
+            raise ValueError("id must be a string of 1 to 128 characters")
+        return cls(ident, start, end, target)
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,7 +45,7 @@ class Reason(enum.IntEnum):
     DEVICE_BAD = 6  # the device itself marked the value bad
     DECODE = 7  # the raw bytes / payload could not be decoded
     NOT_IMPLEMENTED = 8  # the device's "not implemented" sentinel (e.g. SunSpec 0x8000)
-    TIMESTAMP = 9  # stamped outside the accepted window around now
+    TIMESTAMP = 9  # the reading's own timestamp lies outside the accepted window around now
 
 
 Kind = Literal["gauge", "counter", "state"]

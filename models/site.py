@@ -9,35 +9,87 @@ Racks are instances of a rack *type* (rated power, nodes, GPUs per node, GPU pow
 PDUs, liquid-cooled share), so a 1,700-rack site stays a small file. All models are frozen
 and reject unknown keys; cross-references (a rack's row, loop and type; a job's racks) are
 checked by ``check_references`` so that every error names its key path.
+
+A site file is hostile input until it has loaded (issue 13, finding 15):
+
+* types are strict: a bool is not a number (``limit_kw = true`` is refused) and a string
+  is not one either; every float is finite and every quantity has an upper bound
+  (``MAX_QUANTITY``), so no limit can overflow to infinity when kW become W;
+* the timezone is an IANA key that ``zoneinfo`` knows (never a path);
+* the file is at most ``models.configfile.MAX_FILE_BYTES``, nested at most
+  ``MAX_DEPTH`` deep, and holds at most ``MAX_RACKS`` racks, ``MAX_NODES`` nodes and
+  ``MAX_GPUS`` GPUs (and the list caps in ``LIST_CAPS``), checked before the bulk of the
+  validation runs. A site of the size we claim (1,700 racks, ~1M GPUs) loads well inside them.
 """
 
 from __future__ import annotations
 
 import re
+import zoneinfo
 from collections.abc import Iterator, Mapping
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+# Site size limits: about three times the largest site we claim (1,700 racks, ~250k nodes, ~1M GPUs),
+# and consistent: MAX_RACKS generated racks (144 nodes, 576 GPUs each) fit under MAX_NODES and MAX_GPUS.
+MAX_RACKS = 5_000
+MAX_NODES = 1_000_000
+MAX_GPUS = 3_000_000  # 5,000 racks of 576 GPUs (Rubin Ultra NVL576)
+MAX_JOBS = 50_000
+MAX_PLACEMENTS = 200_000  # placement entries over all jobs
+MAX_PRIORITY = 15
+# Every quantity (kW, W, s, L/min, ...) is at most this: 1 TW in kW, 31 years in seconds.
+# Far beyond any real site, and small enough that x1000 (kW -> W) or x1e9 (s -> ns) stays finite.
+MAX_QUANTITY = 1e9
+# Lists longer than these are refused before their items are validated (key path -> cap).
+LIST_CAPS: dict[str, int] = {
+    "feeds": 1_024, "ups": 4_096, "halls": 4_096, "rows": MAX_RACKS, "racks": MAX_RACKS, "loops": MAX_RACKS,
+    "rack_types": 1_024, "jobs": MAX_JOBS, "twin.demand_response": 10_000, "twin.pump_failures": 10_000,
+    "twin.supply_excursions": 10_000, "hooks.webhooks": 64,
+}
 
 Id = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")]
-PosFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegFloat = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+PosFloat = Annotated[float, Field(gt=0, le=MAX_QUANTITY, allow_inf_nan=False)]
+NonNegFloat = Annotated[float, Field(ge=0, le=MAX_QUANTITY, allow_inf_nan=False)]
 Fraction = Annotated[float, Field(gt=0, le=1, allow_inf_nan=False)]
+Text = Annotated[str, Field(max_length=4096)]
+_TZ_RE = re.compile(r"^[A-Za-z0-9_+\-]+(/[A-Za-z0-9_+\-]+){0,3}$")
+
+
+def known_timezone(key: str) -> str:
+    """``key`` if it names an IANA time zone that zoneinfo can load, else a ValueError."""
+    if len(key) > 64 or not _TZ_RE.match(key):
+        raise ValueError(f"not an IANA time zone name like 'Europe/Amsterdam': {key[:80]!r}")
+    try:
+        zoneinfo.ZoneInfo(key)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a tzdata directory, e.g. "America"
+        raise ValueError(f"unknown time zone {key!r}") from None
+    return key
+
+
+def _within_int64_ns(t: datetime) -> datetime:
+    # Twin start times become int64 nanoseconds (numpy): 1970 .. 2262.
+    aware = t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+    if not datetime(1970, 1, 1, tzinfo=UTC) <= aware <= datetime(2200, 1, 1, tzinfo=UTC):
+        raise ValueError(f"must be between 1970 and 2200, got {t.isoformat()}")
+    return t
 
 PDU_MODELS = ("apc-rpdu2", "raritan-pdu2")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: TOML is typed, so a bool or a string where a number belongs is an error, not a coercion
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class SiteInfo(_Model):
     """Identity of the site and its grid connection."""
 
     name: Id
-    timezone: str = "UTC"
+    timezone: Annotated[str, AfterValidator(known_timezone)] = "UTC"
     interconnect_limit_kw: PosFloat = Field(description="facility power allowed at the point of interconnection")
     frequency_nominal_hz: Literal[50, 60] = 50
 
@@ -90,7 +142,7 @@ class RackType(_Model):
     rated_kw: PosFloat
     nodes: Annotated[int, Field(gt=0, le=4096)]
     gpus_per_node: Annotated[int, Field(gt=0, le=64)]
-    gpu_model: str = "gpu"
+    gpu_model: Annotated[str, Field(max_length=64)] = "gpu"
     gpu_min_w: PosFloat = Field(description="lowest power cap the GPU accepts")
     gpu_max_w: PosFloat = Field(description="highest power cap (TDP)")
     gpu_idle_w: PosFloat = 100.0
@@ -153,8 +205,9 @@ class Job(_Model):
 
     id: Id
     kind: Literal["training", "inference", "batch"] = "training"
-    priority: Annotated[int, Field(ge=0, le=15)] = Field(description="0 is the highest")
-    placement: list[str] = Field(min_length=1, description='rack ids, or "rack:first-last" node ranges')
+    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY)] = Field(description="0 is the highest")
+    placement: list[Annotated[str, Field(max_length=96)]] = Field(
+        min_length=1, max_length=MAX_RACKS, description='rack ids, or "rack:first-last" node ranges')
     checkpointable: bool = True
     utilization: Fraction = 0.9
     swing_hz: Annotated[float, Field(ge=0, le=20)] = 0.5
@@ -163,14 +216,14 @@ class Job(_Model):
     weight: PosFloat = 1.0
 
 
-PLACEMENT_RE = re.compile(r"^(?P<rack>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?::(?P<first>\d+)-(?P<last>\d+))?$")
+PLACEMENT_RE = re.compile(r"^(?P<rack>[A-Za-z0-9][A-Za-z0-9_.\-]*)(?::(?P<first>\d{1,6})-(?P<last>\d{1,6}))?$")
 
 
 class Grid(_Model):
     """Price and carbon curves of the grid the site draws from."""
 
-    currency: str = "EUR"
-    price_base_per_mwh: float = 90.0
+    currency: Annotated[str, Field(max_length=8)] = "EUR"
+    price_base_per_mwh: Annotated[float, Field(ge=-1e6, le=1e6)] = 90.0
     price_daily_swing: Annotated[float, Field(ge=0, le=1)] = 0.35
     carbon_base_g_per_kwh: NonNegFloat = 250.0
     carbon_solar_dip: Annotated[float, Field(ge=0, le=1)] = 0.4
@@ -192,7 +245,7 @@ class PumpFailure(_Model):
     loop: Id
     start_s: NonNegFloat
     duration_s: PosFloat
-    pumps_failed: Annotated[int, Field(gt=0)] = 1
+    pumps_failed: Annotated[int, Field(gt=0, le=8)] = 1
 
 
 class SupplyExcursion(_Model):
@@ -207,8 +260,8 @@ class SupplyExcursion(_Model):
 class Twin(_Model):
     """Scenario of the digital twin: seed, start time and scheduled events."""
 
-    seed: int = 1
-    start: datetime | None = None
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 1
+    start: Annotated[datetime, AfterValidator(_within_int64_ns)] | None = None
     step_s: Annotated[float, Field(gt=0, le=1)] = 0.1
     demand_response: list[DemandResponse] = []
     pump_failures: list[PumpFailure] = []
@@ -285,10 +338,11 @@ class Actuation(_Model):
 class Webhook(_Model):
     """One HTTP endpoint that receives scheduler events."""
 
-    url: Annotated[str, Field(pattern=r"^https?://")]
-    secret_env: str | None = Field(default=None, description="environment variable holding the HMAC secret")
-    secret_file: str | None = Field(default=None, description="file holding the HMAC secret")
-    kinds: list[str] = Field(default_factory=list, description="event kinds to send (empty: all hook kinds)")
+    url: Annotated[str, Field(pattern=r"^https?://", max_length=2048)]
+    secret_env: Text | None = Field(default=None, description="environment variable holding the HMAC secret")
+    secret_file: Text | None = Field(default=None, description="file holding the HMAC secret")
+    kinds: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=list, max_length=64, description="event kinds to send (empty: all hook kinds)")
     max_tries: Annotated[int, Field(ge=1, le=100)] = 6
     timeout_s: PosFloat = 5.0
 
@@ -298,7 +352,7 @@ class Hooks(_Model):
 
     webhooks: list[Webhook] = []
     mqtt_events: bool = True
-    dead_letter: str = Field(default="powerplane-data/hooks-dead-letter.jsonl",
+    dead_letter: Text = Field(default="powerplane-data/hooks-dead-letter.jsonl",
                              description="events a webhook never accepted, one JSON per line")
     slurm: Literal["off", "dry-run", "apply"] = "off"
     kubernetes: Literal["off", "dry-run", "apply"] = "off"
@@ -415,8 +469,53 @@ def check_references(site: SiteConfig) -> list[tuple[str, str]]:
     return problems
 
 
+def check_list_sizes(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Lists of a raw (parsed, not yet validated) site that exceed ``LIST_CAPS``: cheap, so it runs first."""
+    problems: list[tuple[str, str]] = []
+    for key, cap in LIST_CAPS.items():
+        node: Any = raw
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if isinstance(node, list | Mapping) and len(node) > cap:
+            problems.append((key, f"{len(node):,} entries; a site holds at most {cap:,}"))
+    jobs = raw.get("jobs")
+    if isinstance(jobs, list):
+        placements = sum(len(j["placement"]) for j in jobs
+                         if isinstance(j, Mapping) and isinstance(j.get("placement"), list))
+        if placements > MAX_PLACEMENTS:
+            problems.append(("jobs", f"{placements:,} placement entries in all; a site holds at most "
+                                     f"{MAX_PLACEMENTS:,}"))
+    return problems
+
+
+def check_size(site: SiteConfig) -> list[tuple[str, str]]:
+    """Nodes and GPUs over all racks against ``MAX_NODES`` and ``MAX_GPUS`` (before any array is built)."""
+    nodes = gpus = 0
+    for rack in site.racks:
+        rt = site.rack_types.get(rack.type)
+        if rt is not None:
+            nodes += rt.nodes
+            gpus += rt.gpus
+    problems = []
+    if nodes > MAX_NODES:
+        problems.append(("racks", f"{nodes:,} nodes in all; a site holds at most {MAX_NODES:,}"))
+    if gpus > MAX_GPUS:
+        problems.append(("racks", f"{gpus:,} GPUs in all; a site holds at most {MAX_GPUS:,}"))
+    return problems
+
+
+def check_site(site: SiteConfig) -> list[tuple[str, str]]:
+    """Every check past the models: size first (a huge site is not walked), then references."""
+    return check_size(site) or check_references(site)
+
+
 def load_site(path: str | Path, data: dict[str, Any] | None = None) -> SiteConfig:
     """Load and fully validate a site file; every problem is reported as a ConfigError."""
-    from models.configfile import load_model
+    from models.configfile import load_model, read_toml
+    from models.errors import ConfigError
 
-    return load_model(path, SiteConfig, check_references, data=data)
+    raw = read_toml(path) if data is None else data
+    problems = check_list_sizes(raw)
+    if problems:
+        raise ConfigError(path, problems)
+    return load_model(path, SiteConfig, check_site, data=raw)

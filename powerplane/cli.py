@@ -17,22 +17,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 
 from models.errors import ConfigError, PowerplaneError
+from powerplane.argtypes import MAX_RUN_S, MAX_SPEED, SEED, finite_number
 
 Handler = Callable[[argparse.Namespace, Console], int]
-
-
-def _positive(kind: type = float) -> Callable[[str], float]:
-    def parse(text: str) -> float:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if v <= 0:
-            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-        return v  # type: ignore[no-any-return]
-    return parse
 
 
 # ---- config check -----------------------------------------------------------------------
@@ -47,9 +37,10 @@ def cmd_config_check(args: argparse.Namespace, console: Console) -> int:
     topo = build_topology(site)
     ms = (time.perf_counter() - t0) * 1e3
     s = topo.summary()
-    console.print(f"[green]ok[/green] {args.file}: site {site.site.name}: {s['feeds']} feeds, {s['ups']} UPS, "
-                  f"{s['halls']} halls, {s['rows']} rows, {s['racks']} racks ({s['rack_limit_mw']:,.1f} MW), "
-                  f"{s['gpus']:,} GPUs, {s['loops']} loops, {s['jobs']} jobs (loaded in {ms:,.0f} ms)",
+    console.print(f"[green]ok[/green] {escape(str(args.file))}: site {escape(site.site.name)}: {s['feeds']} feeds, "
+                  f"{s['ups']} UPS, {s['halls']} halls, {s['rows']} rows, {s['racks']} racks "
+                  f"({s['rack_limit_mw']:,.1f} MW), {s['gpus']:,} GPUs, {s['loops']} loops, {s['jobs']} jobs "
+                  f"(loaded in {ms:,.0f} ms)",
                   highlight=False)
     return 0
 
@@ -68,19 +59,18 @@ def cmd_site_generate(args: argparse.Namespace, console: Console) -> int:
     except OSError as exc:
         raise ConfigError(out, [("", f"cannot write: {exc.strerror}")]) from None
     load_site(out)  # what we write must load
-    console.print(f"wrote {out}: {args.racks} racks, {args.racks * 576:,} GPUs", highlight=False)
+    console.print(f"wrote {out}: {args.racks} racks, {args.racks * 576:,} GPUs", highlight=False, markup=False)
     return 0
 
 
 def cmd_site_show(args: argparse.Namespace, console: Console) -> int:
     """Print the topology of a site and how long its arrays take to build."""
-    import tomllib
-
+    from models.configfile import read_toml
     from models.site import load_site
     from models.topology import LEVELS, build_topology
 
     t0 = time.perf_counter()
-    raw = tomllib.loads(Path(args.file).read_text()) if Path(args.file).is_file() else None
+    raw = read_toml(args.file)
     t1 = time.perf_counter()
     site = load_site(args.file, data=raw)
     t2 = time.perf_counter()
@@ -93,7 +83,8 @@ def cmd_site_show(args: argparse.Namespace, console: Console) -> int:
         print(json.dumps(info))
         return 0
     for k, v in info.items():
-        console.print(f"{k:>14}: {v:,}" if isinstance(v, int | float) else f"{k:>14}: {v}", highlight=False)
+        console.print(f"{k:>14}: {v:,}" if isinstance(v, int | float) else f"{k:>14}: {v}", highlight=False,
+                      markup=False)
     for lv, name in enumerate(LEVELS):
         lim = topo.node_limit_w[topo.level_slice(lv)]
         finite = lim[lim < float("inf")]
@@ -125,9 +116,10 @@ def _outage(text: str) -> tuple[float, float] | None:
     try:
         at, down = (float(x) for x in text.split(":"))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected AT:DOWN seconds (e.g. 380:30) or off, got {text!r}") from None
-    if at < 0 or down <= 0:
-        raise argparse.ArgumentTypeError(f"AT must be >= 0 and DOWN > 0, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected AT:DOWN seconds (e.g. 380:30) or off, got {text[:40]!r}") from None
+    if not (0 <= at <= MAX_RUN_S and 0 < down <= MAX_RUN_S):  # also false for NaN
+        raise argparse.ArgumentTypeError(f"AT must be in 0..{MAX_RUN_S:g} and DOWN in (0, {MAX_RUN_S:g}], "
+                                         f"got {text[:40]!r}")
     return at, down
 
 
@@ -135,6 +127,7 @@ def _outage(text: str) -> tuple[float, float] | None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every command."""
+    from models.site import MAX_RACKS
     from powerplane.demo import DEFAULT_SITE
     from powerplane.store.config import add_store_arguments
 
@@ -144,9 +137,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="run the control plane against the digital twin")
     d.add_argument("--site", default=str(DEFAULT_SITE), help="site file (default: the demo hall)")
-    d.add_argument("--duration", type=_positive(float), default=780.0, help="simulated seconds (default 780)")
-    d.add_argument("--speed", type=_positive(float), default=10.0, help="simulated seconds per second (default 10)")
-    d.add_argument("--seed", type=int, default=None, help="twin seed (default: the site's)")
+    d.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=780.0,
+                   help="simulated seconds (default 780)")
+    d.add_argument("--speed", type=finite_number(float, gt=0, le=MAX_SPEED), default=10.0,
+                   help="simulated seconds per second (default 10)")
+    d.add_argument("--seed", type=SEED, default=None, help="twin seed (default: the site's)")
     d.add_argument("--mqtt", default=None, metavar="URL",
                    help="use this MQTT broker (mqtt://[user@]host:port; password: --mqtt-password-file or "
                         "$POWERPLANE_MQTT_PASSWORD)")
@@ -155,9 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-live", action="store_true", help="print log lines instead of the live view")
     d.add_argument("--no-control", action="store_true",
                    help="leave the GPUs uncapped (to see which limits the controller keeps)")
-    d.add_argument("--collect-interval", type=_positive(float), default=2.0, metavar="S",
+    d.add_argument("--collect-interval", type=finite_number(float, gt=0, le=3600), default=2.0, metavar="S",
                    help="simulated seconds between polls of each device (default 2)")
-    d.add_argument("--agent-procs", type=_positive(int), default=2, metavar="N",
+    d.add_argument("--agent-procs", type=finite_number(int, ge=1, le=256), default=2, metavar="N",
                    help="node agent processes the twin's nodes are split over (default 2)")
     d.add_argument("--outage", type=_outage, default=(730.0, 20.0), metavar="AT:DOWN",
                    help="kill the controller at AT for DOWN simulated seconds and check that every agent "
@@ -175,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("site", help="site files")
     ssub = s.add_subparsers(dest="site_command", required=True, metavar="ACTION")
     sg = ssub.add_parser("generate", help="write a large valid site (benchmarks, soak runs)")
-    sg.add_argument("--racks", type=_positive(int), required=True)
+    sg.add_argument("--racks", type=finite_number(int, ge=1, le=MAX_RACKS), required=True,
+                    help=f"racks to generate (1..{MAX_RACKS:,}, the most a site file may hold)")
     sg.add_argument("--out", required=True, metavar="FILE")
     sg.add_argument("--name", default="generated")
-    sg.add_argument("--seed", type=int, default=1)
+    sg.add_argument("--seed", type=SEED, default=1)
     sg.set_defaults(handler=cmd_site_generate)
     ss = ssub.add_parser("show", help="print a site's topology and build time")
     ss.add_argument("file")
@@ -222,12 +218,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args, console))
     except ConfigError as exc:
-        err.print(f"[bold red]configuration error[/bold red]\n{exc.render()}", highlight=False)
+        # Paths, keys and values in the message are the operator's text: never rich markup.
+        err.print(f"[bold red]configuration error[/bold red]\n{escape(exc.render())}", highlight=False)
         return exc.exit_code
     except PowerplaneError as exc:
         if args.debug:
             raise
-        err.print(f"[bold red]error:[/bold red] {exc}", highlight=False)
+        err.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False)
         return exc.exit_code
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -235,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if args.debug:
             raise
-        err.print(f"[bold red]internal error:[/bold red] {type(exc).__name__}: {exc} "
+        err.print(f"[bold red]internal error:[/bold red] {type(exc).__name__}: {escape(str(exc))} "
                   "(run with --debug for the traceback)", highlight=False)
         return 1
 

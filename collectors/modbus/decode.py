@@ -37,6 +37,9 @@ FORMATS: dict[str, tuple[str, int]] = {
     "int64": (">q", 4), "uint64": (">Q", 4), "float32": (">f", 2), "float64": (">d", 4),
 }
 
+# SunSpec scale factors are -10..10; a device sending more is broken (and 10.0 ** 400 overflows).
+SF_LIMIT = 10
+
 # SunSpec "not implemented" values per type (SunSpec Information Model, section 5.2).
 SUNSPEC_SENTINELS: dict[str, int | float] = {
     "int16": -0x8000, "uint16": 0xFFFF, "int32": -0x80000000, "uint32": 0xFFFFFFFF,
@@ -274,6 +277,9 @@ class PlanDecoder:
                 sf = sfs.get(sf_i)
                 if sf is None:
                     rejected[Reason.NOT_IMPLEMENTED] += 1
+                    continue
+                if not -SF_LIMIT <= sf <= SF_LIMIT:  # 10.0 ** 400 raises; SunSpec allows -10..10
+                    rejected[Reason.DECODE] += 1
                     continue
                 v *= 10.0 ** sf
             series.append(sid)

@@ -37,13 +37,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
 from collectors.base import PointTarget
 from collectors.modbus.decode import SUNSPEC_SENTINELS, ByteOrder, RegType, width
-from collectors.profiles import MetricName, validate_model
+from collectors.profiles import STRICT, MetricName, Scale, validate_model
 from models.errors import ProfileError
 from models.readings import metric
 
@@ -55,7 +55,7 @@ MAX_BITS = 2000  # and 2000 coils / discrete inputs (FC 1/2)
 class PointSpec(BaseModel):
     """One register (or register group) and where its value goes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, populate_by_name=True)
 
     name: str
     address: int = Field(ge=0, le=65535)
@@ -65,26 +65,19 @@ class PointSpec(BaseModel):
     byte_order: ByteOrder | None = None
     table: Table | None = None
     metric: MetricName | None = None
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: Scale = 1.0
+    offset: Scale = 0.0
     scale_factor: str | None = None
     tags: dict[str, str] = {}
     counter: bool = False
     point_class: Literal["fast", "slow"] = Field("fast", alias="class")
-    sentinels: list[float] | None = None
-
-    @field_validator("scale", "offset")
-    @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
-            raise ValueError("must be finite")
-        return v
+    sentinels: list[Annotated[float, Field(allow_inf_nan=True)]] | None = None  # NaN: a float's "not implemented"
 
 
 class GroupSpec(BaseModel):
     """A block of points repeated ``count`` times at ``base + k * stride``."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     name: str
     base: int = Field(ge=0, le=65535)
@@ -98,20 +91,20 @@ class GroupSpec(BaseModel):
 class DerivedSpec(BaseModel):
     """A reading computed from other points: their sum (e.g. pumps running from pump states)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     name: str
     sum: list[str] = Field(min_length=1)
     metric: MetricName
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: Scale = 1.0
+    offset: Scale = 0.0
     tags: dict[str, str] = {}
 
 
 class SunSpecSpec(BaseModel):
     """Where to find the SunSpec model the point addresses are relative to."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     models: list[int] = Field(min_length=1)
     bases: list[int] = [40000, 0, 50000]
@@ -120,7 +113,7 @@ class SunSpecSpec(BaseModel):
 class ModbusProfileModel(BaseModel):
     """The whole profile file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     protocol: Literal["modbus"]
     name: str
@@ -242,6 +235,25 @@ def _resolve(spec: PointSpec, prof: ModbusProfileModel, key: str, problems: list
                        sentinels, spec.point_class == "slow", group)
 
 
+def _check_scale_factor(p: ModbusPoint, sf: ModbusPoint | None, key: str, problems: list[tuple[str, str]]) -> None:
+    """A scale factor is a plain int16 register: it exists, is not a value and is not scaled itself.
+
+    The last rule refuses chains and cycles (``A_SF`` scaled by ``B_SF`` scaled by ``A_SF``,
+    or a point scaled by itself): SunSpec has neither, and the decoder applies one level.
+    """
+    if sf is None:
+        problems.append((key, f"no point named {p.scale_factor!r}"))
+    elif sf.name == p.name:
+        problems.append((key, f"{p.name!r} cannot be its own scale factor"))
+    elif sf.reg_type not in ("int16", "uint16"):
+        problems.append((key, f"{p.scale_factor!r} must be an int16 register"))
+    elif sf.target is not None:
+        problems.append((key, f"{p.scale_factor!r} is a value point (it has a metric), not a scale factor"))
+    elif sf.scale_factor is not None:
+        problems.append((key, f"{p.scale_factor!r} is itself scaled by {sf.scale_factor!r}: "
+                              "scale-factor chains and cycles are refused"))
+
+
 def parse_modbus_profile(path: Path, data: dict[str, Any]) -> ModbusProfile:
     """Validate a Modbus profile; every problem is reported with its key path."""
     prof = validate_model(path, data, ModbusProfileModel)
@@ -260,22 +272,20 @@ def parse_modbus_profile(path: Path, data: dict[str, Any]) -> ModbusProfile:
             problems.append((gkey, "give exactly one of count or count_point"))
         if g.count_point is not None and g.count_point not in by_name:
             problems.append((f"{gkey}.count_point", f"no top-level point named {g.count_point!r}"))
-        local = {p.name for p in gpts}
+        local = {p.name: p for p in gpts}
         for i, p in enumerate(gpts):
             end = p.address + p.n_regs
             if end > g.stride:
                 problems.append((f"{gkey}.points[{i}].address", f"ends at {end}, beyond the stride {g.stride}"))
-            if p.scale_factor is not None and p.scale_factor not in local | set(by_name):
-                problems.append((f"{gkey}.points[{i}].scale_factor", f"no point named {p.scale_factor!r}"))
+            if p.scale_factor is not None:
+                sf_point = local.get(p.scale_factor) or (points[by_name[p.scale_factor]]
+                                                         if p.scale_factor in by_name else None)
+                _check_scale_factor(p, sf_point, f"{gkey}.points[{i}].scale_factor", problems)
         groups.append((g, gpts))
     for i, p in enumerate(points):
-        if p.scale_factor is None:
-            continue
-        sf = by_name.get(p.scale_factor)
-        if sf is None:
-            problems.append((f"points[{i}].scale_factor", f"no point named {p.scale_factor!r}"))
-        elif points[sf].reg_type not in ("int16", "uint16"):
-            problems.append((f"points[{i}].scale_factor", f"{p.scale_factor!r} must be an int16 register"))
+        if p.scale_factor is not None:
+            sf_point = points[by_name[p.scale_factor]] if p.scale_factor in by_name else None
+            _check_scale_factor(p, sf_point, f"points[{i}].scale_factor", problems)
     derived = []
     for i, d in enumerate(prof.derived):
         for src in d.sum:

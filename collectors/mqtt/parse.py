@@ -1,7 +1,23 @@
 """Pure MQTT payload parsing: (topic, payload) -> readings, by a profile's topic templates.
 
-A malformed payload raises ``DecodeError`` (the intake counts, logs and skips it); a
-well-formed message for a point the profile does not map is ignored and counted apart.
+Every payload is hostile until parsed, and one bad item never costs another:
+
+* a JSON message that cannot be read — not UTF-8, not JSON, over ``max_payload_bytes``,
+  nested deeper than ``MAX_JSON_DEPTH``, an integer of more than ``MAX_INT_DIGITS``
+  digits, a value that is not a number — raises ``DecodeError`` with nothing of it
+  appended (the intake counts it as ``DECODE``, logs it and goes on with the burst);
+* in line protocol each *line* is one item: a bad line is counted as ``DECODE`` and the
+  other lines of the message are kept;
+* a reading whose timestamp lies outside ``[now - timestamp_max_age_s, now +
+  timestamp_max_ahead_s]`` is rejected and counted as ``Reason.TIMESTAMP`` (an epoch in
+  seconds read as ms lands in 1970, one in µs read as ms in the year 55,000: both are
+  refused, not stored). The unit comes from the profile's ``timestamp_unit``;
+* a well-formed message for a point the profile does not map is ignored and counted apart.
+
+The window and the payload cap are device options (collect.toml ``[devices.options]``):
+``timestamp_max_age_s`` (default 1 day), ``timestamp_max_ahead_s`` (default 5 minutes),
+``max_payload_bytes`` (default 64 KiB), ``max_series`` (default 100,000 series a device
+may create from topic levels and line-protocol tags).
 """
 
 from __future__ import annotations
@@ -10,12 +26,24 @@ import json
 import math
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Any
 
 from collectors.base import DeviceConfig, PointTarget, series_id
 from collectors.mqtt.profile import UNIT_NS, MqttPoint, MqttProfile, Subscription, substitute
-from models.errors import DecodeError
+from models.errors import ConfigError, DecodeError
 from models.grid import DemandResponseEvent
 from models.readings import Quality, Reason, SeriesRegistry, metrics
+
+NS_PER_S = 1_000_000_000
+MAX_JSON_DEPTH = 32
+MAX_INT_DIGITS = 32  # beyond any timestamp in ns or counter; int() of 4,301+ digits raises ValueError
+# Device options (name, default, upper bound) of the payload edge.
+OPTIONS: dict[str, tuple[float, float]] = {
+    "timestamp_max_age_s": (86_400.0, 10 * 365 * 86_400.0),
+    "timestamp_max_ahead_s": (300.0, 365 * 86_400.0),
+    "max_payload_bytes": (65_536.0, 16 << 20),
+    "max_series": (100_000.0, 10_000_000.0),
+}
 
 
 @dataclass
@@ -29,6 +57,65 @@ class Parsed:
     rejected: Counter[Reason] = field(default_factory=Counter)
     dr_events: list[DemandResponseEvent] = field(default_factory=list)
     ignored: int = 0  # well-formed but not mapped by the profile
+    bad_items: int = 0  # lines of line protocol rejected on their own (the rest of the message was kept)
+    timestamp_note: str = ""  # the first timestamp rejected, for the log
+
+
+def edge_options(device: DeviceConfig) -> dict[str, float]:
+    """The payload-edge options of ``device`` (``OPTIONS``), checked: finite, > 0, bounded."""
+    out: dict[str, float] = {}
+    problems: list[tuple[str, str]] = []
+    for key, (default, hi) in OPTIONS.items():
+        v = device.option(key, default)
+        if type(v) not in (int, float) or not math.isfinite(v) or not 0 < v <= hi:
+            problems.append((f"options.{key}", f"must be a number in (0, {hi:g}], got {v!r}"))
+            continue
+        out[key] = float(v)
+    if problems:
+        raise ConfigError(device.name, problems)
+    return out
+
+
+def _bounded_int(text: str) -> int:
+    digits = len(text) - text.startswith("-")
+    if digits > MAX_INT_DIGITS:
+        raise ValueError(f"integer of {digits:,} digits")
+    return int(text)
+
+
+def _depth_ok(payload: bytes, limit: int) -> bool:
+    """Whether JSON ``payload`` nests at most ``limit`` deep (strings skipped); cheap when it has few brackets."""
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return True
+    depth = 0
+    in_str = escaped = False
+    for c in payload:
+        if in_str:
+            if escaped:
+                escaped = False
+            elif c == 0x5C:  # backslash
+                escaped = True
+            elif c == 0x22:
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return False
+        elif c in (0x5D, 0x7D):
+            depth -= 1
+    return True
+
+
+def load_json(payload: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """Decode a JSON payload within the depth and integer-size bounds; ValueError (with why) otherwise."""
+    if not _depth_ok(payload, max_depth):
+        raise ValueError(f"nested deeper than {max_depth}")
+    try:
+        return json.loads(payload.decode("utf-8"), parse_int=_bounded_int)
+    except RecursionError:  # cannot happen within the depth bound; kept as the last line of defence
+        raise ValueError("nested too deeply") from None
 
 
 _MAX_ROUTES = 100_000
@@ -53,6 +140,11 @@ class MessageParser:
         self.profile = profile
         self.device = device
         self.registry = registry
+        opts = edge_options(device)
+        self.max_age_ns = int(opts["timestamp_max_age_s"] * NS_PER_S)
+        self.max_ahead_ns = int(opts["timestamp_max_ahead_s"] * NS_PER_S)
+        self.max_payload_bytes = int(opts["max_payload_bytes"])
+        self.max_series = int(opts["max_series"])
         self._series: dict[tuple[int, str, tuple[str, ...]], int] = {}
         self._known = set(metrics())
         self._routes: dict[str, _Route] = {}
@@ -61,8 +153,32 @@ class MessageParser:
         ck = (sub_ix, key, tuple(tags.values()))
         sid = self._series.get(ck)
         if sid is None:
+            if len(self._series) >= self.max_series:  # tags come off the wire: bound what they can create
+                raise DecodeError(f"{self.device.name}: more than {self.max_series:,} series (max_series)")
             sid = self._series[ck] = series_id(self.registry, self.device, target, tuple(tags.items()))
         return sid
+
+    def _timestamp_ns(self, ts: object, unit: str, now_ns: int, where: str, out: Parsed) -> int | None:
+        """``ts`` in ``unit`` as ns if it lies in the window around ``now_ns``; None (counted) if not.
+
+        A timestamp that is not a number at all raises DecodeError: the message is malformed.
+        """
+        if type(ts) is int:
+            ts_ns = ts * UNIT_NS[unit]
+        elif type(ts) is float and math.isfinite(ts):
+            ts_ns = int(ts * UNIT_NS[unit])
+        else:
+            raise DecodeError(f"{where}: timestamp {str(ts)[:40]!r} is not a number")
+        if now_ns - self.max_age_ns <= ts_ns <= now_ns + self.max_ahead_ns:
+            return ts_ns
+        out.rejected[Reason.TIMESTAMP] += 1
+        if not out.timestamp_note:
+            age_s = (now_ns - ts_ns) / NS_PER_S
+            out.timestamp_note = (f"{where}: timestamp {str(ts)[:40]} ({unit}) is "
+                                  f"{f'{age_s:,.0f} s old' if age_s > 0 else f'{-age_s:,.0f} s ahead'}; "
+                                  f"accepted: {self.max_age_ns / NS_PER_S:g} s old to "
+                                  f"{self.max_ahead_ns / NS_PER_S:g} s ahead (timestamp_unit wrong?)")
+        return None
 
     def parse(self, topic: str, payload: bytes, now_ns: int) -> Parsed:
         """Readings of one message; ``now_ns`` stamps values without their own timestamp."""
@@ -75,6 +191,9 @@ class MessageParser:
 
         On DecodeError nothing of this message has been appended.
         """
+        if len(payload) > self.max_payload_bytes:
+            raise DecodeError(f"{topic[:200]}: payload of {len(payload):,} bytes exceeds max_payload_bytes "
+                              f"({self.max_payload_bytes:,})")
         route = self._routes.get(topic)
         if route is None:
             route = self._route(topic)
@@ -102,6 +221,8 @@ class MessageParser:
                 ck = (ix, name or "", tuple(variables.values()))
                 sid = self._series.get(ck, -1)
                 if sid < 0:
+                    if len(self._series) >= self.max_series:  # topic levels come off the wire too
+                        raise DecodeError(f"{self.device.name}: more than {self.max_series:,} series (max_series)")
                     tags = {k: substitute(v, variables) for k, v in spec.tags.items()}
                     sid = self._series[ck] = series_id(self.registry, self.device, point.target, tuple(tags.items()))
             return _Route(ix, sub, variables, point, sid, topic)
@@ -112,16 +233,23 @@ class MessageParser:
         assert sub is not None and point is not None
         spec = sub.spec
         try:
-            doc = json.loads(payload.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DecodeError(f"{route.topic}: not JSON: {exc}") from None
+            doc = load_json(payload)
+        except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            raise DecodeError(f"{route.topic}: not JSON: {str(exc)[:200]}") from None
         if type(doc) is not dict:
             raise DecodeError(f"{route.topic}: JSON payload is not an object")
         if point.kind == "dr_event":
             try:
-                out.dr_events.append(DemandResponseEvent.from_json(doc))
-            except (KeyError, TypeError, ValueError) as exc:
-                raise DecodeError(f"{route.topic}: bad demand-response event: {exc!r}") from None
+                ev = DemandResponseEvent.from_json(doc)
+            except (KeyError, TypeError, ValueError, OverflowError) as exc:
+                raise DecodeError(f"{route.topic}: bad demand-response event: {str(exc)[:200]}") from None
+            # A DR event may be announced days ahead, but not one that ended before the window.
+            if ev.end_ns < now_ns - self.max_age_ns or ev.start_ns > now_ns + 366 * 86_400 * NS_PER_S:
+                out.rejected[Reason.TIMESTAMP] += 1
+                out.timestamp_note = out.timestamp_note or f"{route.topic}: demand-response event {ev.id!r} " \
+                                                           f"lies outside the accepted window"
+                return
+            out.dr_events.append(ev)
             return
         raw = doc.get(point.field)
         kind = type(raw)
@@ -129,17 +257,15 @@ class MessageParser:
             if kind is bool:
                 raw = int(raw)  # type: ignore[arg-type]
             else:
-                raise DecodeError(f"{route.topic}: {point.field!r} is {raw!r}, not a number")
+                raise DecodeError(f"{route.topic}: {point.field!r} is {str(raw)[:40]!r}, not a number")
         ts_ns = now_ns
         if spec.timestamp:
             ts = doc.get(spec.timestamp)
             if ts is not None:
-                if type(ts) is int and ts >= 0:
-                    ts_ns = ts * UNIT_NS[spec.timestamp_unit]
-                elif type(ts) is float and math.isfinite(ts) and ts >= 0:
-                    ts_ns = int(ts * UNIT_NS[spec.timestamp_unit])
-                else:
-                    raise DecodeError(f"{route.topic}: timestamp {ts!r} is not a number")
+                checked = self._timestamp_ns(ts, sub.timestamp_unit, now_ns, route.topic, out)
+                if checked is None:
+                    return
+                ts_ns = checked
         quality = 0
         if spec.quality:
             q = doc.get(spec.quality)
@@ -152,8 +278,9 @@ class MessageParser:
                     quality = int(Quality.UNCERTAIN)
         t = point.target
         assert t is not None
+        value = float(raw) * t.scale + t.offset  # type: ignore[arg-type]  # <= 32 digits: no OverflowError
         out.series.append(route.sid)
-        out.values.append(float(raw) * t.scale + t.offset)  # type: ignore[arg-type]
+        out.values.append(value)
         out.ts_ns.append(ts_ns)
         out.quality.append(quality)
 
@@ -163,27 +290,42 @@ class MessageParser:
             text = payload.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise DecodeError(f"{topic_of(sub, variables)}: not UTF-8: {exc}") from None
-        unit = UNIT_NS[sub.spec.timestamp_unit]
+        unit = sub.timestamp_unit
         base_tags = {k: substitute(v, variables) for k, v in sub.spec.tags.items()}
+        where = topic_of(sub, variables)
         for line in text.splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            measurement, tags, fields, ts = parse_line(line)
-            ts_ns = now_ns if ts is None else ts * unit
-            all_tags = {**base_tags, **tags}
-            for fname, value in fields.items():
-                name = f"{measurement}.{fname}"
-                metric_name = sub.spec.metrics.get(name, name)
-                if metric_name not in self._known or isinstance(value, str):
-                    out.ignored += 1
-                    continue
-                target = PointTarget(metric_name)
-                key = f"{name}|{','.join(f'{k}={v}' for k, v in sorted(all_tags.items()))}"
-                out.series.append(self._sid(ix, key, target, dict(sorted(all_tags.items()))))
-                out.values.append(float(value))
-                out.ts_ns.append(ts_ns)
-                out.quality.append(0)
+            try:  # one line is one item: a bad line costs only itself
+                self._influx_line(ix, sub, base_tags, line, unit, now_ns, where, out)
+            except DecodeError:
+                out.rejected[Reason.DECODE] += 1
+                out.bad_items += 1
+
+    def _influx_line(self, ix: int, sub: Subscription, base_tags: dict[str, str], line: str, unit: str,
+                     now_ns: int, where: str, out: Parsed) -> None:
+        measurement, tags, fields, ts = parse_line(line)
+        ts_ns = now_ns
+        if ts is not None:
+            checked = self._timestamp_ns(ts, unit, now_ns, where, out)
+            if checked is None:
+                return
+            ts_ns = checked
+        all_tags = {**base_tags, **tags}
+        for fname, value in fields.items():
+            name = f"{measurement}.{fname}"
+            metric_name = sub.spec.metrics.get(name, name)
+            if metric_name not in self._known or isinstance(value, str):
+                out.ignored += 1
+                continue
+            target = PointTarget(metric_name)
+            key = f"{name}|{','.join(f'{k}={v}' for k, v in sorted(all_tags.items()))}"
+            sid = self._sid(ix, key, target, dict(sorted(all_tags.items())))
+            out.series.append(sid)
+            out.values.append(float(value))
+            out.ts_ns.append(ts_ns)
+            out.quality.append(0)
 
 
 def topic_of(sub: Subscription, variables: dict[str, str]) -> str:
@@ -231,7 +373,7 @@ def _unescape(text: str) -> str:
 def _field_value(raw: str) -> float | str:
     if raw.startswith('"'):
         if len(raw) < 2 or not raw.endswith('"'):
-            raise DecodeError(f"bad string field {raw!r}")
+            raise DecodeError(f"bad string field {raw[:40]!r}")
         return _unescape(raw[1:-1])
     if raw in ("t", "T", "true", "True", "TRUE"):
         return 1.0
@@ -239,10 +381,10 @@ def _field_value(raw: str) -> float | str:
         return 0.0
     try:
         if raw.endswith(("i", "u")):
-            return float(int(raw[:-1]))
+            return float(_bounded_int(raw[:-1]))
         return float(raw)
     except ValueError:
-        raise DecodeError(f"bad field value {raw!r}") from None
+        raise DecodeError(f"bad field value {raw[:40]!r}") from None
 
 
 def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, float | str], int | None]:
@@ -258,18 +400,18 @@ def parse_line(line: str) -> tuple[str, dict[str, str], dict[str, float | str], 
     for kv in head[1:]:
         k, eq, v = kv.partition("=")
         if not eq or not k or not v:
-            raise DecodeError(f"bad tag {kv!r}")
+            raise DecodeError(f"bad tag {kv[:40]!r}")
         tags[_unescape(k)] = _unescape(v)
     fields: dict[str, float | str] = {}
     for kv in _split(parts[1], ","):
         k, eq, v = kv.partition("=")
         if not eq or not k or not v:
-            raise DecodeError(f"bad field {kv!r}")
+            raise DecodeError(f"bad field {kv[:40]!r}")
         fields[_unescape(k)] = _field_value(v)
     ts: int | None = None
     if len(parts) == 3:
         try:
-            ts = int(parts[2])
+            ts = _bounded_int(parts[2])
         except ValueError:
-            raise DecodeError(f"bad timestamp {parts[2]!r}") from None
+            raise DecodeError(f"bad timestamp {parts[2][:40]!r}") from None
     return measurement, tags, fields, ts

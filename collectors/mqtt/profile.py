@@ -3,12 +3,14 @@
     protocol = "mqtt"
     name = "bms-json"
     format = "json"                 # json | influx (line protocol)
+    timestamp_unit = "ms"           # s | ms | us | ns: the unit of every timestamp in this profile's
+                                    # payloads (default ms for JSON, ns for line protocol)
 
     [[subscriptions]]
     topic = "BMS/v1/PUB/Value/Rack/{point}/{site}/{row}/{rack}"   # {var} matches one level
     value = "value"                 # JSON key of the value (points may override with `field`)
     timestamp = "timestamp"         # JSON key of the timestamp ("" = time of arrival)
-    timestamp_unit = "ms"           # s | ms | us | ns
+    timestamp_unit = "ms"           # optional: overrides the profile's timestamp_unit
     quality = "quality"             # JSON key of a quality string ("" = none)
     good = ["Good"]                 # quality values that are good; `bad` ones are rejected,
     bad = ["Bad"]                   # anything else is kept flagged UNCERTAIN
@@ -19,6 +21,10 @@
 
 For ``format = "influx"`` the line's measurement.field is the metric (or ``metrics`` maps
 it), the line's tags become tags, and ``points`` is not used.
+
+A timestamp is checked against a window around the time of arrival (collectors/mqtt/parse.py):
+a wrong ``timestamp_unit`` shows up as readings rejected with reason ``TIMESTAMP``, never as
+readings stored in 1970.
 """
 
 from __future__ import annotations
@@ -28,40 +34,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
 from collectors.base import PointTarget
-from collectors.profiles import MetricName, validate_model
+from collectors.profiles import STRICT, MetricName, Scale, validate_model
 from models.errors import ProfileError
 from models.readings import metric
 
 _VAR = re.compile(r"^\{([A-Za-z_][A-Za-z0-9_]*)\}$")
 _SUB = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 UNIT_NS = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
+TimestampUnit = Literal["s", "ms", "us", "ns"]
 
 
 class MqttPointSpec(BaseModel):
     """What one point of a subscription becomes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     kind: Literal["value", "dr_event"] = "value"
     metric: MetricName | None = None
     field: str | None = None
-    scale: float = 1.0
-    offset: float = 0.0
+    scale: Scale = 1.0
+    offset: Scale = 0.0
     tags: dict[str, str] = {}
 
 
 class SubscriptionSpec(BaseModel):
     """One topic template."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     topic: str
     value: str = "value"
     timestamp: str = ""
-    timestamp_unit: Literal["s", "ms", "us", "ns"] = "ms"
+    timestamp_unit: TimestampUnit | None = None  # None: the profile's
     quality: str = ""
     good: list[str] = ["Good", "good", "GOOD"]
     bad: list[str] = ["Bad", "bad", "BAD"]
@@ -74,13 +81,14 @@ class SubscriptionSpec(BaseModel):
 class MqttProfileModel(BaseModel):
     """The whole profile file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     protocol: Literal["mqtt"]
     name: str
     description: str = ""
     vendor: str = ""
     format: Literal["json", "influx"] = "json"
+    timestamp_unit: TimestampUnit | None = None  # None: ms for JSON, ns (line protocol's own) for influx
     qos: Literal[0, 1, 2] = 1
     subscriptions: list[SubscriptionSpec] = Field(min_length=1)
 
@@ -149,6 +157,7 @@ class Subscription:
     template: TopicTemplate
     spec: SubscriptionSpec
     points: dict[str, MqttPoint]
+    timestamp_unit: str = "ms"  # resolved: the subscription's, else the profile's, else the format's default
 
 
 @dataclass(frozen=True)
@@ -220,7 +229,8 @@ def parse_mqtt_profile(path: Path, data: dict[str, Any]) -> MqttProfile:
                 target = PointTarget(p.metric, p.scale, p.offset, tuple(sorted(p.tags.items())),
                                      metric(p.metric).kind == "counter")
             points[name] = MqttPoint(p.kind, target, p.field or s.value)
-        subs.append(Subscription(tpl, s, points))
+        unit = s.timestamp_unit or prof.timestamp_unit or ("ns" if prof.format == "influx" else "ms")
+        subs.append(Subscription(tpl, s, points, unit))
     if problems:
         raise ProfileError(path, problems)
     return MqttProfile(prof.name, "mqtt", path, prof.vendor, prof.description, prof.format, prof.qos, tuple(subs))

@@ -36,11 +36,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from collectors.profiles import TargetSpec, validate_model
+from collectors.profiles import STRICT, TargetSpec, validate_model
 
 Oid = tuple[int, ...]
 _OID_RE = re.compile(r"^\.?\d+(\.\d+)+$")
@@ -65,8 +65,8 @@ class PointSpec(TargetSpec):
     name: str = ""
     wrap_bits: Literal[32, 64] = 32
     missing: list[int] | None = None  # None: the profile's default
-    map: dict[str, float] = Field(default_factory=dict)
-    map_default: float | None = None
+    map: dict[str, Annotated[float, Field(ge=-1e12, le=1e12)]] = Field(default_factory=dict)
+    map_default: Annotated[float, Field(ge=-1e12, le=1e12)] | None = None
 
     @field_validator("map")
     @classmethod
@@ -112,7 +112,7 @@ class ColumnSpec(PointSpec):
 class TableSpec(BaseModel):
     """A conceptual table: its entry OID, index components and the columns to read."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     name: str
     entry: str
@@ -149,7 +149,7 @@ class TableSpec(BaseModel):
 class SnmpProfileModel(BaseModel):
     """The whole profile file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = STRICT
 
     protocol: Literal["snmp"]
     name: str

@@ -8,10 +8,21 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from controllers.hooks.payloads import HookEvent, build_payload
 from controllers.hooks.receiver import WebhookReceiver
-from controllers.hooks.webhook import Backoff, deliver, read_secret_file, replay, write_dead_letter
+from controllers.hooks.webhook import (
+    Backoff,
+    Endpoint,
+    deliver,
+    load_secret,
+    read_secret_file,
+    redact_url,
+    replay_to,
+    write_dead_letter,
+)
+from models.errors import ConfigError
 from models.events import (
     EV_CAP_CHANGED,
     EV_DR_END,
@@ -57,7 +68,7 @@ def cmd_receive(args: argparse.Namespace, console: Console) -> int:
     """Run the reference receiver; print each verified event on one line."""
     rx = WebhookReceiver(_secret(args), host=args.host, port=args.port)
     rx.start()
-    console.print(f"receiving on {rx.url} (Ctrl-C to stop)", highlight=False)
+    console.print(f"receiving on {rx.url} (Ctrl-C to stop)", highlight=False, markup=False)
     deadline = time.monotonic() + args.timeout if args.timeout else float("inf")
     printed = 0
     try:
@@ -82,47 +93,73 @@ def cmd_test(args: argparse.Namespace, console: Console) -> int:
     payload = build_payload(args.site, sample_event(args.kind, time.time_ns()))
     res = deliver(args.url, _secret(args), payload, max_tries=args.tries, timeout_s=args.timeout,
                   backoff=Backoff(base_s=0.5, max_s=5.0))
+    where = escape(redact_url(args.url))
     if res.ok:
-        console.print(f"delivered {args.kind} {payload['id']} to {args.url} ({res.tries} tries)", highlight=False)
+        console.print(f"delivered {args.kind} {payload['id']} to {where} ({res.tries} tries)", highlight=False)
         return 0
-    console.print(f"[red]not delivered[/red] to {args.url} after {res.tries} tries ({res.reason}): {res.error}",
-                  highlight=False)
+    console.print(f"[red]not delivered[/red] to {where} after {res.tries} tries ({res.reason}): "
+                  f"{escape(res.error)}", highlight=False)
     return 1
 
 
+def _endpoints(args: argparse.Namespace) -> list[Endpoint]:
+    """Where a replay sends: ``--url`` with ``--secret-file``, or every webhook of ``--site``."""
+    if args.site:
+        from models.site import load_site
+
+        hooks = load_site(args.site).hooks.webhooks
+        if not hooks:
+            raise ConfigError(args.site, [("hooks.webhooks", "the site has no webhook to replay to")])
+        return [Endpoint(h.url, load_secret(h, f"hooks.webhooks[{i}]", str(args.site))) for i, h in enumerate(hooks)]
+    if not args.url or not args.secret_file:
+        raise ConfigError("powerplane hooks replay", [("", "give --site FILE, or --url with --secret-file")])
+    return [Endpoint(args.url, _secret(args))]
+
+
 def cmd_replay(args: argparse.Namespace, console: Console) -> int:
-    """Re-send a dead-letter file; events that fail again go to ``--failed-out``."""
-    res = replay(args.dead_letter, args.url, _secret(args), any_url=args.any_url, max_tries=args.tries,
-                 timeout_s=args.timeout, backoff=Backoff(base_s=0.5, max_s=5.0))
+    """Re-send a dead-letter file; events that fail again go to ``--failed-out``.
+
+    A record's ``url`` is redacted (no userinfo, no query values): it is matched with the
+    real URL by comparing redacted forms, and sent to the real one.
+    """
+    res = replay_to(args.dead_letter, _endpoints(args), any_url=args.any_url, max_tries=args.tries,
+                    timeout_s=args.timeout, backoff=Backoff(base_s=0.5, max_s=5.0))
     console.print(f"replayed {args.dead_letter}: {res.delivered} delivered, {len(res.failed)} failed, "
                   f"{res.skipped} for other URLs skipped" + (" (--any-url sends them too)" if res.skipped else ""),
-                  highlight=False)
+                  highlight=False, markup=False)
     if res.failed:
         out = Path(args.failed_out or f"{args.dead_letter}.failed")
         write_dead_letter(out, res.failed)
-        console.print(f"[red]{len(res.failed)} events failed again[/red]: written to {out}", highlight=False)
+        console.print(f"[red]{len(res.failed)} events failed again[/red]: written to {escape(str(out))}",
+                      highlight=False)
         return 1
     return 0
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``hooks receive|test|replay`` to the CLI."""
+    from powerplane.argtypes import PORT, finite_number
+
     hooks = sub.add_parser("hooks", help="scheduler hooks: reference receiver, test event, dead-letter replay")
     hsub = hooks.add_subparsers(dest="hooks_command", required=True, metavar="{receive,test,replay}")
 
     r = hsub.add_parser("receive", help="run a reference webhook receiver and print each verified event")
-    r.add_argument("--port", type=int, default=8787, help="port to listen on (default 8787; 0: any free port)")
+    r.add_argument("--port", type=PORT, default=8787, help="port to listen on (default 8787; 0: any free port)")
     r.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     r.add_argument("--secret-file", required=True, help="file holding the webhook's HMAC secret")
-    r.add_argument("--count", type=int, default=0, help="exit after this many events (default: run until Ctrl-C)")
-    r.add_argument("--timeout", type=float, default=0.0, help="with --count: give up after this many seconds")
+    r.add_argument("--count", type=finite_number(int, ge=0, le=10**9), default=0,
+                   help="exit after this many events (default: run until Ctrl-C)")
+    r.add_argument("--timeout", type=finite_number(float, ge=0, le=10**9), default=0.0,
+                   help="with --count: give up after this many seconds")
     r.set_defaults(handler=cmd_receive)
 
-    def sender(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", required=True, help="webhook URL")
-        p.add_argument("--secret-file", required=True, help="file holding the webhook's HMAC secret")
-        p.add_argument("--tries", type=int, default=3, help="attempts per event (default 3)")
-        p.add_argument("--timeout", type=float, default=5.0, help="seconds per attempt (default 5)")
+    def sender(p: argparse.ArgumentParser, required: bool = True) -> None:
+        p.add_argument("--url", required=required, help="webhook URL")
+        p.add_argument("--secret-file", required=required, help="file holding the webhook's HMAC secret")
+        p.add_argument("--tries", type=finite_number(int, ge=1, le=100), default=3,
+                       help="attempts per event (default 3)")
+        p.add_argument("--timeout", type=finite_number(float, gt=0, le=3600), default=5.0,
+                       help="seconds per attempt (default 5)")
 
     t = hsub.add_parser("test", help="send one signed sample event to a webhook")
     sender(t)
@@ -131,7 +168,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.set_defaults(handler=cmd_test)
 
     p = hsub.add_parser("replay", help="re-send the events of a dead-letter file")
-    sender(p)
+    sender(p, required=False)
+    p.add_argument("--site", default=None, metavar="FILE",
+                   help="take the URLs and secrets from the site's [[hooks.webhooks]] instead of --url/--secret-file "
+                        "(no secret on the command line)")
     p.add_argument("--dead-letter", required=True, help="dead-letter file (JSON lines)")
     p.add_argument("--any-url", action="store_true", help="also send records that were meant for another URL")
     p.add_argument("--failed-out", default=None, help="where events that fail again go (default: FILE.failed)")

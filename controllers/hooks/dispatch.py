@@ -34,7 +34,7 @@ from controllers.hooks.kubernetes import KubernetesAdapter
 from controllers.hooks.mqtt import MqttEventPublisher
 from controllers.hooks.payloads import EventLike, HookEvent, build_payload, hook_events
 from controllers.hooks.slurm import SlurmAdapter, default_node_name
-from controllers.hooks.webhook import Backoff, DeadLetter, SinkStats, WebhookSender, load_secret
+from controllers.hooks.webhook import Backoff, DeadLetter, SinkStats, WebhookSender, load_secret, redact_url
 from models.errors import ConfigError
 from models.events import (
     EV_CAP_CHANGED,
@@ -214,7 +214,8 @@ class HookDispatcher:
             secret = secrets[i] if secrets is not None else load_secret(hook, f"hooks.webhooks[{i}]")
             self.webhooks.append(WebhookSender(
                 hook.url, secret, self.dead_letter, max_tries=hook.max_tries, timeout_s=hook.timeout_s,
-                kinds=frozenset(hook.kinds), queue_size=queue_size, backoff=backoff, name=f"webhook[{i}] {hook.url}"))
+                kinds=frozenset(hook.kinds), queue_size=queue_size, backoff=backoff,
+                name=f"webhook[{i}] {redact_url(hook.url)}"))
         self.mqtt = (MqttEventPublisher(mqtt, site, prefix=topic_prefix, link=link)
                      if mqtt is not None and hooks.mqtt_events else None)
         self.slurm = (SlurmAdapter(hooks.slurm, node_name=node_name, rack_nodes=rack_nodes, out=out)

@@ -6,11 +6,29 @@ A receiver must check, before trusting a delivery:
    (or future) signed request replayed by someone who captured it is refused;
 2. ``X-Powerplane-Signature`` equals ``sha256=`` + hex HMAC-SHA256(secret,
    ``f"{timestamp}.{body}"``), compared in constant time;
-3. ``X-Powerplane-Delivery`` (= the payload ``id``) was not seen before: deliveries are at
-   least once, so a retry or replay may bring the same event twice.
+3. the payload's ``id`` — inside the signed body — was not seen before: deliveries are at
+   least once, so a retry or a dead-letter replay may bring the same event twice.
 
-``WebhookReceiver`` does all three on loopback (stdlib ``http.server`` in a thread) for the
-demo, the tests and ``powerplane hooks receive``.
+Only signed values are trusted: the delivery id is the body's ``id`` and the timestamp is
+part of the signature's input, so neither can be changed without the secret. The
+``X-Powerplane-Delivery`` header is a convenience copy for logs and proxies; a request
+whose header disagrees with the signed id was altered on the way — typically a captured
+request replayed with a fresh header to pass as a new event — and is refused as
+``replay``. The same request replayed unchanged within the tolerance is a ``duplicate``:
+answered 200 and counted, never handed on twice.
+
+A dead letter re-sent with ``powerplane hooks replay`` is the same signed event (same
+``id``) under a fresh timestamp and signature: accepted if this receiver never got it,
+a ``duplicate`` if it did (the sender gave up on an answer that was lost, not on the
+event). Seen ids are kept for the last ``max_seen`` deliveries.
+
+The request itself is bounded: ``Content-Length`` must be one plain decimal number of at
+most ``MAX_BODY_BYTES`` (``-1``, ``abc``, a missing or repeated header are ``bad_length``,
+answered 400 without reading a byte of the body), and a client that stalls mid-body is cut
+off after ``read_timeout_s``.
+
+``WebhookReceiver`` does all of this on loopback (stdlib ``http.server`` in a thread) for
+the demo, the tests and ``powerplane hooks receive``.
 """
 
 from __future__ import annotations
@@ -18,6 +36,7 @@ from __future__ import annotations
 import collections
 import hmac
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -26,11 +45,43 @@ from typing import Any
 
 from controllers.hooks.payloads import H_DELIVERY, H_SIGNATURE, H_TIMESTAMP, sign
 
+log = logging.getLogger("powerplane.hooks")
+
 MAX_BODY_BYTES = 1 << 20
+MAX_ID_CHARS = 128
 
 # Why a delivery was refused, counted in ``WebhookReceiver.rejected``.
 REJECT_REASONS = ("missing_headers", "bad_timestamp", "stale_timestamp", "future_timestamp", "bad_signature",
-                  "malformed", "too_large")
+                  "malformed", "too_large", "bad_length", "replay")
+_STATUS = {"too_large": 413, "malformed": 400, "bad_length": 400}  # every other reason: 401
+
+
+def body_length(values: list[str] | None) -> int | str:
+    """The body length from the ``Content-Length`` header values, or the reject reason.
+
+    Exactly one header, plain ASCII digits (no sign, no spaces inside), at most
+    ``MAX_BODY_BYTES``: ``int("-1")`` would read to the end of the stream, and ``int("abc")``
+    would raise.
+    """
+    if not values or len({v.strip() for v in values}) != 1:
+        return "bad_length"
+    text = values[0].strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 12:
+        return "bad_length"
+    n = int(text)
+    return "too_large" if n > MAX_BODY_BYTES else n
+
+
+def read_payload(body: bytes) -> tuple[str, dict[str, Any]] | None:
+    """``(delivery id, payload)`` of a signed body — the id is the payload's own ``id`` — or None if malformed."""
+    try:
+        payload = json.loads(body)
+    except (ValueError, RecursionError):
+        return None
+    ident = payload.get("id") if isinstance(payload, dict) else None
+    if not isinstance(ident, str) or not 0 < len(ident) <= MAX_ID_CHARS:
+        return None
+    return ident, payload
 
 
 def signature_problem(secret: bytes, timestamp: str | int, body: bytes, header: str | None, now: float,
@@ -67,7 +118,8 @@ class WebhookReceiver:
 
     def __init__(self, secret: bytes, host: str = "127.0.0.1", port: int = 0, *, fail_first: int = 0,
                  tolerance_s: float = 300.0, on_event: Callable[[dict[str, Any]], None] | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, max_seen: int = 100_000,
+                 read_timeout_s: float = 10.0) -> None:
         self.secret = secret
         self.host = host
         self.port = port
@@ -79,7 +131,9 @@ class WebhookReceiver:
         self.rejected: collections.Counter[str] = collections.Counter()
         self.duplicates = 0
         self.requests = 0
-        self._seen: set[str] = set()
+        self.max_seen = max_seen
+        self.read_timeout_s = read_timeout_s
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._cond = threading.Condition()
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -95,13 +149,15 @@ class WebhookReceiver:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            timeout = receiver.read_timeout_s  # a client stalling mid-body is cut off, not waited for
 
             def do_POST(self) -> None:
-                status, text = receiver._handle(self)
+                status, text, body_read = receiver._handle(self)
                 data = text.encode()
                 self.send_response(status)
-                if status == 413:  # the body was not read: this connection cannot carry another request
+                if not body_read:  # the body was not (fully) read: the connection cannot carry another request
                     self.close_connection = True
+                    self.send_header("Connection", "close")
                 self.send_header("Content-Type", "text/plain")
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
@@ -110,8 +166,14 @@ class WebhookReceiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((self.host, self.port), Handler)
-        self._server.daemon_threads = True
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request: Any, client_address: Any) -> None:
+                # socketserver prints a traceback to stderr; a broken client is not our error.
+                log.debug("hooks receiver: request from %s failed", client_address, exc_info=True)
+
+        self._server = Server((self.host, self.port), Handler)
         self.port = self._server.server_address[1]
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
                                         name=f"hooks-receiver-{self.port}", daemon=True)
@@ -121,13 +183,19 @@ class WebhookReceiver:
     def _reject(self, reason: str) -> tuple[int, str]:
         with self._cond:
             self.rejected[reason] += 1
-        return (413 if reason == "too_large" else 400 if reason == "malformed" else 401), reason
+        return _STATUS.get(reason, 401), reason
 
-    def _handle(self, req: BaseHTTPRequestHandler) -> tuple[int, str]:
-        length = int(req.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            return self._reject("too_large")
+    def _handle(self, req: BaseHTTPRequestHandler) -> tuple[int, str, bool]:
+        """``(status, text, whether the body was read)`` of one request."""
+        length = body_length(req.headers.get_all("Content-Length"))
+        if isinstance(length, str) or req.headers.get("Transfer-Encoding"):
+            return (*self._reject("bad_length" if not isinstance(length, str) else length), False)
         body = req.rfile.read(length)
+        if len(body) != length:  # the client closed early
+            return (*self._reject("bad_length"), False)
+        return (*self._verify(req, body), True)
+
+    def _verify(self, req: BaseHTTPRequestHandler, body: bytes) -> tuple[int, str]:
         with self._cond:
             self.requests += 1
             if self.fail_first > 0:
@@ -137,18 +205,20 @@ class WebhookReceiver:
                                     req.headers.get(H_SIGNATURE), self.clock(), self.tolerance_s)
         if problem:
             return self._reject(problem)
-        try:
-            payload = json.loads(body)
-        except ValueError:
+        got = read_payload(body)
+        if got is None:
             return self._reject("malformed")
-        if not isinstance(payload, dict):
-            return self._reject("malformed")
-        delivery = req.headers.get(H_DELIVERY) or str(payload.get("id", ""))
+        delivery, payload = got
+        header = req.headers.get(H_DELIVERY)
+        if header is not None and header.strip() != delivery:  # an unsigned header does not name a delivery
+            return self._reject("replay")
         with self._cond:
             if delivery in self._seen:
                 self.duplicates += 1
                 return 200, "duplicate"
-            self._seen.add(delivery)
+            self._seen[delivery] = None
+            if len(self._seen) > self.max_seen:
+                self._seen.popitem(last=False)
             self.received.append(payload)
             self._cond.notify_all()
         if self.on_event is not None:

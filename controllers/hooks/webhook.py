@@ -14,6 +14,15 @@ Delivery is at least once, in order per endpoint:
       {"time": RFC 3339, "time_ns", "url", "reason": "max_tries|permanent|queue full|shutdown",
        "error": "<last error>", "tries": N, "payload": {...}}
 
+  The file is created 0600 in directories created 0700 (models/files.py).
+* Secrets in a webhook URL never reach a log line or a dead letter: ``redact_url`` masks
+  the userinfo (``https://***@host/``) and every query value (``?token=***``); the dead
+  letter's ``url`` is that redacted form. Replay resolves the real URL — from ``--url``,
+  or from the site's ``[[hooks.webhooks]]`` (``powerplane hooks replay --site``) — by
+  comparing redacted forms, so a dead letter is replayable without holding a secret.
+  (Path segments are not treated as secrets: put a token in the query or userinfo, or
+  rely on the HMAC signature, which is what it is for.)
+
 * On overflow the **oldest** queued event is dead-lettered: what a scheduler needs is
   the current state (caps, DR, moves now), and the queue stays a contiguous, ordered tail
   of the stream; the older events are not lost — ``replay`` re-sends them.
@@ -35,10 +44,11 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from controllers.hooks.payloads import encode, rfc3339, signed_headers
 from models.errors import ConfigError
+from models.files import open_private, private_dir
 from models.site import Webhook
 
 log = logging.getLogger("powerplane.hooks")
@@ -52,6 +62,28 @@ REASON_SHUTDOWN = "shutdown"
 
 
 # ---- secrets ----------------------------------------------------------------------------
+MASK = "***"
+
+
+def redact_url(url: str) -> str:
+    """``url`` fit for logs and dead letters: userinfo and every query value masked, no fragment.
+
+    Idempotent (a redacted URL redacts to itself), so old dead letters that hold a full URL
+    and new ones compare equal after redaction.
+    """
+    try:
+        u = urlsplit(url.strip())
+        host = u.hostname or ""
+        port = u.port
+    except ValueError:  # e.g. a port that is not a number: show nothing we cannot parse
+        return MASK
+    netloc = (f"{MASK}@" if "@" in u.netloc else "") + (f"[{host}]" if ":" in host else host)
+    if port is not None:
+        netloc += f":{port}"
+    query = urlencode([(k, MASK) for k, _ in parse_qsl(u.query, keep_blank_values=True)], safe="*")
+    return urlunsplit((u.scheme, netloc, u.path.rstrip("/") or "/", query, ""))
+
+
 def parse_secret(text: str, where: str, key: str = "") -> bytes:
     """A webhook secret from its text: the stripped UTF-8 bytes, at least 16 of them."""
     raw = text.strip().encode()
@@ -112,12 +144,27 @@ def parse_retry_after(value: str | None, now_s: float) -> float | None:
     return max(0.0, when.timestamp() - now_s)
 
 
+def _scrub(text: str, url: str) -> str:
+    """``text`` with the secrets of ``url`` (userinfo, query values) masked: errors may quote the URL."""
+    try:
+        u = urlsplit(url)
+        secrets = [u.username, u.password, *(v for _, v in parse_qsl(u.query))]
+    except ValueError:
+        return text
+    for s in sorted((s for s in secrets if s and len(s) >= 3), key=len, reverse=True):
+        text = text.replace(s, MASK)
+    return text
+
+
 def post(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> Attempt:
     """POST ``body`` once; classify the outcome (never raises for network or HTTP errors)."""
     u = urlsplit(url)
     cls = http.client.HTTPSConnection if u.scheme == "https" else http.client.HTTPConnection
     path = (u.path or "/") + (f"?{u.query}" if u.query else "")
-    conn = cls(u.hostname or "localhost", u.port, timeout=timeout_s)
+    try:
+        conn = cls(u.hostname or "localhost", u.port, timeout=timeout_s)
+    except ValueError as exc:  # a port that is not a number
+        return Attempt(None, _scrub(f"bad URL: {exc}", url), False)
     try:
         conn.request("POST", path, body=body, headers=dict(headers))
         resp = conn.getresponse()
@@ -129,8 +176,8 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) ->
         if status in RETRY_STATUSES or status >= 500:
             return Attempt(status, err, True, parse_retry_after(resp.getheader("Retry-After"), time.time()))
         return Attempt(status, err, False)
-    except (OSError, http.client.HTTPException) as exc:
-        return Attempt(None, f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, True)
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # ValueError: a malformed URL
+        return Attempt(None, _scrub(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, url), True)
     finally:
         conn.close()
 
@@ -196,10 +243,10 @@ def deliver(url: str, secret: bytes, payload: Mapping[str, Any], *, max_tries: i
 # ---- the dead letter ----------------------------------------------------------------------
 def dead_letter_record(payload: Mapping[str, Any], url: str, reason: str, error: str, tries: int,
                        time_ns: int | None = None) -> dict[str, Any]:
-    """One dead-letter line: the payload intact, where it was going and why it was given up."""
+    """One dead-letter line: the payload intact, where it was going (redacted) and why it was given up."""
     t = time.time_ns() if time_ns is None else time_ns
-    return {"time": rfc3339(t), "time_ns": t, "url": url, "reason": reason, "error": error, "tries": tries,
-            "payload": dict(payload)}
+    return {"time": rfc3339(t), "time_ns": t, "url": redact_url(url), "reason": reason, "error": error,
+            "tries": tries, "payload": dict(payload)}
 
 
 def read_dead_letter(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -257,10 +304,10 @@ class DeadLetter:
                 return
 
     def write(self, batch: list[dict[str, Any]]) -> None:
-        """Append ``batch`` now, synchronously, and fsync."""
+        """Append ``batch`` now, synchronously, and fsync (a new file is 0600, new directories 0700)."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a", encoding="utf-8") as f:
+            private_dir(self.path.parent)
+            with open_private(self.path, "a") as f:
                 f.writelines(json.dumps(r, separators=(",", ":")) + "\n" for r in batch)
                 f.flush()
                 os.fsync(f.fileno())
@@ -308,7 +355,7 @@ class WebhookSender:
         if queue_size < 1:
             raise ValueError("queue_size must be at least 1")
         self.url = url
-        self.name = name or url
+        self.name = name or redact_url(url)  # the name goes into logs and stats
         self.kinds = kinds
         self.max_tries = max_tries
         self.timeout_s = timeout_s
@@ -444,31 +491,54 @@ class ReplayResult:
     failed: list[dict[str, Any]] = field(default_factory=list)
 
 
-def _same_url(a: str, b: str) -> bool:
-    return a.rstrip("/") == b.rstrip("/")
+def same_endpoint(a: str, b: str) -> bool:
+    """Whether two URLs (either may be redacted) name the same endpoint, as far as redaction lets us see."""
+    return redact_url(a) == redact_url(b)
 
 
-def replay(path: str | Path, url: str, secret: bytes, *, any_url: bool = False, max_tries: int = 3,
-           timeout_s: float = 5.0, backoff: Backoff | None = None) -> ReplayResult:
-    """Re-send the events of a dead-letter file to ``url``, in file order, with their original ids.
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """Where a replay may send: the real URL and its secret."""
 
-    Only records that were meant for ``url`` are sent unless ``any_url``. The file is not
+    url: str
+    secret: bytes
+
+
+def replay_to(path: str | Path, endpoints: list[Endpoint], *, any_url: bool = False, max_tries: int = 3,
+              timeout_s: float = 5.0, backoff: Backoff | None = None) -> ReplayResult:
+    """Re-send the events of a dead-letter file, in file order, with their original ids.
+
+    A record goes to the endpoint whose redacted URL matches the record's (``same_endpoint``);
+    with ``any_url`` records that match none go to the first endpoint. The file is not
     changed; the records that fail again are returned (``failed``), updated as new
     dead-letter records, for the caller to write out.
     """
     out = ReplayResult()
     b = backoff or Backoff()
     for rec in read_dead_letter(path):
-        if not any_url and not _same_url(str(rec.get("url", "")), url):
+        ep = next((e for e in endpoints if same_endpoint(str(rec.get("url", "")), e.url)), None)
+        if ep is None and any_url and endpoints:
+            ep = endpoints[0]
+        if ep is None:
             out.skipped += 1
             continue
-        res = deliver(url, secret, rec["payload"], max_tries=max_tries, timeout_s=timeout_s, backoff=b)
+        res = deliver(ep.url, ep.secret, rec["payload"], max_tries=max_tries, timeout_s=timeout_s, backoff=b)
         if res.ok:
             out.delivered += 1
         else:
-            tries = int(rec.get("tries", 0)) + res.tries
-            out.failed.append(dead_letter_record(rec["payload"], url, res.reason, res.error, tries))
+            try:
+                tries = int(rec.get("tries", 0)) + res.tries
+            except (TypeError, ValueError):
+                tries = res.tries
+            out.failed.append(dead_letter_record(rec["payload"], ep.url, res.reason, res.error, tries))
     return out
+
+
+def replay(path: str | Path, url: str, secret: bytes, *, any_url: bool = False, max_tries: int = 3,
+           timeout_s: float = 5.0, backoff: Backoff | None = None) -> ReplayResult:
+    """Re-send the records of a dead-letter file that were meant for ``url`` (all of them with ``any_url``)."""
+    return replay_to(path, [Endpoint(url, secret)], any_url=any_url, max_tries=max_tries, timeout_s=timeout_s,
+                     backoff=backoff)
 
 
 def write_dead_letter(path: str | Path, records: list[dict[str, Any]]) -> None:

@@ -20,7 +20,9 @@ from rich.console import Console
 from rich.table import Table
 
 from models.errors import ConfigError
-from powerplane.commands.common import add_mqtt_arguments, clock_from, mqtt_address, number, private_dir, run_until
+from models.files import private_dir
+from powerplane.argtypes import MAX_RUN_S, finite_number
+from powerplane.commands.common import add_mqtt_arguments, clock_from, mqtt_address, run_until
 
 BACKEND_NAMES = ("sim", "nvml")
 log = logging.getLogger("powerplane.agent")
@@ -43,9 +45,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--gpus", default=None, metavar="I,J", help="NVML GPU indices (default: all)")
     a.add_argument("--key-file", default=None, help="site HMAC key, mode 0600 (default: $POWERPLANE_SITE_KEY)")
     a.add_argument("--state-dir", default=None, help="keeps the last applied (epoch, seq) across restarts")
-    a.add_argument("--safe-cap-w", type=number(1.0, 1e5), default=None,
+    a.add_argument("--safe-cap-w", type=finite_number(float, ge=1.0, le=1e5), default=None,
                    help="per-GPU fallback cap (default: [actuation].safe_cap_w, else the GPU's minimum)")
-    a.add_argument("--duration", type=number(0, lo_open=True), default=None, metavar="S", help="stop after S seconds")
+    a.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=None,
+                   metavar="S", help="stop after S seconds")
     a.add_argument("--summary-out", default=None, metavar="FILE", help="write what the agent did as JSON at exit")
     a.add_argument("--probe", action="store_true", help="show what NVML sees and exit")
     a.add_argument("--clock", default=None, help=argparse.SUPPRESS)  # the demo's shared scaled clock

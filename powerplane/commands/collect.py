@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from models.errors import ConfigError
-from powerplane.commands.common import clock_from, mqtt_address, number, run_until
+from powerplane.argtypes import MAX_RUN_S, finite_number
+from powerplane.commands.common import clock_from, mqtt_address, run_until
 
 PROTOCOLS = ("modbus", "snmp", "mqtt")
 
@@ -34,9 +35,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    "ratings set range checks, CDUs are polled every control period)")
     c.add_argument("--protocols", default=",".join(PROTOCOLS), metavar="P,Q",
                    help="collect only devices of these protocols (default all)")
-    c.add_argument("--duration", type=number(0, lo_open=True), default=None,
+    c.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=None,
                    help="seconds to collect (default 5; with --publish: until stopped)")
-    c.add_argument("--interval", type=number(0.01, 86_400), default=1.0,
+    c.add_argument("--interval", type=finite_number(float, ge=0.01, le=86_400), default=1.0,
                    help="poll interval for --endpoints devices (default 1)")
     c.add_argument("--json", action="store_true", help="print one JSON document")
     c.add_argument("--publish", default=None, metavar="URL",

@@ -43,16 +43,6 @@ def clock_from(anchor: str | None) -> Clock:
         raise ConfigError("--clock", [("", str(exc))]) from None
 
 
-def private_dir(path: str | Path) -> Path:
-    """``path`` created if missing, readable by the owner only (0700)."""
-    p = Path(path)
-    try:
-        p.mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as exc:
-        raise ConfigError(str(p), [("", f"cannot create the directory: {exc.strerror}")]) from None
-    return p
-
-
 def logging_off_the_loop() -> None:
     """Route every log record through a queue to a thread: a slow terminal or disk never stalls the loop."""
     root = logging.getLogger()
@@ -118,23 +108,3 @@ def next_epoch(state_dir: Path) -> int:
     os.replace(tmp, p)
     return new
 
-
-def number(lo: float | None = None, hi: float | None = None, kind: type = float, *,
-           lo_open: bool = False) -> Callable[[str], Any]:
-    """An argparse type: a finite ``kind`` in [lo, hi] (``lo_open``: > lo)."""
-    import math
-
-    def parse(text: str) -> Any:
-        try:
-            v = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if isinstance(v, float) and not math.isfinite(v):
-            raise argparse.ArgumentTypeError(f"must be finite, got {text}")
-        if lo is not None and (v <= lo if lo_open else v < lo):
-            raise argparse.ArgumentTypeError(f"must be {'>' if lo_open else '>='} {lo:g}, got {text}")
-        if hi is not None and v > hi:
-            raise argparse.ArgumentTypeError(f"must be <= {hi:g}, got {text}")
-        return v
-
-    return parse

@@ -21,14 +21,14 @@ from typing import Any
 from rich.console import Console
 
 from models.errors import ConfigError
+from models.files import private_dir
+from powerplane.argtypes import MAX_RUN_S, finite_number
 from powerplane.commands.common import (
     add_mqtt_arguments,
     clock_from,
     logging_off_the_loop,
     mqtt_address,
     next_epoch,
-    number,
-    private_dir,
     run_until,
 )
 
@@ -62,7 +62,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--webhook-secret-file", default=None, metavar="FILE", help="HMAC secret of --webhook URLs")
     c.add_argument("--summary-out", default=None, metavar="FILE",
                    help="keep a JSON summary of the run here (rewritten every second and at exit)")
-    c.add_argument("--duration", type=number(0, lo_open=True), default=None, metavar="S", help="stop after S seconds")
+    c.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=None,
+                   metavar="S", help="stop after S seconds")
     c.add_argument("--clock", default=None, help=argparse.SUPPRESS)  # the demo's shared scaled clock
     add_store_arguments(c)
     c.set_defaults(handler=cmd_controller)

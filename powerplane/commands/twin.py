@@ -15,7 +15,8 @@ import time
 from rich.console import Console
 from rich.table import Table
 
-from powerplane.commands.common import clock_from, number, run_until
+from powerplane.argtypes import MAX_RUN_S, MAX_SPEED, PORT, SEED, finite_number
+from powerplane.commands.common import clock_from, run_until
 
 TRUTH_EVERY_WALL_S = 1.0
 
@@ -24,15 +25,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``twin`` to the CLI."""
     t = sub.add_parser("twin", help="run the digital twin and serve it over Modbus, SNMP and MQTT")
     t.add_argument("--site", required=True, help="site file")
-    t.add_argument("--speed", type=number(0, 1000, lo_open=True), default=1.0)
-    t.add_argument("--seed", type=number(0, 2**32 - 1, int), default=None)
+    t.add_argument("--speed", type=finite_number(float, gt=0, le=MAX_SPEED), default=1.0)
+    t.add_argument("--seed", type=SEED, default=None)
     t.add_argument("--host", default="127.0.0.1", help="address to listen on")
-    t.add_argument("--snmp-port", type=number(0, 65535, int), default=0,
+    t.add_argument("--snmp-port", type=PORT, default=0,
                    help="UDP port of the SNMP agent (default: free port)")
     t.add_argument("--mqtt", default=None, metavar="URL", help="publish to this broker (default: start one)")
     t.add_argument("--mqtt-password-file", default=None, metavar="FILE", help="the MQTT user's password")
     t.add_argument("--no-mqtt", action="store_true", help="do not publish MQTT")
-    t.add_argument("--duration", type=number(0, lo_open=True), default=None, help="stop after this many simulated s")
+    t.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=None,
+                   help="stop after this many simulated s")
     t.add_argument("--endpoints-out", default=None, metavar="FILE", help="write the endpoints as JSON")
     t.add_argument("--truth-out", default=None, metavar="FILE", help="keep the run's ground truth here (JSON)")
     t.add_argument("--start-capped", action="store_true",

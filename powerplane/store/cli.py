@@ -97,7 +97,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         if args.out or not args.json:
             out = Path(args.out) if args.out else Path(args.data_dir) / "report"
             for p in write_plots(store, r, out):
-                (console if not args.json else Console(stderr=True)).print(f"wrote {p}", highlight=False)
+                (console if not args.json else Console(stderr=True)).print(f"wrote {p}", highlight=False, markup=False)
     finally:
         store.close()
     return 0

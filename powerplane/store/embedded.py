@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from models.errors import StoreError
 from models.events import Event
+from models.files import private_dir, touch_private
 from models.readings import ReadingBatch, SeriesKey, SeriesRegistry, rating_of
 from powerplane.store.base import StoreStats
 from powerplane.store.base import health_batch as _health_batch
@@ -87,7 +88,9 @@ class EmbeddedStore:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         try:
-            self.path.mkdir(parents=True, exist_ok=True)
+            private_dir(self.path)
+            # Created 0600 before SQLite opens it: its -wal and -shm files take the database's mode.
+            touch_private(self.path / DB_NAME)
             self._db = sqlite3.connect(self.path / DB_NAME, check_same_thread=False, isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")  # a returned write survives power loss

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from models.errors import StoreError
+from models.files import open_private, private_dir
 
 _HEADER = struct.Struct("<IIII")  # magic, length, crc32, points
 _MAGIC = 0x31504C50  # "PLP1"
@@ -59,8 +60,8 @@ class Spool:
         self.max_bytes = int(max_bytes)
         self.segment_bytes = int(segment_bytes)
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            self._lockf = (self.dir / "lock").open("a")
+            private_dir(self.dir)  # spooled telemetry is the site's business: 0700 / 0600 (models/files.py)
+            self._lockf = open_private(self.dir / "lock", "a")
         except OSError as exc:
             raise StoreError(f"spool {self.dir}: {exc}") from exc
         try:
@@ -80,7 +81,7 @@ class Spool:
         # Appends after a restart go to a fresh segment, so the ``ack`` offset only ever
         # refers to a segment that no longer grows.
         self._seg = max([*self._segments(), self._ack[0]]) + 1
-        self._fh = (self.dir / self._name(self._seg)).open("ab")
+        self._fh = open_private(self.dir / self._name(self._seg), "ab")
         self._size = 0
 
     @staticmethod
@@ -131,7 +132,7 @@ class Spool:
             if self._size > 0 and self._size + rec_bytes > self.segment_bytes:
                 self._fh.close()
                 self._seg += 1
-                self._fh = (self.dir / self._name(self._seg)).open("ab")
+                self._fh = open_private(self.dir / self._name(self._seg), "ab")
                 self._size = 0
                 self._fsync_dir()
             header = _HEADER.pack(_MAGIC, len(payload), zlib.crc32(payload), points)
@@ -186,7 +187,7 @@ class Spool:
                 self.pending_points -= r.points
             self._ack = (upto.segment, upto.end)
             tmp = self.dir / "ack.tmp"
-            with tmp.open("w") as fh:
+            with open_private(tmp, "w") as fh:
                 fh.write(f"{upto.segment} {upto.end}\n")
                 fh.flush()
                 os.fsync(fh.fileno())

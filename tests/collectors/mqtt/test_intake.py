@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import time
 from collections.abc import Callable
 from types import MappingProxyType
 
@@ -22,6 +23,8 @@ from testbed.realservers import Mosquitto, require
 pytestmark = pytest.mark.timeout(120)
 
 RACK_TOPIC = "BMS/v1/PUB/Value/Rack/LiquidInletTemperature/s1/row-a/r01"
+# Payload timestamps must lie near their arrival (collectors/mqtt/parse.py): epoch ms of a minute ago.
+T0_MS = int(time.time() * 1e3) - 60_000
 
 
 def publish(broker: Mosquitto, topic: str, payloads: list[str]) -> None:
@@ -57,13 +60,13 @@ def test_bms_and_grid_with_malformed_payloads(mosquitto: Mosquitto) -> None:
         try:
             intakes = [i for i in cs.intakes.values() if isinstance(i, MqttIntake)]
             await until(lambda: all(i.subscribed for i in intakes), "both intakes subscribed")
-            good = [json.dumps({"value": 20 + i / 10, "timestamp": 1_700_000_000_000 + i, "quality": "Good"})
+            good = [json.dumps({"value": 20 + i / 10, "timestamp": T0_MS + i, "quality": "Good"})
                     for i in range(50)]
             bad = ["{not json", '{"value": "warm"}', "[]", '{"value": 1, "timestamp": "noon"}']
             await asyncio.to_thread(publish, mosquitto, RACK_TOPIC, good[:25] + bad + good[25:])
-            await asyncio.to_thread(publish, mosquitto, "grid/s1/limit", ['{"ts": 1700000000000, "limit_kw": 9500}'])
+            await asyncio.to_thread(publish, mosquitto, "grid/s1/limit", [json.dumps({"ts": T0_MS, "limit_kw": 9500})])
             await asyncio.to_thread(publish, mosquitto, "grid/s1/dr", [json.dumps(
-                {"id": "dr-7", "start": 1_700_000_100_000, "end": 1_700_000_200_000, "target_kw": 8000})])
+                {"id": "dr-7", "start": T0_MS + 100_000, "end": T0_MS + 200_000, "target_kw": 8000})])
 
             def values(metric: str) -> list[float]:
                 return [float(v) for b in batches for s, v in zip(b.series, b.value, strict=True)
@@ -99,7 +102,7 @@ def test_broker_restart_mid_stream_loses_nothing(mosquitto: Mosquitto) -> None:
             await until(lambda: intake.subscribed, "subscribed")
 
             def msgs(lo: int, hi: int) -> list[str]:
-                return [json.dumps({"value": i / 100, "timestamp": 1_700_000_000_000 + i}) for i in range(lo, hi)]
+                return [json.dumps({"value": i / 100, "timestamp": T0_MS + i}) for i in range(lo, hi)]
 
             await asyncio.to_thread(publish, mosquitto, RACK_TOPIC, msgs(0, 1000))
             await asyncio.to_thread(mosquitto.restart)  # persistence keeps our session and queue

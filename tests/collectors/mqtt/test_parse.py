@@ -41,7 +41,8 @@ def test_topic_templates() -> None:
 def test_bms_json_to_entity_tags_and_quality() -> None:
     p, reg = parser("bms-json")
     topic = "BMS/v1/PUB/Value/Rack/LiquidInletTemperature/s1/row-a/r01"
-    out = p.parse(topic, json.dumps({"value": 31.5, "timestamp": 1_700_000_000_123, "quality": "Good"}).encode(), 9)
+    now = 1_700_000_000_200_000_000  # a message's own timestamp must lie near its arrival
+    out = p.parse(topic, json.dumps({"value": 31.5, "timestamp": 1_700_000_000_123, "quality": "Good"}).encode(), now)
     assert out.values == [31.5] and out.ts_ns == [1_700_000_000_123_000_000] and out.quality == [0]
     assert reg.key(out.series[0]) == ("cooling.inlet_c", (("id", "r01"), ("level", "rack"), ("site", "s1")))
     out = p.parse(topic, b'{"value": 31.5, "quality": "Uncertain"}', 9)
@@ -84,11 +85,11 @@ def test_line_protocol() -> None:
     p, reg = parser("influx-lines")
     out = p.parse("telemetry/s1/gw1", b"rack,level=rack,id=r01 power_w=41000 1700000000000000000\n"
                                       b"power,level=row,id=row-a power_w=80000,energy_wh=5e6\n"
-                                      b"weather temp_c=12\n", 7)
+                                      b"weather temp_c=12\n", 1700000000000000007)
     got = {(reg.key(s).metric, dict(reg.key(s).tags).get("id")): v for s, v in zip(out.series, out.values, strict=True)}
     assert got == {("power.power_w", "r01"): 41000.0, ("power.power_w", "row-a"): 80000.0,
                    ("power.energy_wh", "row-a"): 5e6}
-    assert out.ts_ns == [1700000000000000000, 7, 7] and out.ignored == 1
+    assert out.ts_ns == [1700000000000000000, 1700000000000000007, 1700000000000000007] and out.ignored == 1
 
 
 @pytest.mark.parametrize(("data", "key"), [

@@ -1,0 +1,1 @@
+"""Drills for issue 13: hostile input and failure containment, one file per finding."""
