@@ -37,7 +37,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="collect only devices of these protocols (default all)")
     c.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=None,
                    help="seconds to collect (default 5; with --publish: until stopped)")
-    c.add_argument("--interval", type=finite_number(float, ge=0.01, le=86_400), default=1.0,
+    c.add_argument("--interval", type=finite_number(float, gt=0, le=86_400), default=1.0,
                    help="poll interval for --endpoints devices (default 1)")
     c.add_argument("--json", action="store_true", help="print one JSON document")
     c.add_argument("--publish", default=None, metavar="URL",
