@@ -23,7 +23,6 @@ after every message, so no flood delays a fallback by more than one message's wo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import os
@@ -347,18 +346,22 @@ class AgentHost:
         self._tasks = [loop.create_task(self._commands(), name="agent-commands"),
                        loop.create_task(self._watch(), name="agent-lease")]
 
-    async def stop(self) -> None:
-        """Stop; the GPUs keep their limits."""
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop within ``timeout_s``; the GPUs keep their limits."""
         for t in self._tasks:
             t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout_s)
+            for t in pending:
+                log.error("agent: %s did not stop within %.0f s; abandoned", t.get_name(), timeout_s)
         for u in self.units:
-            await u.close()
+            try:
+                await asyncio.wait_for(u.close(), timeout_s)
+            except (TimeoutError, PowerplaneError) as exc:
+                log.error("%s: closing the backend failed: %s", u.name, exc)
         if self.link is not None:
-            self.link.stop()
-            self.link = None
+            link, self.link = self.link, None
+            await asyncio.wait_for(asyncio.to_thread(link.stop), timeout_s)
 
     async def _commands(self) -> None:
         while True:
