@@ -54,6 +54,7 @@ from powerplane.view import LoopRow, PowerRow, ViewState, bar, render, render_li
 DEFAULT_SITE = Path(__file__).resolve().parent.parent / "deploy" / "sites" / "demo.toml"
 VIEW_PERIOD_WALL_S = 0.25
 START_TIMEOUT_WALL_S = 90.0
+RSS_EVERY_WALL_S = 10.0
 MIN_PLAN_SHARE = 0.98  # below this share of periods planned, the controller did not keep up
 
 
@@ -95,6 +96,7 @@ class Plane:
         self.twin: Proc | None = None
         self.collect: Proc | None = None
         self.killed: list[Proc] = []  # by the drill
+        self.t_wall0 = time.monotonic()
 
     def _common(self) -> list[str]:
         return ["--mqtt", self.url, "--clock", self.anchor]
@@ -149,6 +151,17 @@ class Plane:
             await p.start()
             self.agents.append(p)
 
+    def sample_rss(self, t_site_s: float) -> None:
+        """Every child's resident memory now, appended to ``run/rss.jsonl``."""
+        row: dict[str, Any] = {"wall_s": round(time.monotonic() - self.t_wall0, 1), "site_s": round(t_site_s, 1)}
+        for p in (self.twin, self.collect, *self.agents, self.controller):
+            if p is not None and p.alive and p.pid is not None:
+                mb = rss_mb(p.pid)
+                if mb is not None:
+                    row[p.name.split("-")[0] if p.name.startswith("controller") else p.name] = mb
+        with open(self.dir / "rss.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
     @property
     def controller(self) -> Proc | None:
         return self.controllers[-1] if self.controllers else None
@@ -198,6 +211,37 @@ class Watcher:
                 self.controller_wall = time.monotonic()
             except ValueError:
                 pass
+
+
+def rss_mb(pid: int) -> float | None:
+    """Resident memory of ``pid`` in MB (Linux /proc), None if it is gone."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return round(int(line.split()[1]) / 1024.0, 1)
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def memory_growth(rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per process: RSS after warm-up (10 minutes of wall time, or a sixth of a shorter run), at the
+    end and at most, and the growth from warm-up to the end (a daemon must not grow)."""
+    out: dict[str, dict[str, float]] = {}
+    if not rows:
+        return out
+    span = rows[-1]["wall_s"]
+    warm = min(600.0, span / 6.0)
+    names = sorted({k for r in rows for k in r if k not in ("wall_s", "site_s")})
+    for n in names:
+        series = [(r["wall_s"], r[n]) for r in rows if n in r]
+        if not series:
+            continue
+        after = [v for t, v in series if t >= warm] or [series[-1][1]]
+        start, end = after[0], after[-1]
+        out[n] = {"warm_at_s": warm, "warm_mb": start, "end_mb": end, "max_mb": max(v for _, v in series),
+                  "growth_pct": round(100.0 * (end - start) / start, 2) if start else 0.0}
+    return out
 
 
 def view_state(doc: dict[str, Any], opts: DemoOptions, notes: list[str]) -> ViewState:
@@ -369,6 +413,9 @@ def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: Outa
         if code not in (0, None, -15):
             reasons.append(f"{name} exited with status {code}")
     dr = truth.get("dr", {})
+    rss_rows = []
+    with contextlib.suppress(OSError, ValueError):
+        rss_rows = [json.loads(line) for line in (plane.dir / "rss.jsonl").read_text().splitlines() if line]
     return {
         "exit_status": 1 if reasons else 0, "reasons": reasons,
         "duration_s": opts.duration_s, "speed": opts.speed, "control": opts.control,
@@ -396,6 +443,7 @@ def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: Outa
                    "modes": dict(sum((Counter(a.get("modes", {})) for a in agents), Counter())),
                    "rejected": dict(sum((Counter(a.get("rejected", {})) for a in agents), Counter()))},
         "hooks": hook_summary(receiver, ctl["hooks_dead_lettered"]) if receiver is not None else None,
+        "memory": memory_growth(rss_rows),
     }
 
 
@@ -474,6 +522,10 @@ def summary_table(s: dict[str, Any], site: SiteConfig) -> Table:
                 + f"; rejected {h['rejected']}, dead-lettered {h['dead_lettered']}")
     else:
         row("cap plans", "controller off (--no-control): GPUs run uncapped")
+    mem = s.get("memory") or {}
+    if mem:
+        row("memory", ", ".join(f"{n} {m['end_mb']:.0f} MB ({m['growth_pct']:+.1f}% since {m['warm_at_s']:.0f} s)"
+                                for n, m in sorted(mem.items())))
     row("exit status", "0" if not s["reasons"] else "1: " + "; ".join(s["reasons"]),
         "green" if not s["reasons"] else "bold red")
     return tab
@@ -588,6 +640,7 @@ async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watch
     t0 = clock.start_ns
     last_line = -math.inf
     warned = 0.0
+    next_rss = 0.0
     live = Live(console=console, refresh_per_second=4, transient=False) if live_view else None
     if live is not None:
         live.start()
@@ -601,6 +654,9 @@ async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watch
             if dead:
                 return f"{dead[0].name} exited with status {dead[0].proc.returncode if dead[0].proc else '?'}: " \
                        f"{dead[0].tail(3)}"
+            if time.monotonic() >= next_rss:
+                next_rss = time.monotonic() + RSS_EVERY_WALL_S
+                plane.sample_rss(t)
             note = await _drill(drill, plane, clock, t, t0)
             if note:
                 console.print(note, highlight=False, markup=False)

@@ -57,7 +57,7 @@ log = logging.getLogger("powerplane.agent")
 
 Publish = Callable[[str, bytes], None]
 # After a cut, report again this soon (site s): the controller times the draw following the cut.
-PROBES_AFTER_S = (0.4, 0.9)
+PROBES_AFTER_S = (0.3, 0.6, 0.9)
 STALE_STREAK_WARN = 3
 
 
@@ -266,6 +266,15 @@ class CapUnit:
         """Publish the status now."""
         self._publish(self.status_topic, self.status(power_w, enforced_w, power_ts_ns).to_json())
 
+    def next_due_ns(self) -> int:
+        """When this unit next needs the watch: its lease end (controlled), heartbeat or probe."""
+        due = self._next_status_ns
+        if self._probes:
+            due = min(due, self._probes[0])
+        if self.mode == "controlled":
+            due = min(due, self.lease_expires_ns)
+        return due
+
     def status_due(self, now_ns: int) -> bool:
         """Whether a heartbeat or a probe after a cut is due at ``now_ns``."""
         return now_ns >= self._next_status_ns or bool(self._probes and now_ns >= self._probes[0])
@@ -382,7 +391,10 @@ class AgentHost:
                 await asyncio.gather(*(u.heartbeat() for u in self.units if u.status_due(now)))
             except Exception:  # the watch must outlive any bug in a backend
                 log.exception("agent: lease watch failed; retrying")
-            await self.clock.sleep(self.check_every_s)
+            # Wake at the next lease end, heartbeat or probe, and at least every check_every_s.
+            now = self.clock.now_ns()
+            due = min((u.next_due_ns() for u in self.units), default=now)
+            await self.clock.sleep(min(self.check_every_s, max(0.0, (due - now) / NS_PER_S)))
 
     def modes(self) -> Counter[str]:
         """How many nodes are in each mode."""

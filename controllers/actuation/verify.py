@@ -4,9 +4,9 @@ For every node the controller compares three things: the cap it **requested** (w
 publisher last sent), the limit the agent reports **enforced**, and the **measured** draw
 (the GPU power in the agents' statuses). After a cap goes down, the node has
 ``[actuation].settle_s`` to acknowledge it (a status whose ``(epoch, seq)`` is at least the
-command's) with an enforced limit at or below it and a draw that follows; the time this
-takes is its settling time. A node that misses the deadline is non-compliant until it
-complies:
+command's) with an enforced limit at or below it and a draw, measured after the
+acknowledgement, that follows; its settling time runs from the cut to that measurement.
+A node that misses the deadline is non-compliant until it complies:
 
 * it is flagged — one ``node_noncompliant`` event per rack and period for the nodes that
   became non-compliant in it (entity = rack, value = nodes, the node list in the hook
@@ -187,7 +187,11 @@ class Verifier:
         ok = acked & enf_ok & draw_ok
         # Settled: a lowering acknowledged, enforced and followed.
         done = np.flatnonzero(waiting & ok)
-        self.stats.settle.add((now_ns - pub.lowered_ns[done]) / NS_PER_S)
+        # Settling time: from the cut to the measurement that shows it acknowledged, enforced
+        # and followed (the agent's clock) — the actuation lag, not when this period noticed.
+        seen_ns = np.where(known[done], np.maximum(self.power_ns[done], self.ack_ns[done]), self.ack_ns[done])
+        seen_ns = np.clip(seen_ns, pub.lowered_ns[done], now_ns)
+        self.stats.settle.add((seen_ns - pub.lowered_ns[done]) / NS_PER_S)
         self.stats.settled += int(done.size)
         self.settled_order[done] = pub.lowered_order[done]
         # Deadline: waiting longer than settle_s, or a settled node drifting out of compliance.
