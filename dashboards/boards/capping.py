@@ -27,6 +27,7 @@ from models.events import (
 UID = "powerplane-capping"
 _JOBS = f"FROM \"caps\" {WHERE_SITE} AND \"level\" = 'job'"
 _SITE = f"FROM \"caps\" {WHERE_SITE} AND \"level\" = 'site'"
+_CTL = f"FROM \"controller\" {WHERE_SITE}"
 
 
 def _events(kind: str) -> str:
@@ -52,13 +53,15 @@ def build() -> Dashboard:
          .with_panel(stat_panel("Infeasible constraints", _distinct(EV_INFEASIBLE), "none", interval=EVERY_EVENT,
                                 span=4, thresholds=steps((None, "green"), (1, "red")),
                                 description="Distinct constraints reported infeasible in the time range."))
-         .with_panel(stat_panel("Non-compliant nodes", _distinct(EV_NON_COMPLIANT), "none", interval=EVERY_EVENT,
-                                span=4, thresholds=warn,
-                                description="Distinct nodes that failed to follow their cap in the time range "
-                                            "(a node counts once however often it failed)."))
-         .with_panel(stat_panel("Lease fallbacks", f'SELECT count("message") {_events(EV_LEASE_FALLBACK)}', "none",
+         .with_panel(stat_panel("Non-compliant nodes",
+                                f'SELECT max("noncompliant_nodes") FROM "actuation" {WHERE_SITE}', "none",
+                                interval=EVERY_FAST, span=4, thresholds=warn,
+                                description="The most nodes accounted at worst case at once in the time range "
+                                            "(they did not follow their cap)."))
+         .with_panel(stat_panel("Lease fallbacks", f'SELECT sum("value") {_events(EV_LEASE_FALLBACK)}', "none",
                                 interval=EVERY_EVENT, span=4, thresholds=warn,
-                                description="Fallbacks to the safe cap in the time range (events)."))
+                                description="Nodes that fell back to their safe cap in the time range (one event "
+                                            "per rack and period carries the node count)."))
          .with_panel(stat_panel("Solve time", f'SELECT last("solve_ms") {_SITE}', "ms", interval=EVERY_FAST, span=4,
                                 description="Solver time of the plan in force."))
          .with_row(db.Row("Caps by job"))
@@ -91,15 +94,34 @@ def build() -> Dashboard:
          .with_panel(table_panel("Move recommendations",
                                  f'SELECT "entity", "message", "value" AS "freed_w" {_events(EV_MOVE)}',
                                  interval=EVERY_EVENT, span=12))
-         .with_panel(table_panel("Non-compliant nodes",
-                                 f'SELECT last("value") AS "over_cap_w", last("message") AS "last_message", '
+         .with_panel(table_panel("Non-compliance by rack",
+                                 f'SELECT sum("value") AS "nodes", last("message") AS "last_message", '
                                  f'count("message") AS "episodes" {_events(EV_NON_COMPLIANT)} GROUP BY "entity"',
                                  interval=EVERY_EVENT, span=12,
-                                 description="One row per node that failed to follow its cap: the latest "
-                                             "episode and how many there were."))
+                                 description="One row per rack with nodes that failed to follow their cap: node "
+                                             "episodes, the latest message (naming nodes) and how many periods."))
          .with_panel(ts_panel("Lease fallbacks", [
-             (f'SELECT count("message") {_events(EV_LEASE_FALLBACK)} {BY_TIME} fill(0)', "fallbacks"),
+             (f'SELECT sum("value") {_events(EV_LEASE_FALLBACK)} {BY_TIME} fill(0)', "nodes"),
          ], "none", interval=EVERY_EVENT, bars=True, span=12,
-             description="Agents that fell back to their safe cap when the lease ran out."))
+             description="Nodes that fell back to their safe cap when the lease ran out."))
+         .with_row(db.Row("Control loop"))
+         .with_panel(ts_panel("Period lateness and duration", [
+             (f'SELECT max("late_ms") {_CTL} {BY_TIME} fill(null)', "start late"),
+             (f'SELECT max("period_ms") {_CTL} {BY_TIME} fill(null)', "period took"),
+         ], "ms", interval=EVERY_FAST, minimum=0, span=12,
+             description="How late each period started and how long it took (wall ms, worst per bucket). A "
+                         "period later than one period is skipped and counted as missed."))
+         .with_panel(ts_panel("Stage times", [
+             (f'SELECT max("{st}_ms") {_CTL} {BY_TIME} fill(null)', st)
+             for st in ("ingest", "verify", "solve", "publish", "store")
+         ], "ms", interval=EVERY_FAST, minimum=0, span=12,
+             description="Where the period goes: readings and statuses in, verification, the plan, signed "
+                         "commands out, the hand-off to the store and hooks (worst per bucket)."))
+         .with_panel(ts_panel("Missed periods and errors", [
+             (f'SELECT non_negative_difference(last("missed_periods")) {_CTL} {BY_TIME} fill(null)', "missed"),
+             (f'SELECT non_negative_difference(last("errors")) {_CTL} {BY_TIME} fill(null)', "failed"),
+         ], "none", interval=EVERY_FAST, minimum=0, bars=True, span=12,
+             description="Periods skipped because the loop was late, and periods that raised (each one is also a "
+                         "control_error event)."))
          )
     return d.build()

@@ -27,6 +27,7 @@ recommendation. They use the schema and tags the code uses.
 
 from __future__ import annotations
 
+import time
 import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -51,7 +52,7 @@ METER_S, SNMP_S, NODE_S, BMS_S, HEALTH_S = 2, 10, 5, 5, 10
 DEFAULT_START = datetime(2026, 1, 15, 16, 0, tzinfo=UTC)  # a winter afternoon, before the evening DR
 STORE_OUTAGE_S = (300.0, 480.0)  # InfluxDB unreachable: the spool fills, then drains
 UPS_EFFICIENCY = 0.96
-NON_COMPLIANT = ((200, 3), (230, 3), (260, 3), (215, 40), (245, 40), (300, 41), (330, 3))  # (t_s, node index)
+NON_COMPLIANT = ((200, 3), (230, 3), (260, 3), (200, 5), (215, 40), (245, 40), (300, 41), (330, 3))  # (t_s, node)
 # Levels measured by a meter over Modbus (and so every 2 s), the others over SNMP.
 METERED = (L_FEED, L_HALL, L_ROW, L_RACK)
 
@@ -71,8 +72,9 @@ class Truth:
     facility_energy_wh: float = 0.0  # the twin's own integral over the run
     last_plan: CapPlan | None = None
     job_cap_w: dict[str, float] = field(default_factory=dict)  # last cap_changed per job (W per GPU)
-    non_compliant_nodes: set[str] = field(default_factory=set)
-    non_compliant_events: int = 0
+    non_compliant_racks: set[str] = field(default_factory=set)
+    non_compliant_events: int = 0  # per-rack events
+    non_compliant_peak: int = 0  # most nodes non-compliant at once
     infeasible_s: list[float] = field(default_factory=list)  # when the controller reported one (s into the run)
 
 
@@ -219,26 +221,45 @@ def _bms(add: _Synth, out: list[tuple[int, float]], sim: TwinSim) -> None:
         add.add(out, "cooling.supply_c", _facility_water_c(sim, k), loop=lid, side="facility")
 
 
-def _edge_events(sim: TwinSim, site: SiteConfig, topo: Topology, truth: Truth) -> list[Event]:
-    """Agent-side events the twin's run here has no agents for, in the verifier's schema."""
+def _edge_events(sim: TwinSim, site: SiteConfig, topo: Topology, truth: Truth,
+                 reg: SeriesRegistry) -> tuple[list[Event], ReadingBatch]:
+    """Agent-side events and gauges the twin's run here has no agents for, in the verifier's schema:
+    one node_noncompliant / lease_fallback event per rack and period (value = nodes), and the
+    ``actuation.noncompliant_nodes`` gauge every period."""
     t0 = sim.start_ns
     nodes = topo.ids(L_NODE)
     ev: list[Event] = []
+    bad: dict[int, set[str]] = {}  # second -> nodes non-compliant then (an episode lasts 5 s here)
+    by_time: dict[int, list[str]] = {}
     for t_s, k in NON_COMPLIANT:
-        ev.append(Event(t0 + t_s * NS_PER_S, EV_NON_COMPLIANT, "error", "controller",
-                        f"{nodes[k]} did not comply within 10 s: draws over its cap (cap 500 W per GPU); "
-                        "accounted at worst case", nodes[k], {"value": 1400.0}))
-        truth.non_compliant_nodes.add(nodes[k])
-    truth.non_compliant_events = len(NON_COMPLIANT)
+        by_time.setdefault(t_s, []).append(nodes[k])
+        for s_ in range(t_s, t_s + 5):
+            bad.setdefault(s_, set()).add(nodes[k])
+    for t_s, names in sorted(by_time.items()):
+        racks: dict[str, list[str]] = {}
+        for n in names:
+            racks.setdefault(n.split("/")[0], []).append(n)
+        for rack, ns in racks.items():
+            ev.append(Event(t0 + t_s * NS_PER_S, EV_NON_COMPLIANT, "error", "controller",
+                            f"{rack}: {len(ns)} node(s) did not comply within 10 s (draws over its cap; cap 500 W "
+                            f"per GPU); accounted at worst case: {', '.join(ns)}", rack,
+                            {"value": float(len(ns)), "over_w": 1400.0 * len(ns)}))
+            truth.non_compliant_racks.add(rack)
+            truth.non_compliant_events += 1
+    truth.non_compliant_peak = max(len(v) for v in bad.values())
+    sid = reg.id("actuation.noncompliant_nodes", site=sim.site.site.name)
+    secs = sorted(bad)
+    gauge = ReadingBatch.of(np.array([t0 + s_ * NS_PER_S for s_ in secs], np.int64), np.full(len(secs), sid, np.int32),
+                            np.array([float(len(bad[s_])) for s_ in secs]), 0, reg)
     ev.append(Event(t0 + 450 * NS_PER_S, EV_LEASE_FALLBACK, "warning", "agent",
-                    f"{nodes[3]} fell back to its safe cap 400 W per GPU: no plan renewed its lease", nodes[3],
-                    {"value": 400.0}))
+                    f"{nodes[3].split('/')[0]}: 1 node(s) fell back to their safe cap (400 W per GPU): no plan "
+                    f"renewed their lease; {nodes[3]}", nodes[3].split("/")[0], {"value": 1.0, "safe_cap_w": 400.0}))
     for d in sim.dr_events:
         low = max(site.jobs, key=lambda j: j.priority)
         ev.append(Event(d.start_ns + NS_PER_S, EV_MOVE, "warning", "controller",
                         f"move {low.id} (priority {low.priority}, checkpointable) to free power for {d.id}",
                         low.id, {"value": float(topo.gpu_max_w[topo.gpu_job == site.jobs.index(low)].sum())}))
-    return ev
+    return ev, gauge
 
 
 def run_twin(site: SiteConfig, topo: Topology) -> tuple[str, int, int, list[bytes], Truth]:
@@ -295,11 +316,21 @@ def run_twin(site: SiteConfig, topo: Topology) -> tuple[str, int, int, list[byte
             synth.store(rows, t_s, len(rows) + 200)
         batch = ReadingBatch.of(now, np.array([r[0] for r in rows], np.int32),
                                 np.array([r[1] for r in rows], np.float64), 0, reg)
+        t_in = time.perf_counter()
         state.ingest(batch)
+        t_solve = time.perf_counter()
         plan = loop.step(now)
+        t_out = time.perf_counter()
         sim.set_caps(plan.caps_w)
         truth.last_plan = plan
         chunks.append(encode(batch))
+        # The loop's own health, as ControlPlane writes it every period (controller.*).
+        stage = {"ingest_ms": (t_solve - t_in) * 1e3, "verify_ms": 0.0, "solve_ms": (t_out - t_solve) * 1e3,
+                 "publish_ms": 0.0, "store_ms": 0.0}
+        health = {**stage, "late_ms": float(k % 7), "period_ms": sum(stage.values()), "periods": float(k + 1),
+                  "plans": float(k + 1), "missed_periods": 0.0, "errors": 0.0}
+        chunks.append(encode(ReadingBatch.of(now, [reg.id(f"controller.{f}", site=site_id) for f in health],
+                                             list(health.values()), 0, reg)))
         chunks.append(encode(plan.to_batch(site_id, reg)))
         events += plan.events(site_id) + notices.events(plan, state, now)
     for ev in events:
@@ -307,7 +338,9 @@ def run_twin(site: SiteConfig, topo: Topology) -> tuple[str, int, int, list[byte
             truth.job_cap_w[ev.entity] = float(ev.fields["value"])
         elif ev.kind == EV_INFEASIBLE:
             truth.infeasible_s.append((ev.ts_ns - sim.start_ns) / NS_PER_S)
-    events += _edge_events(sim, site, topo, truth)
+    edge, gauge = _edge_events(sim, site, topo, truth, reg)
+    events += edge
+    chunks.append(encode(gauge))
     truth.facility_energy_wh = sim.facility_energy_wh - e0
     chunks.append(encode_events(events, site_id))
     return site_id, sim.start_ns, sim.now_ns, chunks, truth

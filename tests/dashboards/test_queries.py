@@ -205,16 +205,15 @@ def test_site_energy_stats(seeded_influx: Seed, variable_values: dict[str, list[
 
 def test_non_compliant_nodes_counts_nodes_not_events(seeded_influx: Seed,
                                                      variable_values: dict[str, list[str]]) -> None:
+    """Per-rack events carry the node count; the stat shows the most nodes non-compliant at once."""
     truth = seeded_influx[1].truth
-    assert truth.non_compliant_events > len(truth.non_compliant_nodes)
-    (stat_q,) = [q for u, p, q, _ in _targets() if u == "powerplane-capping" and p == "Non-compliant nodes [A]"
-                 and "episodes" not in q]
+    assert truth.non_compliant_peak == 2 and truth.non_compliant_events > len(truth.non_compliant_racks)
+    (stat_q,) = [q for u, p, q, _ in _targets() if u == "powerplane-capping" and p == "Non-compliant nodes [A]"]
     (s,) = run_query(seeded_influx, variable_values, stat_q, "1m")
-    assert s["values"][-1][1] == len(truth.non_compliant_nodes)
-    (table,) = [q for u, p, q, _ in _targets() if u == "powerplane-capping" and p == "Non-compliant nodes [A]"
-                and "episodes" in q]
+    assert s["values"][-1][1] == truth.non_compliant_peak
+    (table,) = [q for u, p, q, _ in _targets() if u == "powerplane-capping" and p == "Non-compliance by rack [A]"]
     rows = run_query(seeded_influx, variable_values, table, "1m")
-    assert sorted(r["tags"]["entity"] for r in rows) == sorted(truth.non_compliant_nodes)
+    assert sorted(r["tags"]["entity"] for r in rows) == sorted(truth.non_compliant_racks)
     episodes = {r["tags"]["entity"]: r["values"][0][r["columns"].index("episodes")] for r in rows}
     assert sum(episodes.values()) == truth.non_compliant_events
 
