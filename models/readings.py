@@ -184,8 +184,8 @@ for _m in (
     Metric("actuation", "statuses_dropped", "1", "counter", 0.0, 1e18, None,
            "agent statuses dropped unread (oversize or inbox overflow)"),
     # controller: the control loop's own health, every period (tags: site)
-    Metric("controller", "late_ms", "ms", "gauge", 0.0, 1e9, None, "how late the period started"),
-    Metric("controller", "period_ms", "ms", "gauge", 0.0, 1e9, None, "time the whole period took"),
+    Metric("controller", "late_ms", "ms", "gauge", 0.0, 1e9, None, "how late the period started (site ms)"),
+    Metric("controller", "period_ms", "ms", "gauge", 0.0, 1e9, None, "time the whole period took (wall ms)"),
     Metric("controller", "ingest_ms", "ms", "gauge", 0.0, 1e9, None, "stage: readings and statuses in"),
     Metric("controller", "verify_ms", "ms", "gauge", 0.0, 1e9, None, "stage: verification"),
     Metric("controller", "solve_ms", "ms", "gauge", 0.0, 1e9, None, "stage: plan (demand, budget, solve)"),

@@ -660,7 +660,7 @@ async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watch
             note = await _drill(drill, plane, clock, t, t0)
             if note:
                 console.print(note, highlight=False, markup=False)
-            warned = _behind(watcher, opts, console, warned, drill)
+            warned = _behind(watcher, opts, console, warned, drill, site.controller.period_s)
             doc = watcher.twin
             if doc is not None:
                 vs = view_state(doc, opts, scenario_notes(site, t))
@@ -681,7 +681,8 @@ async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watch
             live.stop()
 
 
-def _behind(watcher: Watcher, opts: DemoOptions, console: Console, warned: float, drill: OutageDrill | None) -> float:
+def _behind(watcher: Watcher, opts: DemoOptions, console: Console, warned: float, drill: OutageDrill | None,
+            period_s: float) -> float:
     """Say so at once when the controller falls behind (late periods, missed periods, no state)."""
     c = watcher.controller
     now = time.monotonic()
@@ -691,12 +692,12 @@ def _behind(watcher: Watcher, opts: DemoOptions, console: Console, warned: float
     periods = max(1, int(c.get("periods", 0)))
     missed = int(c.get("missed_periods", 0))
     late = float(c.get("late_ms") or 0.0)
-    period_ms = 1e3 / opts.speed * 1.0  # wall ms of one site second
-    if stale > 3.0 or missed / periods > 1 - MIN_PLAN_SHARE or late > period_ms:
+    period_ms = 1e3 * period_s  # lateness is in site ms, as the period
+    if stale > 3.0 or missed / periods > 1 - MIN_PLAN_SHARE or late > period_ms / 2:
         st = c.get("stage_ms", {})
         slow = max(st.items(), key=lambda kv: kv[1], default=("?", 0.0))
         console.print(f"WARNING: the controller is falling behind at x{opts.speed:g}: {missed} of {periods} periods "
-                      f"missed, late p99 {late:.0f} ms (a period is {period_ms:.0f} ms of wall time), slowest stage "
+                      f"missed, late p99 {late:.0f} ms (a period is {period_ms:.0f} ms of site time), slowest stage "
                       f"{slow[0]} {slow[1]:.0f} ms" + (f"; no state for {stale:.1f} s" if stale > 3.0 else ""),
                       style="bold yellow", highlight=False, markup=False)
         return now
