@@ -1,6 +1,6 @@
 """Benchmark: telemetry points encoded and written to VictoriaMetrics, ours vs influxdb-client's Point API.
 
-ours: powerplane.store.InfluxSink — vectorised line protocol from columnar batches, each
+ours: store.InfluxSink — vectorised line protocol from columnar batches, each
       batch fsynced to the durable spool, then delivered by the sender thread
       (influxdb-client's synchronous write service, 20,000 lines per request).
 peer: influxdb-client's Point API for the same points — one Point per reading
@@ -44,8 +44,8 @@ from models.site import load_site  # noqa: E402
 from models.topology import build_topology  # noqa: E402
 from models.twin.feed import TwinFeed  # noqa: E402
 from models.twin.sim import TwinSim  # noqa: E402
-from powerplane.store.influx import InfluxSink  # noqa: E402
-from powerplane.store.lineproto import encode  # noqa: E402
+from store.influx import InfluxSink  # noqa: E402
+from store.lineproto import encode  # noqa: E402
 from testbed.lpparse import parse_line  # noqa: E402
 from testbed.realservers import VictoriaMetrics, free_port  # noqa: E402
 
@@ -148,7 +148,7 @@ def run_peer(vm: VictoriaMetrics, batches: list[ReadingBatch], gzip_level: int |
 def run_replay(vm: VictoriaMetrics, batches: list[ReadingBatch], spool: Path) -> tuple[float, int]:
     """Fill a spool while the server is unreachable, then time draining it into ``vm``."""
     dead = f"http://127.0.0.1:{free_port()}"
-    quiet = logging.getLogger("powerplane.store.influx")
+    quiet = logging.getLogger("store.influx")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # "unreachable" is the point of this phase
     sink = InfluxSink(dead, "", "org", "bench", spool_dir=spool, batch_size=REQUEST_LINES, flush_interval_s=3600)

@@ -42,7 +42,7 @@ from models.readings import metric
 
 if TYPE_CHECKING:
     from models.topology import Topology
-    from models.twin.runner import Endpoint
+    from models.twin.endpoints import Endpoint
 
 # The twin's device models -> the shipped profiles that read them (SNMP models are profile names).
 TWIN_PROFILES = {
@@ -254,7 +254,7 @@ def _racks_of_row(topo: Topology, row: str) -> list[str]:
 
 def load_endpoints(path: str | Path) -> tuple[str, list[Endpoint]]:
     """The site and endpoints of a file written by ``powerplane twin`` (Twin.write_endpoints)."""
-    from models.twin.runner import Endpoint
+    from models.twin.endpoints import Endpoint
 
     p = Path(path)
     try:

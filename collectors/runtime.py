@@ -19,13 +19,14 @@ import numpy as np
 
 from collectors.base import DeviceConfig, Poller
 from collectors.health import DeviceHealth, HealthTracker, Transition, health_batch
-from collectors.schedule import Backoff, Jitter, next_slot_ns
+from collectors.schedule import Jitter, next_slot_ns
 from collectors.validate import Validator, rejected_total
 from models.clock import NS_PER_S, Clock
 from models.errors import DecodeError, DeviceError
 from models.events import Event
 from models.grid import DemandResponseEvent
 from models.readings import REGISTRY, ReadingBatch, Reason, SeriesRegistry
+from models.retry import Backoff
 
 log = logging.getLogger("powerplane.collectors")
 STOP_TIMEOUT_S = 5.0
@@ -125,7 +126,7 @@ class CollectorSet:
                 self.tracker.by_name[d.name].skipped_slots += missed
             else:
                 failures = self.tracker.by_name[d.name].consecutive_failures
-                due = now + int(self.backoff.delay_s(failures, d.interval_s) * NS_PER_S)
+                due = now + int(self.backoff.delay_s(failures, floor_s=d.interval_s) * NS_PER_S)
 
     async def poll_once(self, poller: Poller, ts_ns: int) -> bool:
         """Poll one device once, validate and deliver; True if anything was read."""

@@ -2,31 +2,16 @@
 
 Pure arithmetic on integer nanoseconds so it can be tested without a clock. A device keeps
 its cadence (polls stay on ``start + k * interval``; a slow poll skips the slots it
-missed rather than bunching up), and a failing device is retried after
-``min(max_s, base_s * factor ** (failures - 1))`` but never sooner than its interval.
+missed rather than bunching up); a failing device is retried after ``models.retry.Backoff``
+but never sooner than its interval.
 """
 
 from __future__ import annotations
 
 import random
 import zlib
-from dataclasses import dataclass
 
 from models.clock import NS_PER_S
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Capped exponential back-off for a failing device."""
-
-    base_s: float = 1.0
-    factor: float = 2.0
-    max_s: float = 60.0
-
-    def delay_s(self, failures: int, interval_s: float) -> float:
-        """Seconds to wait before retrying after ``failures`` consecutive failures (>= 1)."""
-        raw = self.base_s * self.factor ** max(0, failures - 1)
-        return max(interval_s, min(self.max_s, raw))
 
 
 def next_slot_ns(due_ns: int, interval_ns: int, now_ns: int) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from models.readings import Quality, ReadingBatch, Reason, SeriesRegistry, metric
+from models.readings import Quality, ReadingBatch, Reason, SeriesRegistry, check_ranges, metric
 
 _WRAP_32 = float(2**32)
 
@@ -44,8 +44,6 @@ class Validator:
         self._last = np.zeros(0, np.float64)
         self._same = np.zeros(0, np.int64)
         self._seen = np.zeros(0, np.bool_)
-        self._lo = np.zeros(0, np.float64)
-        self._hi = np.zeros(0, np.float64)
         self.totals: Counter[Reason] = Counter()
 
     def _grow(self) -> None:
@@ -61,7 +59,6 @@ class Validator:
         self._last = np.concatenate([self._last, np.full(n - n_old, np.nan)])
         self._same = np.concatenate([self._same, np.zeros(n - n_old, np.int64)])
         self._seen = np.concatenate([self._seen, np.zeros(n - n_old, np.bool_)])
-        self._lo, self._hi = self.registry.bounds()
 
     def check(self, batch: ReadingBatch, now_ns: int) -> tuple[ReadingBatch, Counter[Reason]]:
         """The readings of ``batch`` that pass, and how many failed, by reason."""
@@ -71,14 +68,8 @@ class Validator:
         if not len(batch):
             return batch, Counter()
         self._grow()
-        # models.readings.check_ranges, with the registry's bounds cached as arrays (it rebuilds
-        # them from lists on every call, which dominated small MQTT bursts)
-        lo, hi = self._lo[batch.series], self._hi[batch.series]
+        reasons = check_ranges(batch)  # the one range check (the registry caches its bounds)
         v = batch.value
-        reasons = np.zeros(len(batch), np.uint8)
-        reasons[v > hi] = Reason.ABOVE_RANGE
-        reasons[v < lo] = Reason.BELOW_RANGE
-        reasons[~np.isfinite(v)] = Reason.NOT_FINITE
         quality = batch.quality.copy()
         # Readings of one series within a batch are processed in order (rare, but an
         # MQTT batch may hold several readings of one series).

@@ -19,13 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from models.clock import NS_PER_S
 from models.physics import OverheadModel, loop_capacity_w_array
 from models.site import SiteConfig
 from models.state import SiteState
 from models.topology import L_RACK, Topology
 
 F64 = NDArray[np.float64]
-NS_PER_S = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,8 +14,9 @@ import math
 import numpy as np
 from numpy.typing import NDArray
 
+from models.clock import NS_PER_S
+
 F64 = NDArray[np.float64]
-NS_PER_S = 1_000_000_000
 
 
 class DemandEstimator:

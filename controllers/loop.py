@@ -19,12 +19,11 @@ from controllers.demand import DemandEstimator
 from controllers.kernels import constraint_load
 from controllers.plan import CapPlan, Infeasible
 from controllers.problem import KIND_POWER, SiteProblem
+from models.clock import NS_PER_S
 from models.readings import REGISTRY, SeriesRegistry
 from models.site import SiteConfig
 from models.state import SiteState
 from models.topology import L_NODE, Topology
-
-NS_PER_S = 1_000_000_000
 
 
 class ControlLoop:

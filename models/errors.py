@@ -7,7 +7,6 @@ most specific class first, with ``raise ... from exc``.
     PowerplaneError
     ├── ConfigError            a configuration or profile file is wrong (exit status 2)
     │   └── ProfileError       a device profile is wrong
-    ├── TopologyError          a site is valid TOML but not a consistent power/cooling tree
     ├── DeviceError            a device did not give us its readings
     │   ├── DeviceTimeout      no answer within the device's timeout
     │   ├── DeviceUnreachable  connection refused / reset / no route
@@ -15,9 +14,6 @@ most specific class first, with ``raise ... from exc``.
     │   └── DeviceProtocolError  the device answered, but wrongly (exception code, bad PDU)
     ├── DecodeError            bytes could not be turned into a value
     ├── StoreError             telemetry could not be written or read
-    │   ├── StoreUnavailable   the server is down or unreachable (retryable)
-    │   ├── WriteRejected      the server refused a batch (4xx): never retried as is
-    │   └── SpoolFull          the durable spool hit its bound
     ├── ControlError           the controller could not produce a safe plan
     ├── TwinError              the digital twin could not start or serve
     └── ProvisionError         Grafana refused or could not be reached while provisioning
@@ -59,9 +55,6 @@ class ConfigError(PowerplaneError):
 class ProfileError(ConfigError):
     """A device profile is invalid."""
 
-
-class TopologyError(PowerplaneError):
-    """The site does not form a consistent topology."""
 
 
 class DeviceError(PowerplaneError):
@@ -106,22 +99,7 @@ class StoreError(PowerplaneError):
     """Telemetry could not be written or read."""
 
 
-class StoreUnavailable(StoreError):
-    """The telemetry server is unreachable; the write may be retried."""
 
-
-class WriteRejected(StoreError):
-    """The server rejected a batch; it must not be retried unchanged."""
-
-    def __init__(self, status: int, message: str, line: str | None = None) -> None:
-        self.status = status
-        self.line = line
-        detail = f" (line: {line})" if line else ""
-        super().__init__(f"HTTP {status}: {message}{detail}")
-
-
-class SpoolFull(StoreError):
-    """The durable spool reached its size bound."""
 
 
 class ControlError(PowerplaneError):

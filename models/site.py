@@ -257,7 +257,7 @@ class SupplyExcursion(_Model):
     delta_c: Annotated[float, Field(gt=0, le=30)]
 
 
-class Twin(_Model):
+class TwinScenario(_Model):
     """Scenario of the digital twin: seed, start time and scheduled events."""
 
     seed: Annotated[int, Field(ge=0, le=2**63 - 1)] = 1
@@ -373,7 +373,7 @@ class SiteConfig(_Model):
     loops: list[Loop] = Field(min_length=1)
     jobs: list[Job] = []
     grid: Grid = Grid()
-    twin: Twin = Twin()
+    twin: TwinScenario = TwinScenario()
     controller: Controller = Controller()
     actuation: Actuation = Actuation()
     hooks: Hooks = Hooks()

@@ -40,16 +40,16 @@ from rich.text import Text
 from bus.mqtt import Inbox, MqttLink
 from controllers.actuation.messages import KEY_ENV, SiteKey
 from controllers.hooks.receiver import WebhookReceiver
+from dashboards.view import LoopRow, PowerRow, ViewState, bar, render, render_line
 from models.clock import NS_PER_S, ScaledClock
 from models.files import read_json, write_json
 from models.histogram import Histogram
 from models.site import SiteConfig, load_site
 from models.topology import L_NODE, L_RACK, build_topology
-from models.twin.runner import view_topic
 from powerplane.broker import Broker, start_broker
 from powerplane.fleet import OutageDrill, Proc
-from powerplane.store.config import StoreConfig
-from powerplane.view import LoopRow, PowerRow, ViewState, bar, render, render_line
+from store.config import StoreConfig
+from twin.runner import view_topic
 
 DEFAULT_SITE = Path(__file__).resolve().parent.parent / "deploy" / "sites" / "demo.toml"
 VIEW_PERIOD_WALL_S = 0.25
@@ -360,7 +360,7 @@ def stored_points(cfg: StoreConfig) -> int | None:
         return None
     import sqlite3
 
-    from powerplane.store.embedded import DB_NAME
+    from store.embedded import DB_NAME
 
     db = Path(cfg.data_dir) / DB_NAME
     if not db.exists():

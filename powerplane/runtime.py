@@ -48,7 +48,7 @@ from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
 from models.site import SiteConfig
 from models.state import SiteState
 from models.topology import L_NODE, Topology
-from powerplane.store.base import Sink, StoreStats
+from store.base import Sink, StoreStats
 
 log = logging.getLogger("powerplane.runtime")
 

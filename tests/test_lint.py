@@ -7,7 +7,7 @@ import sys
 
 from tests.conftest import ROOT
 
-PACKAGES = ["models", "powerplane", "collectors", "controllers", "dashboards", "bus"]
+PACKAGES = ["models", "powerplane", "collectors", "controllers", "dashboards", "bus", "store", "twin"]
 
 
 def test_ruff() -> None:

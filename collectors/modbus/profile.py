@@ -52,7 +52,7 @@ MAX_REGISTERS = 125  # Modbus spec: at most 125 registers per read (FC 3/4)
 MAX_BITS = 2000  # and 2000 coils / discrete inputs (FC 1/2)
 
 
-class PointSpec(BaseModel):
+class ModbusPointSpec(BaseModel):
     """One register (or register group) and where its value goes."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False, populate_by_name=True)
@@ -85,7 +85,7 @@ class GroupSpec(BaseModel):
     count: int | None = Field(None, ge=0, le=4096)
     count_point: str | None = None
     entity_level: str | None = None
-    points: list[PointSpec]
+    points: list[ModbusPointSpec]
 
 
 class DerivedSpec(BaseModel):
@@ -126,7 +126,7 @@ class ModbusProfileModel(BaseModel):
     max_block: int = Field(MAX_REGISTERS, ge=1, le=MAX_REGISTERS)
     max_gap: int = Field(16, ge=0, le=MAX_REGISTERS)
     sunspec: SunSpecSpec | None = None
-    points: list[PointSpec] = []
+    points: list[ModbusPointSpec] = []
     groups: list[GroupSpec] = []
     derived: list[DerivedSpec] = []
 
@@ -201,7 +201,7 @@ def _detail(p: ModbusPoint, frame: str) -> str:
     return ", ".join(bits)
 
 
-def _resolve(spec: PointSpec, prof: ModbusProfileModel, key: str, problems: list[tuple[str, str]],
+def _resolve(spec: ModbusPointSpec, prof: ModbusProfileModel, key: str, problems: list[tuple[str, str]],
              group: str | None) -> ModbusPoint:
     table = spec.table or prof.table
     if spec.type == "bit" and spec.bit is None and table in ("holding", "input"):

@@ -30,11 +30,11 @@ from typing import Any
 
 from collectors.base import DeviceConfig, PointTarget, series_id
 from collectors.mqtt.profile import UNIT_NS, MqttPoint, MqttProfile, Subscription, substitute
+from models.clock import NS_PER_S
 from models.errors import ConfigError, DecodeError
 from models.grid import DemandResponseEvent
 from models.readings import Quality, Reason, SeriesRegistry, metrics
 
-NS_PER_S = 1_000_000_000
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 32  # beyond any timestamp in ns or counter; int() of 4,301+ digits raises ValueError
 # Device options (name, default, upper bound) of the payload edge.

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from collectors.base import DeviceConfig, PointTarget, series_id
-from collectors.snmp.profile import Oid, PointSpec, SnmpProfile, parse_oid
+from collectors.snmp.profile import Oid, SnmpPointSpec, SnmpProfile, parse_oid
 from models.errors import DeviceError
 from models.readings import SeriesRegistry
 
@@ -49,7 +49,7 @@ class Conversion:
     modulus: float
 
     @classmethod
-    def of(cls, p: PointSpec, default_missing: Sequence[int]) -> Conversion:
+    def of(cls, p: SnmpPointSpec, default_missing: Sequence[int]) -> Conversion:
         """The conversion of a profile point."""
         missing = p.missing if p.missing is not None else default_missing
         return cls(p.scale, p.offset, frozenset(missing), tuple((int(k), v) for k, v in p.map.items()),

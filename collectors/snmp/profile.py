@@ -59,7 +59,7 @@ def format_oid(oid: Oid) -> str:
     return ".".join(str(p) for p in oid)
 
 
-class PointSpec(TargetSpec):
+class SnmpPointSpec(TargetSpec):
     """Where one SNMP value goes, and how raw integers become a value."""
 
     name: str = ""
@@ -77,13 +77,13 @@ class PointSpec(TargetSpec):
         return v
 
     @model_validator(mode="after")
-    def _counter_has_no_map(self) -> PointSpec:
+    def _counter_has_no_map(self) -> SnmpPointSpec:
         if self.counter and self.map:
             raise ValueError("a counter cannot have a value map")
         return self
 
 
-class ScalarSpec(PointSpec):
+class ScalarSpec(SnmpPointSpec):
     """One scalar (or one fixed table instance) read by GET."""
 
     oid: str
@@ -95,7 +95,7 @@ class ScalarSpec(PointSpec):
         return v
 
 
-class ColumnSpec(PointSpec):
+class ColumnSpec(SnmpPointSpec):
     """One column of a table, read for every row by GETBULK."""
 
     column: int = Field(ge=1)
@@ -194,7 +194,7 @@ class SnmpProfile:
         return rows
 
 
-def _conv_text(p: PointSpec) -> str:
+def _conv_text(p: SnmpPointSpec) -> str:
     out = ""
     if p.scale != 1.0:
         out += f" ×{p.scale:g}"

@@ -1,4 +1,4 @@
-"""The simulated GPU backend: drives the twin's GPUs over MQTT (see ``models.twin.boards``).
+"""The simulated GPU backend: drives the twin's GPUs over MQTT (wire format: ``models.twin.gpuwire``).
 
 It behaves like NVML from the agent's side: ``apply`` returns once the twin's broker has
 the new limits (QoS 1 PUBACK), the board clamps to its range, and ``read`` gives the
@@ -20,7 +20,7 @@ from bus.mqtt import Inbox, MqttLink
 from controllers.actuation.backends import BoardLimits, GpuReading
 from controllers.actuation.layout import RackLayout
 from models.errors import ControlError
-from models.twin.boards import decode_mw, encode_mw, set_topic, state_topic
+from models.twin.gpuwire import decode_mw, encode_mw, set_topic, state_topic
 
 log = logging.getLogger("powerplane.agent.sim")
 ACK_TIMEOUT_S = 5.0

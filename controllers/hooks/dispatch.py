@@ -34,7 +34,8 @@ from controllers.hooks.kubernetes import KubernetesAdapter
 from controllers.hooks.mqtt import MqttEventPublisher
 from controllers.hooks.payloads import EventLike, HookEvent, build_payload, hook_events
 from controllers.hooks.slurm import SlurmAdapter, default_node_name
-from controllers.hooks.webhook import Backoff, DeadLetter, SinkStats, WebhookSender, load_secret, redact_url
+from controllers.hooks.webhook import DeadLetter, SinkStats, WebhookSender, load_secret, redact_url
+from models.clock import NS_PER_S
 from models.errors import ConfigError
 from models.events import (
     EV_CAP_CHANGED,
@@ -46,6 +47,7 @@ from models.events import (
     EV_NON_COMPLIANT,
     EVENT_KINDS,
 )
+from models.retry import Backoff
 from models.site import Hooks
 
 log = logging.getLogger("powerplane.hooks")
@@ -54,7 +56,6 @@ DEFAULT_COALESCE_KINDS = frozenset({EV_CAP_CHANGED, EV_INFEASIBLE, EV_NON_COMPLI
                                     EV_HEADROOM_LOW})
 SLURM_KINDS = frozenset({EV_MOVE, EV_DR_END})
 K8S_KINDS = frozenset({EV_MOVE, EV_LEASE_FALLBACK, EV_DR_END})
-NS_PER_S = 1_000_000_000
 
 
 class Coalescer:

@@ -32,12 +32,10 @@ Delivery is at least once, in order per endpoint:
 from __future__ import annotations
 
 import collections
-import email.utils
 import http.client
 import json
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -49,6 +47,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from controllers.hooks.payloads import encode, rfc3339, signed_headers
 from models.errors import ConfigError
 from models.files import open_private, private_dir
+from models.retry import Backoff, parse_retry_after
 from models.site import Webhook
 
 log = logging.getLogger("powerplane.hooks")
@@ -130,20 +129,6 @@ class Attempt:
         return self.status is not None and 200 <= self.status < 300
 
 
-def parse_retry_after(value: str | None, now_s: float) -> float | None:
-    """Seconds to wait from a ``Retry-After`` header (delta seconds or HTTP date), or None."""
-    if not value:
-        return None
-    v = value.strip()
-    if v.isdigit():
-        return float(v)
-    try:
-        when = email.utils.parsedate_to_datetime(v)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now_s)
-
-
 def _scrub(text: str, url: str) -> str:
     """``text`` with the secrets of ``url`` (userinfo, query values) masked: errors may quote the URL."""
     try:
@@ -182,21 +167,9 @@ def post(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) ->
         conn.close()
 
 
-@dataclass
-class Backoff:
-    """Exponential backoff with jitter: try n waits base·2^(n-1), capped, times 0.5–1."""
-
-    base_s: float = 0.5
-    max_s: float = 30.0
-    retry_after_max_s: float = 60.0  # an endpoint asking for longer would stall the whole queue
-    rng: random.Random = field(default_factory=random.Random)
-
-    def delay_s(self, tries: int, retry_after_s: float | None = None) -> float:
-        """How long to wait after ``tries`` failed attempts."""
-        if retry_after_s is not None:
-            return min(max(0.0, retry_after_s), self.retry_after_max_s)
-        d = min(self.max_s, self.base_s * 2.0 ** (tries - 1))
-        return float(d * (0.5 + 0.5 * self.rng.random()))
+def webhook_backoff(**kw: Any) -> Backoff:
+    """Webhooks' back-off: 0.5 s doubling to 30 s, each wait shortened by up to half at random."""
+    return Backoff(**{"base_s": 0.5, "max_s": 30.0, "jitter": 0.5, **kw})
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +208,7 @@ def deliver(url: str, secret: bytes, payload: Mapping[str, Any], *, max_tries: i
             break
         if on_retry is not None:
             on_retry(last)
-        if not waiter(backoff.delay_s(tries, last.retry_after_s)):
+        if not waiter(backoff.delay_s(tries, retry_after_s=last.retry_after_s)):
             return Delivery(False, tries, last.error, REASON_SHUTDOWN)
     return Delivery(False, tries, last.error, REASON_MAX_TRIES)
 
@@ -359,7 +332,7 @@ class WebhookSender:
         self.kinds = kinds
         self.max_tries = max_tries
         self.timeout_s = timeout_s
-        self.backoff = backoff or Backoff()
+        self.backoff = backoff or webhook_backoff()
         self.dead_letter = dead_letter
         self._secret = secret
         self._queue: collections.deque[dict[str, Any]] = collections.deque()
@@ -514,7 +487,7 @@ def replay_to(path: str | Path, endpoints: list[Endpoint], *, any_url: bool = Fa
     dead-letter records, for the caller to write out.
     """
     out = ReplayResult()
-    b = backoff or Backoff()
+    b = backoff or webhook_backoff()
     for rec in read_dead_letter(path):
         ep = next((e for e in endpoints if same_endpoint(str(rec.get("url", "")), e.url)), None)
         if ep is None and any_url and endpoints:

@@ -3,7 +3,7 @@
 Everything here is pure: ``inventory`` derives the device list from a site, and each
 device model has an encoder that turns the simulation's current state into what the real
 device would serve — a Modbus register image or an SNMP OID table. The servers in
-``models.twin.servers`` only put these on the wire.
+``twin.servers`` only put these on the wire.
 
 Device models and where their layouts come from:
 
@@ -27,9 +27,9 @@ from typing import Literal
 
 import numpy as np
 
+from models.registers import Image, encode_string
 from models.site import SiteConfig
 from models.topology import L_FEED, L_HALL, L_RACK, L_ROW, L_UPS, Topology
-from models.twin.registers import Image, encode_string
 from models.twin.sim import TwinSim
 
 Protocol = Literal["modbus", "snmp"]

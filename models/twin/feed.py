@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
+from models.physics import pue
 from models.readings import REGISTRY, ReadingBatch, SeriesRegistry
 from models.topology import L_NODE, LEVELS
 from models.twin.sim import TwinSim
@@ -79,9 +80,9 @@ class TwinFeed:
                 series.append(sids)
                 values.append(np.asarray(src[f], np.float64))
         if SITE in self.parts:
-            pue = sim.facility_w / sim.it_w if sim.it_w > 0 else 1.0
+            p = pue(sim.facility_w, sim.it_w)
             series.append(self._site_sid)
-            values.append(np.array([sim.facility_w, sim.it_w, max(pue, 1.0)]))
+            values.append(np.array([sim.facility_w, sim.it_w, 1.0 if p is None else p]))
         if GRID in self.parts:
             g = sim.grid()
             now = sim.now_ns

@@ -36,12 +36,12 @@ from zoneinfo import ZoneInfo
 import numpy as np
 from numpy.typing import NDArray
 
+from models.clock import NS_PER_S
 from models.grid import DemandResponseEvent, GridSignals, inference_load, price_shape, solar_shape
 from models.physics import OverheadModel
 from models.site import SiteConfig
 from models.topology import L_FEED, L_NODE, L_PDU, L_RACK, L_UPS, LEVELS, Topology
 
-NS_PER_S = 1_000_000_000
 GPU_TAU_S = 0.15  # GPU power settles on a new limit within a few hundred ms
 CHECKPOINT_S = 20.0  # a checkpoint parks the GPUs near idle for this long
 FLOW_TAU_S = 3.0  # pumps spin up/down

@@ -39,7 +39,7 @@ PROTOCOLS = ("modbus", "snmp", "mqtt")
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``controller`` to the CLI."""
-    from powerplane.store.config import add_store_arguments
+    from store.config import add_store_arguments
 
     c = sub.add_parser("controller", help="run the site's control loop: readings in, plan, caps out, verify")
     c.add_argument("--site", required=True, help="site file")
@@ -114,7 +114,7 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     from models.wire import MAX_BATCH_BYTES
     from powerplane.runtime import ControlPlane
     from powerplane.sdnotify import Notifier
-    from powerplane.store.config import open_sink, store_config_from_args
+    from store.config import open_sink, store_config_from_args
 
     site = load_site(args.site)
     topo = build_topology(site)
@@ -139,7 +139,8 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     compile_s = warm_up(site, topo) if control else 0.0
 
     store_cfg = store_config_from_args(args, site.site.name)
-    sink = open_sink(store_cfg)
+    planes: list[Any] = []  # the sink's own alerts (spool filling, writes refused) become the plane's events
+    sink = open_sink(store_cfg, clock=clock, on_event=lambda ev: planes[0].event(ev) if planes else None)
     prefix = site.actuation.topic_prefix
     # One connection for everything (with authentication the client id is the user name).
     link = MqttLink(addr, f"powerplane-controller-{site.site.name}", clean_session=True)
@@ -157,6 +158,7 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     plane = ControlPlane(site, topo, clock, sink, devices=devices, actuator=actuator, hooks=hooks,
                          advisors=[MoveAdvisor(topo, site.site.name)] if control else [], readings=readings,
                          control=control, publish_state=publish_state)
+    planes.append(plane)
     notifier = Notifier()
     console.print(f"powerplane controller · site {site.site.name} · {topo.count(L_RACK):,} racks, "
                   f"{topo.count(L_NODE):,} nodes, {topo.n_gpus:,} GPUs · {len(devices)} devices here"

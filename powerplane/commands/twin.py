@@ -52,8 +52,8 @@ async def _twin(args: argparse.Namespace, console: Console) -> int:
     from models.clock import NS_PER_S, ScaledClock
     from models.files import write_json
     from models.site import load_site
-    from models.twin.runner import Twin
     from powerplane.broker import start_broker
+    from twin.runner import Twin
 
     site = load_site(args.site)
     if args.clock:

@@ -8,7 +8,7 @@ import heapq
 from models.clock import ManualClock
 from models.site import SiteConfig
 from models.topology import Topology
-from models.twin.runner import Twin
+from twin.runner import Twin
 
 
 async def started_twin(site: SiteConfig, clock: ManualClock, topo: Topology | None = None,

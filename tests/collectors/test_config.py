@@ -9,7 +9,7 @@ import pytest
 from collectors.config import devices_from_twin, load_collect_config, load_collect_file, load_endpoints
 from models.errors import ConfigError
 from models.topology import Topology
-from models.twin.runner import Endpoint
+from twin.runner import Endpoint
 
 GOOD = """
 site = "s1"

@@ -13,9 +13,10 @@ import pytest
 from collectors.config import devices_from_twin
 from collectors.health import health_batch
 from collectors.runtime import CollectorSet
-from collectors.schedule import Backoff, Jitter, next_slot_ns
+from collectors.schedule import Jitter, next_slot_ns
 from models.events import Event
 from models.readings import ReadingBatch, SeriesRegistry
+from models.retry import Backoff
 from models.site import SiteConfig
 from models.topology import Topology
 from tests.collectors.conftest import StepClock, started_twin
@@ -28,8 +29,8 @@ S = 1_000_000_000
 
 def test_backoff_slots_and_jitter() -> None:
     b = Backoff(base_s=1.0, factor=2.0, max_s=30.0)
-    assert [b.delay_s(n, 1.0) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
-    assert b.delay_s(1, 5.0) == 5.0  # never sooner than the interval
+    assert [b.delay_s(n, floor_s=1.0) for n in range(1, 8)] == [1, 2, 4, 8, 16, 30, 30]
+    assert b.delay_s(1, floor_s=5.0) == 5.0  # never sooner than the interval
     assert next_slot_ns(10, 10, 15) == (20, 0)
     assert next_slot_ns(10, 10, 45) == (50, 3)  # a poll due at 10 overran to 45: 20, 30, 40 skipped
     assert next_slot_ns(10, 10, 20) == (20, 0)

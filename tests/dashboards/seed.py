@@ -45,7 +45,7 @@ from models.state import SiteState
 from models.topology import L_FEED, L_HALL, L_NODE, L_PDU, L_RACK, L_ROW, L_UPS, LEVELS, Topology
 from models.twin.devices import inventory
 from models.twin.sim import TwinSim
-from powerplane.store.lineproto import encode, encode_events
+from store.lineproto import encode, encode_events
 
 DURATION_S = 780  # the whole demo scenario
 METER_S, SNMP_S, NODE_S, BMS_S, HEALTH_S = 2, 10, 5, 5, 10

@@ -13,7 +13,7 @@ from models.topology import Topology
 from models.twin.feed import TwinFeed
 from models.twin.sim import TwinSim
 from powerplane.runtime import ControlPlane
-from powerplane.store.embedded import EmbeddedStore
+from store.embedded import EmbeddedStore
 
 
 def run_plane(site: SiteConfig, topo: Topology, store: EmbeddedStore, seconds: int) -> tuple[ControlPlane, TwinSim]:

@@ -21,11 +21,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controllers.hooks.cli import sample_event
 from controllers.hooks.payloads import H_DELIVERY, build_payload
 from controllers.hooks.receiver import MAX_BODY_BYTES, WebhookReceiver, body_length
 from controllers.hooks.webhook import (
-    Backoff,
     DeadLetter,
     WebhookSender,
     deliver,
@@ -33,8 +31,10 @@ from controllers.hooks.webhook import (
     redact_url,
 )
 from models.events import EV_MOVE
-from powerplane.store.embedded import DB_NAME, EmbeddedStore
-from powerplane.store.spool import Spool
+from models.retry import Backoff
+from powerplane.commands.hooks import sample_event
+from store.embedded import DB_NAME, EmbeddedStore
+from store.spool import Spool
 from tests.conftest import DEMO_SITE
 from tests.controllers.hooks.conftest import SECRET, SigServer
 from tests.realservers import free_port

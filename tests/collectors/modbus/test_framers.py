@@ -10,11 +10,11 @@ from types import MappingProxyType
 import pytest
 
 from collectors.base import DeviceConfig
-from collectors.modbus.decode import encode
 from collectors.modbus.poller import ModbusPoller
 from collectors.modbus.profile import parse_modbus_profile
 from models.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from models.readings import SeriesRegistry
+from models.registers import encode
 
 # real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
 pytestmark = pytest.mark.timeout(120)

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from collectors.base import DeviceConfig
-from collectors.modbus.decode import PlanDecoder, encode
+from collectors.modbus.decode import PlanDecoder
 from collectors.modbus.plan import Layout, build_plan, coalesce, naive_plan
 from collectors.modbus.profile import ModbusProfile, parse_modbus_profile
 from collectors.profiles import find_profile
 from models.errors import ConfigError
 from models.readings import Reason, SeriesRegistry
+from models.registers import encode
 
 
 def dev(**options: Any) -> DeviceConfig:

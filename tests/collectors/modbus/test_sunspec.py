@@ -9,10 +9,10 @@ from types import MappingProxyType
 import pytest
 
 from collectors.base import DeviceConfig
-from collectors.modbus.decode import encode
 from collectors.modbus.poller import make_modbus_poller
 from collectors.profiles import find_profile
 from models.readings import Reason, SeriesRegistry
+from models.registers import encode
 
 # real servers: a hang fails fast, with pytest-timeout's stack dump, instead of after 300 s
 pytestmark = pytest.mark.timeout(120)

@@ -18,9 +18,9 @@ from models.readings import ReadingBatch, Reason, SeriesRegistry
 from models.site import SiteConfig
 from models.state import SiteState
 from models.twin.devices import PF
-from models.twin.runner import Twin
-from models.twin.servers import SNMP_V3_AUTH_KEY, SNMP_V3_PRIV_KEY, SNMP_V3_USER
 from testbed.realservers import Snmpd, Snmpsim
+from twin.runner import Twin
+from twin.servers import SNMP_V3_AUTH_KEY, SNMP_V3_PRIV_KEY, SNMP_V3_USER
 
 pytestmark = pytest.mark.servers
 

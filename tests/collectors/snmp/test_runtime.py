@@ -11,8 +11,8 @@ import pytest
 from collectors.base import DeviceConfig
 from collectors.config import devices_from_twin
 from collectors.runtime import CollectorSet
-from collectors.schedule import Backoff
 from models.readings import ReadingBatch, SeriesRegistry
+from models.retry import Backoff
 from models.site import SiteConfig
 from models.topology import Topology
 from tests.collectors.conftest import StepClock, started_twin

@@ -22,19 +22,19 @@ from typing import Any, TextIO
 import numpy as np
 import paho.mqtt.client as mqtt
 import pytest
+from controllers.actuation.link import MqttAddress
 from paho.mqtt.enums import CallbackAPIVersion
 
 from controllers.actuation.actuator import Actuator
-from controllers.actuation.link import MqttAddress
 from controllers.actuation.messages import AgentStatus, CapCommand, SiteKey, caps_topic
 from models.clock import NS_PER_S, SystemClock
 from models.events import EV_NON_COMPLIANT
 from models.site import SiteConfig, load_site
 from models.topology import L_NODE, Topology, build_topology
-from models.twin.runner import Twin
 from powerplane.runtime import ControlPlane
-from powerplane.store.embedded import EmbeddedStore
+from store.embedded import EmbeddedStore
 from testbed.realservers import Mosquitto
+from twin.runner import Twin
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(240)]
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from controllers.hooks.cli import register, sample_event
 from controllers.hooks.payloads import build_payload
 from controllers.hooks.webhook import DeadLetter, dead_letter_record, read_dead_letter
 from models.events import EVENT_KINDS
+from powerplane.commands.hooks import register, sample_event
 from testbed.realservers import free_port
 from tests.controllers.hooks.conftest import SECRET, SigServer
 

@@ -8,14 +8,15 @@ from pathlib import Path
 from controllers.hooks.dispatch import Coalescer, HookDispatcher
 from controllers.hooks.payloads import HookEvent, event_id
 from controllers.hooks.receiver import WebhookReceiver
-from controllers.hooks.webhook import Backoff, read_dead_letter
+from controllers.hooks.webhook import read_dead_letter
 from models.events import EV_CAP_CHANGED, EV_DR_END, EV_DR_START, EV_MOVE, Event
+from models.retry import Backoff
 from models.site import Hooks, Webhook
 from testbed.realservers import free_port
 from tests.controllers.hooks.conftest import SECRET, SigServer
 
 S = 1_000_000_000
-FAST = Backoff(base_s=0.01, max_s=0.05, rng=random.Random(2))
+FAST = Backoff(base_s=0.01, max_s=0.05, jitter=0.5, rng=random.Random(2))
 
 
 def ev(kind: str, t_s: float, entity: str = "job-1", value: float = 1.0, message: str = "") -> Event:

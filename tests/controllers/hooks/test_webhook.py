@@ -11,23 +11,22 @@ import pytest
 
 from controllers.hooks.payloads import HookEvent, build_payload, encode
 from controllers.hooks.webhook import (
-    Backoff,
     DeadLetter,
     WebhookSender,
     deliver,
     load_secret,
-    parse_retry_after,
     post,
     read_dead_letter,
     replay,
 )
 from models.errors import ConfigError
 from models.events import EV_MOVE, Event
+from models.retry import Backoff, parse_retry_after
 from models.site import Webhook
 from testbed.realservers import free_port
 from tests.controllers.hooks.conftest import SECRET, SigServer
 
-FAST = Backoff(base_s=0.01, max_s=0.05, rng=random.Random(1))
+FAST = Backoff(base_s=0.01, max_s=0.05, jitter=0.5, rng=random.Random(1))
 
 
 def payload(n: int = 0) -> dict[str, Any]:
@@ -87,8 +86,8 @@ def test_4xx_is_permanent_but_408_and_429_retry() -> None:
 
 
 def test_retry_after_is_honoured_and_capped() -> None:
-    b = Backoff(base_s=1.0, max_s=8.0, retry_after_max_s=60.0, rng=random.Random(0))
-    assert b.delay_s(1, 7.0) == 7.0 and b.delay_s(1, 3600.0) == 60.0
+    b = Backoff(base_s=1.0, max_s=8.0, jitter=0.5, retry_after_max_s=60.0, rng=random.Random(0))
+    assert b.delay_s(1, retry_after_s=7.0) == 7.0 and b.delay_s(1, retry_after_s=3600.0) == 60.0
     assert 0.5 <= b.delay_s(1) <= 1.0 and 2.0 <= b.delay_s(3) <= 4.0 and 4.0 <= b.delay_s(30) <= 8.0
     assert parse_retry_after("12", 0.0) == 12.0 and parse_retry_after("soon", 0.0) is None
     assert parse_retry_after("Thu, 01 Jan 1970 00:01:40 GMT", 40.0) == 60.0
