@@ -48,10 +48,10 @@ from models.site import SiteConfig, load_site
 from models.topology import L_NODE, L_RACK, build_topology
 from powerplane.broker import Broker, start_broker
 from powerplane.fleet import OutageDrill, Proc
+from powerplane.paths import DEMO_SITE
 from store.config import StoreConfig
 from twin.runner import view_topic
 
-DEFAULT_SITE = Path(__file__).resolve().parent.parent / "deploy" / "sites" / "demo.toml"
 VIEW_PERIOD_WALL_S = 0.25
 START_TIMEOUT_WALL_S = 90.0
 RSS_EVERY_WALL_S = 10.0
@@ -62,7 +62,7 @@ MIN_PLAN_SHARE = 0.98  # below this share of periods planned, the controller did
 class DemoOptions:
     """What the operator asked for on the command line."""
 
-    site: Path = DEFAULT_SITE
+    site: Path = DEMO_SITE
     duration_s: float = 780.0
     speed: float = 10.0
     seed: int | None = None

@@ -6,12 +6,14 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from models.clock import Clock
 from models.errors import ConfigError
 from store.base import Sink
-from store.embedded import EmbeddedStore
-from store.influx import Api, EventHook, InfluxSink
+
+if TYPE_CHECKING:
+    from store.influx import EventHook
 
 DEFAULT_DATA_DIR = Path("powerplane-data")
 
@@ -25,7 +27,7 @@ class StoreConfig:
     influx_token: str = ""
     influx_org: str = ""
     influx_bucket: str = ""
-    influx_api: Api = "v2"  # "v1": InfluxDB 1.x before 1.8 (/write; token "user:pass", bucket "db/rp")
+    influx_api: Literal["v1", "v2"] = "v2"  # "v1": InfluxDB 1.x before 1.8 (/write; token "user:pass", bucket "db/rp")
     site: str = ""  # tag of the events the sink writes
     spool_max_bytes: int = 1 << 30
     batch_size: int = 5000
@@ -39,6 +41,9 @@ class StoreConfig:
 
 def open_sink(cfg: StoreConfig, *, on_event: EventHook | None = None, clock: Clock | None = None) -> Sink:
     """The sink ``cfg`` asks for: InfluxDB when a URL is given, else the embedded store."""
+    from store.embedded import EmbeddedStore
+    from store.influx import InfluxSink
+
     if cfg.influx_url:
         problems = [(f"--influx-{k}", "required with --influx-url")
                     for k, v in (("bucket", cfg.influx_bucket),) if not v]
@@ -73,7 +78,7 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
 
 def store_config_from_args(args: argparse.Namespace, site: str = "") -> StoreConfig:
     """``StoreConfig`` from arguments added by ``add_store_arguments``."""
-    api: Api = "v1" if args.influx_api == "v1" else "v2"
+    api: Literal["v1", "v2"] = "v1" if args.influx_api == "v1" else "v2"
     return StoreConfig(data_dir=Path(args.data_dir), influx_url=args.influx_url or None,
                        influx_token=args.influx_token or "", influx_org=args.influx_org or "",
                        influx_bucket=args.influx_bucket or "", influx_api=api, site=site)

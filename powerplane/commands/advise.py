@@ -10,13 +10,12 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from controllers import closedloop
-from controllers.advise import advise, by_hall
-from controllers.moves import dr_deficit, recommend
-
 
 def cmd_advise(args: argparse.Namespace, console: Console) -> int:
     """Rank where a new job fits on the twin of a site, and list the moves the plan calls for."""
+    from controllers import closedloop
+    from controllers.advise import advise, by_hall
+    from controllers.moves import dr_deficit, recommend
     from models.site import load_site
     from models.topology import build_topology
 

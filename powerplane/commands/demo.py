@@ -42,11 +42,11 @@ def _outage(text: str) -> tuple[float, float] | None:
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add ``demo`` to the CLI."""
-    from powerplane.demo import DEFAULT_SITE
+    from powerplane.paths import DEMO_SITE
     from store.config import add_store_arguments
 
     d = sub.add_parser("demo", help="run the control plane against the digital twin")
-    d.add_argument("--site", default=str(DEFAULT_SITE), help="site file (default: the demo hall)")
+    d.add_argument("--site", default=str(DEMO_SITE), help="site file (default: the demo hall)")
     d.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=780.0,
                    help="simulated seconds (default 780)")
     d.add_argument("--speed", type=finite_number(float, gt=0, le=MAX_SPEED), default=10.0,

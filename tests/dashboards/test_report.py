@@ -205,3 +205,10 @@ def test_report_table_shows_coverage_and_dr(known: Path, tmp_path: Path) -> None
     assert r.returncode == 0, r.stderr
     assert _row(r.stdout, "facility power data") == "93.3 % of 600 s (40.0 s missing in 1 gap)"
     assert _row(r.stdout, "DR compliance") == "64.4 % (exceeded: over 3 s, unknown 40 s)"
+
+
+def test_the_report_commands_default_gap_factor_is_the_analytics() -> None:
+    from dashboards.analytics import MAX_GAP_FACTOR
+    from powerplane.commands.report import GAP_FACTOR
+
+    assert GAP_FACTOR == MAX_GAP_FACTOR
