@@ -167,7 +167,6 @@ class CapUnit:
             was = self.mode
             self.last_order, self.epoch, self.seq = res.order, res.epoch, res.seq
             self.plan_id = res.plan_id
-            self.requested = caps
             self.lease_expires_ns = res.expires_ns
             if changed:
                 try:
@@ -177,6 +176,9 @@ class CapUnit:
                     log.error("%s: could not apply plan %d: %s", self.name, res.plan_id, exc)
                     self.publish_status()
                     return res
+                # Only caps that took count as requested: after a failed apply the next command
+                # with the same caps (a renewal) must try again, not count as already in force.
+                self.requested = caps
                 self.stats.applied += 1
             else:
                 self.stats.renewed += 1
