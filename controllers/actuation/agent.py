@@ -114,6 +114,7 @@ class CapUnit:
         self.topic = caps_topic(prefix, site, layout.rack)
         self.status_topic = status_topic(prefix, site, self.sender)
         self._state_path = Path(state_dir) / f"{self.sender.replace('/', '@')}.json" if state_dir else None
+        self._save_errors = 0
         self._lock = asyncio.Lock()
         self._next_status_ns = 0
         self._probes: list[int] = []
@@ -306,10 +307,19 @@ class CapUnit:
         if self._state_path is None:
             return
         tmp = self._state_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"epoch": self.epoch, "seq": self.seq, "plan_id": self.plan_id}))
-        os.replace(tmp, self._state_path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"epoch": self.epoch, "seq": self.seq, "plan_id": self.plan_id}))
+            os.replace(tmp, self._state_path)
+        except OSError as exc:
+            # The caps are applied; only replay protection across a restart is lost until the
+            # state can be written again. Raising here would end the host's command task.
+            self._save_errors += 1
+            log.log(logging.ERROR if self._save_errors == 1 else logging.DEBUG,
+                    "%s: cannot keep the applied (epoch, seq) in %s: %s", self.name, self._state_path, exc)
+            return
+        self._save_errors = 0
 
 
 class AgentHost:
