@@ -115,6 +115,7 @@ class CapUnit:
         self.status_topic = status_topic(prefix, site, self.sender)
         self._state_path = Path(state_dir) / f"{self.sender.replace('/', '@')}.json" if state_dir else None
         self._save_errors = 0
+        self._rejects_logged: set[str] = set()
         self._lock = asyncio.Lock()
         self._next_status_ns = 0
         self._probes: list[int] = []
@@ -161,6 +162,7 @@ class CapUnit:
                 self._rejected(res)
                 return res
             self.stale_streak = 0
+            self._rejects_logged.clear()
             caps = res.caps_w[self.sel]
             changed = (self.mode != "controlled" or self.enforced.shape != caps.shape
                        or not np.array_equal(caps, self.requested))
@@ -210,7 +212,11 @@ class CapUnit:
             if self.stale_streak >= STALE_STREAK_WARN:
                 self.publish_status()
             return
-        log.warning("%s: rejected command: %s: %s", self.name, res.reason, short(res.detail))
+        # First of each reason at WARNING, repeats at DEBUG until a valid command: a junk flood
+        # must not become a log flood written from the event loop.
+        level = logging.WARNING if res.reason not in self._rejects_logged else logging.DEBUG
+        self._rejects_logged.add(res.reason)
+        log.log(level, "%s: rejected command: %s: %s", self.name, res.reason, short(res.detail))
         self.publish_status()
 
     async def check_lease(self) -> bool:
