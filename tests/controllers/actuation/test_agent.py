@@ -428,6 +428,27 @@ def test_an_unreadable_state_file_accepts_fresh_commands(clock: ManualClock, r01
     run(go())
 
 
+def test_a_state_file_that_cannot_be_written_does_not_stop_control(clock: ManualClock, r01: RackLayout,
+                                                                    layouts: Layouts, tmp_path: Path,
+                                                                    caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "r01@node-005.json").mkdir()  # something in the way of the state file
+
+    async def go() -> None:
+        h = Harness(clock, r01, layouts, state_dir=tmp_path)
+        await h.unit.open()
+        caplog.set_level(logging.DEBUG, logger="powerplane.agent")
+        for k in range(3):
+            clock.advance(1)
+            assert isinstance(await h.send(h.command(700.0 - 10 * k)), CapCommand)  # never raises
+        assert h.caps == [680.0] * 4 and h.unit.mode == "controlled"
+        errors = [r for r in caplog.records if r.levelno >= logging.ERROR and "cannot keep" in r.message]
+        assert len(errors) == 1  # once, then DEBUG until it works again
+        (tmp_path / "r01@node-005.json").rmdir()
+        assert isinstance(await h.send(h.command(650.0, seq=10)), CapCommand)
+        assert json.loads((tmp_path / "r01@node-005.json").read_text())["seq"] == 10
+    run(go())
+
+
 # ---- backend errors ------------------------------------------------------------------------------------
 def test_backend_errors_are_counted_not_raised_and_a_failed_cut_is_retried(
         clock: ManualClock, r01: RackLayout, layouts: Layouts) -> None:
@@ -494,7 +515,7 @@ def test_the_command_inbox_is_bounded() -> None:
 
 
 def test_a_junk_flood_does_not_delay_the_lease_fallback(mosquitto: Mosquitto, r01: RackLayout,
-                                                        layouts: Layouts) -> None:
+                                                        layouts: Layouts, caplog: pytest.LogCaptureFixture) -> None:
     """Commands reach the agent through the real broker and paho's network thread into the host's
     bounded inbox; oversized payloads are dropped there, unparsed. The lease watch runs on its
     own task: it falls back on time while a thousand junk commands are still queued."""
@@ -565,6 +586,9 @@ def test_a_junk_flood_does_not_delay_the_lease_fallback(mosquitto: Mosquitto, r0
             assert dict(h.unit.stats.rejected) == {"bad_signature": 250, "stale_seq": 250, "malformed": 251,
                                                    "wrong_target": 250}
             assert max(float(a.max()) for a in h.gpus.applies) <= 700.0  # nothing in the flood raised a cap
+            # Nor did it flood the log: the first of each reason, the streak and the fallback.
+            warned = [r for r in caplog.records if r.name == "powerplane.agent" and r.levelno >= logging.WARNING]
+            assert len(warned) <= 6, [r.message for r in warned]
             # A fresh command, as paho's thread delivers it, resumes control.
             fresh = h.command(650.0, lease_s=3)
             host.inbox.put(h.unit.topic, fresh.envelope(KEY))
