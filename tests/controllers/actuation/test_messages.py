@@ -354,7 +354,7 @@ def test_a_status_that_may_not_speak_for_its_nodes_is_refused(layouts: Layouts, 
 
 
 # ---- nothing raises at the edge ---------------------------------------------------------------
-# Text with lone surrogates too (json.dumps writes them as \\udXXX escapes, as hostile text does).
+# Text with lone surrogates too (json.dumps writes them as \udXXX escapes, as hostile text does).
 TEXT = st.text(max_size=20) | st.text(st.characters(categories=["Cs", "Lo", "Nd", "Po"]), max_size=10)
 JSON = st.recursive(
     st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | TEXT,
