@@ -49,6 +49,8 @@ class Histogram:
         if not n:
             return float("nan")
         k = int(np.searchsorted(np.cumsum(self.counts), q / 100.0 * n, side="left"))
+        if k >= self.counts.size - 1:
+            return self.max  # the overflow bin has no upper edge: the max is the only bound known
         return min((k + 1) * self.bin_s, self.max)
 
     def to_json(self) -> dict[str, Any]:

@@ -297,7 +297,7 @@ class InfluxSink:
         """Counters since opening (``spooled_points`` is what waits now)."""
         with self._cv:
             return StoreStats(self._written, self.spool.pending_points, self._rejected, self._dropped,
-                              self._events, self._last_error)
+                              self._events, last_error=self._last_error)
 
     def health_batch(self, ts_ns: int, site: str) -> ReadingBatch:
         """``store.*`` readings of this sink."""

@@ -113,6 +113,8 @@ class CapUnit:
         self.topic = caps_topic(prefix, site, layout.rack)
         self.status_topic = status_topic(prefix, site, self.sender)
         self._state_path = Path(state_dir) / f"{self.sender.replace('/', '@')}.json" if state_dir else None
+        self._save_errors = 0
+        self._rejects_logged: set[str] = set()
         self._lock = asyncio.Lock()
         self._next_status_ns = 0
         self._probes: list[int] = []
@@ -159,6 +161,7 @@ class CapUnit:
                 self._rejected(res)
                 return res
             self.stale_streak = 0
+            self._rejects_logged.clear()
             caps = res.caps_w[self.sel]
             changed = (self.mode != "controlled" or self.enforced.shape != caps.shape
                        or not np.array_equal(caps, self.requested))
@@ -166,7 +169,6 @@ class CapUnit:
             was = self.mode
             self.last_order, self.epoch, self.seq = res.order, res.epoch, res.seq
             self.plan_id = res.plan_id
-            self.requested = caps
             self.lease_expires_ns = res.expires_ns
             if changed:
                 try:
@@ -176,6 +178,9 @@ class CapUnit:
                     log.error("%s: could not apply plan %d: %s", self.name, res.plan_id, exc)
                     self.publish_status()
                     return res
+                # Only caps that took count as requested: after a failed apply the next command
+                # with the same caps (a renewal) must try again, not count as already in force.
+                self.requested = caps
                 self.stats.applied += 1
             else:
                 self.stats.renewed += 1
@@ -206,7 +211,11 @@ class CapUnit:
             if self.stale_streak >= STALE_STREAK_WARN:
                 self.publish_status()
             return
-        log.warning("%s: rejected command: %s: %s", self.name, res.reason, short(res.detail))
+        # First of each reason at WARNING, repeats at DEBUG until a valid command: a junk flood
+        # must not become a log flood written from the event loop.
+        level = logging.WARNING if res.reason not in self._rejects_logged else logging.DEBUG
+        self._rejects_logged.add(res.reason)
+        log.log(level, "%s: rejected command: %s: %s", self.name, res.reason, short(res.detail))
         self.publish_status()
 
     async def check_lease(self) -> bool:
@@ -312,10 +321,19 @@ class CapUnit:
         if self._state_path is None:
             return
         tmp = self._state_path.with_suffix(".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps({"epoch": self.epoch, "seq": self.seq, "plan_id": self.plan_id}))
-        os.replace(tmp, self._state_path)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps({"epoch": self.epoch, "seq": self.seq, "plan_id": self.plan_id}))
+            os.replace(tmp, self._state_path)
+        except OSError as exc:
+            # The caps are applied; only replay protection across a restart is lost until the
+            # state can be written again. Raising here would end the host's command task.
+            self._save_errors += 1
+            log.log(logging.ERROR if self._save_errors == 1 else logging.DEBUG,
+                    "%s: cannot keep the applied (epoch, seq) in %s: %s", self.name, self._state_path, exc)
+            return
+        self._save_errors = 0
 
 
 class AgentHost:

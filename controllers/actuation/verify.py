@@ -204,7 +204,8 @@ class Verifier:
         def event(rack: str, names: list[str], k: NDArray[np.intp]) -> HookEvent:
             why = {"no acknowledgement": int((~acked[k]).sum()),
                    "enforced limit above the cap": int((acked[k] & ~enf_ok[k]).sum()),
-                   "draws over its cap": int((acked[k] & enf_ok[k] & ~draw_ok[k]).sum())}
+                   "no draw measured since acknowledging": int((acked[k] & enf_ok[k] & known[k] & ~after[k]).sum()),
+                   "draws over its cap": int((acked[k] & enf_ok[k] & draw_bad[k]).sum())}
             excess = np.where(known[k], np.maximum(draw[k] - req_mean[k], 0.0), 0.0)
             over_w = float((excess * pub.count[k]).sum())
             text = ", ".join(f"{n} {w}" for w, n in why.items() if n)
