@@ -316,7 +316,7 @@ def test_service_commands_exist_in_the_cli() -> None:
 def test_compose_controller_writes_where_grafana_reads() -> None:
     services = compose()["services"]
     env, influx = services["controller"]["environment"], services["influxdb"]["environment"]
-    store_src = (ROOT / "powerplane" / "store" / "config.py").read_text()
+    store_src = (ROOT / "store" / "config.py").read_text()
     read = set(re.findall(r'env\("(POWERPLANE_\w+)"', store_src))
     assert {k for k in env if k.startswith("POWERPLANE_")} <= read  # no setting the store ignores
     assert env["POWERPLANE_INFLUX_BUCKET"] == influx["DOCKER_INFLUXDB_INIT_BUCKET"]

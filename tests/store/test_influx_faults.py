@@ -152,5 +152,5 @@ def test_the_spool_bound_drops_counts_and_alerts(proxy_for: type[FaultProxy], tm
 def test_retry_after_forms() -> None:
     assert parse_retry_after("7", 0.0) == 7.0
     assert parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT", now_s=1445412470.0) == 10.0
-    assert parse_retry_after("soon") is None
-    assert parse_retry_after(None) is None
+    assert parse_retry_after("soon", 0.0) is None
+    assert parse_retry_after(None, 0.0) is None

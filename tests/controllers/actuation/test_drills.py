@@ -32,9 +32,9 @@ from controllers.actuation.messages import AgentStatus, CapCommand, SiteKey, cap
 from models.clock import NS_PER_S, SystemClock
 from models.site import SiteConfig, load_site
 from models.topology import build_topology
-from twin.runner import Twin
-from tests.conftest import DEMO_SITE, ROOT
 from testbed.realservers import Mosquitto
+from tests.conftest import DEMO_SITE, ROOT
+from twin.runner import Twin
 
 pytestmark = [pytest.mark.servers, pytest.mark.timeout(120)]
 
