@@ -23,7 +23,7 @@ from collectors.schedule import Jitter, next_slot_ns
 from collectors.validate import Validator, rejected_total
 from models.clock import NS_PER_S, Clock
 from models.errors import DecodeError, DeviceError
-from models.events import Event
+from models.events import Event, EventKind
 from models.grid import DemandResponseEvent
 from models.readings import REGISTRY, ReadingBatch, Reason, SeriesRegistry
 from models.retry import Backoff
@@ -177,14 +177,15 @@ class CollectorSet:
         h = self.tracker.by_name[d.name]
         if tr is Transition.DOWN:
             log.error("%s: device down (%s): %s", d.name, kind, message)
-            self._event(Event(ts_ns, "device_down", "error", f"collector/{d.name}", message, d.name,
+            self._event(Event(ts_ns, EventKind.DEVICE_DOWN, "error", f"collector/{d.name}", message, d.name,
                               {"consecutive_failures": float(h.consecutive_failures)}))
         else:
             log.debug("%s: still down (%d failures): %s", d.name, h.consecutive_failures, message)
 
     def _up(self, d: DeviceConfig, ts_ns: int) -> None:
         log.info("%s: device back", d.name)
-        self._event(Event(ts_ns, "device_up", "info", f"collector/{d.name}", f"{d.name}: collecting again", d.name))
+        self._event(Event(ts_ns, EventKind.DEVICE_UP, "info", f"collector/{d.name}", f"{d.name}: collecting again",
+                          d.name))
 
     def _event(self, ev: Event) -> None:
         if self.on_event is not None:

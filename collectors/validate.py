@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from models.readings import Quality, ReadingBatch, Reason, SeriesRegistry, check_ranges, metric
+from models.readings import MetricKind, Quality, ReadingBatch, Reason, SeriesRegistry, check_ranges, metric
 
 _WRAP_32 = float(2**32)
 
@@ -39,7 +39,7 @@ class Validator:
                 raise ValueError(f"{name} is a state; states cannot be stuck")
             if n < 2:
                 raise ValueError(f"stuck_polls[{name!r}] must be >= 2, got {n}")
-        self._kind = np.zeros(0, np.uint8)  # 0 gauge, 1 counter, 2 state
+        self._kind = np.zeros(0, np.uint8)  # MetricKind per series
         self._stuck_n = np.zeros(0, np.int64)  # 0 = never stuck
         self._last = np.zeros(0, np.float64)
         self._same = np.zeros(0, np.int64)
@@ -51,8 +51,7 @@ class Validator:
         if n <= n_old:
             return
         keys = self.registry.keys()
-        kinds = {"gauge": 0, "counter": 1, "state": 2}
-        kind = np.array([kinds[metric(keys[i].metric).kind] for i in range(n_old, n)], np.uint8)
+        kind = np.array([MetricKind.of(metric(keys[i].metric).kind) for i in range(n_old, n)], np.uint8)
         stuck = np.array([self.stuck_polls.get(keys[i].metric, 0) for i in range(n_old, n)], np.int64)
         self._kind = np.concatenate([self._kind, kind])
         self._stuck_n = np.concatenate([self._stuck_n, stuck])
@@ -75,7 +74,7 @@ class Validator:
         # MQTT batch may hold several readings of one series).
         s = batch.series
         # Only counters and stuck-checked gauges carry state; everything else is done above.
-        stateful = (self._kind[s] == 1) | (self._stuck_n[s] > 0)
+        stateful = (self._kind[s] == MetricKind.COUNTER) | (self._stuck_n[s] > 0)
         idx = np.flatnonzero(stateful)
         if idx.size:
             idx = idx[np.argsort(s[idx], kind="stable")]
@@ -86,11 +85,11 @@ class Validator:
             val = float(v[i])
             kind = self._kind[sid]
             last = self._last[sid]
-            if kind == 1 and self._seen[sid] and val < last:
+            if kind == MetricKind.COUNTER and self._seen[sid] and val < last:
                 reasons[i] = Reason.COUNTER_DECREASE
                 quality[i] |= Quality.COUNTER_RESET
             n_stuck = self._stuck_n[sid]
-            if n_stuck and kind == 0:
+            if n_stuck and kind == MetricKind.GAUGE:
                 same = self._same[sid] + 1 if self._seen[sid] and val == last else 1
                 self._same[sid] = same
                 if same >= n_stuck:

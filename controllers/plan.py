@@ -9,14 +9,14 @@ lists every limit the plan would exceed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
 
 from controllers.problem import KIND_LOOP, KIND_POWER, SiteProblem
-from models.events import EV_INFEASIBLE, Event
+from models.events import EV_INFEASIBLE, Event, EventKind
 from models.physics import OverheadModel
 from models.readings import REGISTRY, ReadingBatch, SeriesRegistry
 from models.topology import L_FEED, L_NODE, L_RACK, L_UPS, LEVELS, Topology
@@ -215,7 +215,7 @@ class CapPlan:
 
     def events(self, site: str) -> list[Event]:
         """One event per decision, each with its reason (the binding constraint)."""
-        ev = [Event(self.ts_ns, "cap_plan", "info", "controller",
+        ev = [Event(self.ts_ns, EventKind.CAP_PLAN, "info", "controller",
                     f"plan {self.plan_id}: budget {self.budget_w / 1e3:,.0f} kW facility "
                     f"({self.budget_reason}), IT {self.it_budget_w / 1e3:,.0f} kW; "
                     f"{self.gpus_capped} GPUs capped below demand", site,
@@ -223,7 +223,7 @@ class CapPlan:
                      "gpus_capped": float(self.gpus_capped), "solve_ms": self.solve_ms})]
         for c, n in sorted(self.binding_constraints().items(), key=lambda kv: -kv[1]):
             name = self.constraint_names[c]
-            ev.append(Event(self.ts_ns, "cap_binding", "info", "controller",
+            ev.append(Event(self.ts_ns, EventKind.CAP_BINDING, "info", "controller",
                             f"{name} holds {n} GPUs: planned {self.constraint_load_w[c] / 1e3:,.1f} kW of "
                             f"{self.constraint_limit_w[c] / 1e3:,.1f} kW", name,
                             {"gpus": float(n), "load_w": float(self.constraint_load_w[c]),
@@ -234,36 +234,103 @@ class CapPlan:
                             f"move {', '.join(inf.jobs) or 'nothing movable'}", inf.constraint,
                             {"value": inf.deficit_w, "deficit_w": inf.deficit_w}))
         if self.overdraw_gpus:
-            ev.append(Event(self.ts_ns, "cap_overdraw", "warning", "controller",
+            ev.append(Event(self.ts_ns, EventKind.CAP_OVERDRAW, "warning", "controller",
                             f"{self.overdraw_gpus} GPUs draw over their cap (accounted at measured draw): "
                             f"{', '.join(self.overdraw_ids[:5])}{' ...' if len(self.overdraw_ids) > 5 else ''}",
                             site, {"gpus": float(self.overdraw_gpus)}))
         if self.stale_gpus:
-            ev.append(Event(self.ts_ns, "telemetry_stale", "warning", "controller",
+            ev.append(Event(self.ts_ns, EventKind.TELEMETRY_STALE, "warning", "controller",
                             f"{self.stale_gpus} GPUs without fresh telemetry, accounted at their last cap",
                             site, {"gpus": float(self.stale_gpus)}))
         for lid in self.stale_loops:
-            ev.append(Event(self.ts_ns, "telemetry_stale", "warning", "controller",
+            ev.append(Event(self.ts_ns, EventKind.TELEMETRY_STALE, "warning", "controller",
                             f"loop {lid}: no fresh capacity, flow or supply temperature; planning on "
                             f"{self.loop_capacity_w[self.problem.topo.loop_ids.index(lid)] / 1e3:,.0f} kW",
                             lid))
         return ev
 
-    def summary(self) -> dict[str, Any]:
-        """Small dict for the live view: racks, loops, budget, capped GPUs, infeasible constraints."""
+    def summary(self) -> PlanSummary:
+        """What the plan decided, per rack, loop and job, and why (for views, ``plan --json``, operators)."""
         topo = self.problem.topo
         ents = {level: (ids, f) for level, ids, f in self._entities(topo)}
         r_ids, r = ents["rack"]
         l_ids, lp = ents["loop"]
-        return {
-            "plan_id": self.plan_id, "budget_w": self.budget_w, "it_budget_w": self.it_budget_w,
-            "budget_reason": self.budget_reason, "gpus_capped": self.gpus_capped, "solve_ms": self.solve_ms,
-            "racks": [{"id": i, "cap_w": float(r["cap_w"][k]), "demand_w": float(r["demand_w"][k]),
-                       "load_w": float(r["load_w"][k]), "limit_w": float(r["limit_w"][k]),
-                       "headroom_w": float(r["headroom_w"][k])} for k, i in enumerate(r_ids)],
-            "loops": [{"id": i, "load_w": float(lp["load_w"][k]), "capacity_w": float(lp["limit_w"][k])}
-                      for k, i in enumerate(l_ids)],
-            "binding": {self.constraint_names[c]: n for c, n in self.binding_constraints().items()},
-            "infeasible": [{"constraint": x.constraint, "deficit_w": x.deficit_w, "jobs": list(x.jobs)}
-                           for x in self.infeasible],
-        }
+        jobs: list[JobCaps] = []
+        if "job" in ents:
+            j_ids, jf = ents["job"]
+            gpus = np.bincount(np.where(topo.gpu_job >= 0, topo.gpu_job, len(j_ids)), minlength=len(j_ids) + 1)
+            for k, jid in enumerate(j_ids):
+                n = int(gpus[k])
+                jobs.append(JobCaps(jid, int(topo.job_priority[k]), n, float(jf["cap_w"][k]) / n if n else 0.0,
+                                    float(jf["demand_w"][k]), float(jf["cut_w"][k]), int(jf["gpus_capped"][k])))
+        return PlanSummary(
+            self.plan_id, self.ts_ns, self.budget_w, self.it_budget_w, self.budget_reason, self.gpus_capped,
+            self.solve_ms,
+            [RackCaps(i, float(r["cap_w"][k]), float(r["demand_w"][k]), float(r["load_w"][k]), float(r["limit_w"][k]),
+                      float(r["headroom_w"][k])) for k, i in enumerate(r_ids)],
+            [LoopHeat(i, float(lp["load_w"][k]), float(lp["limit_w"][k])) for k, i in enumerate(l_ids)],
+            jobs,
+            {self.constraint_names[c]: n for c, n in self.binding_constraints().items()},
+            [dict(constraint=x.constraint, deficit_w=x.deficit_w, jobs=list(x.jobs)) for x in self.infeasible])
+
+
+@dataclass(frozen=True, slots=True)
+class RackCaps:
+    """One rack in a plan summary."""
+
+    id: str
+    cap_w: float  # sum of its GPUs' caps
+    demand_w: float  # sum of their predicted demand
+    load_w: float  # the planned load at the rack (its own watts: GPUs, bases, PSU losses, overhead)
+    limit_w: float  # the limit in force (after margin)
+    headroom_w: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoopHeat:
+    """One cooling loop in a plan summary."""
+
+    id: str
+    load_w: float  # heat planned into the loop
+    capacity_w: float  # capacity relied on (after margin and look-ahead)
+
+
+@dataclass(frozen=True, slots=True)
+class JobCaps:
+    """One job in a plan summary: its caps and what they cost it."""
+
+    id: str
+    priority: int
+    gpus: int
+    cap_per_gpu_w: float  # mean cap per GPU
+    demand_w: float  # predicted demand, all its GPUs
+    cut_w: float  # demand not granted
+    gpus_capped: int
+
+
+@dataclass(frozen=True)
+class PlanSummary:
+    """A plan's decisions in small form: budget and reason, per rack, loop and job, binding and infeasible."""
+
+    plan_id: int
+    ts_ns: int
+    budget_w: float
+    it_budget_w: float
+    budget_reason: str
+    gpus_capped: int
+    solve_ms: float
+    racks: list[RackCaps]
+    loops: list[LoopHeat]
+    jobs: list[JobCaps]
+    binding: dict[str, int]  # constraint -> GPUs it holds
+    infeasible: list[dict[str, Any]]  # constraint, deficit_w, jobs to move
+
+    def to_json(self, max_racks: int | None = None) -> dict[str, Any]:
+        """As JSON-able data; ``max_racks``: only the racks with the least headroom (site order kept)."""
+        racks = self.racks
+        if max_racks is not None and len(racks) > max_racks:
+            keep = {r.id for r in sorted(racks, key=lambda r: r.headroom_w)[:max_racks]}
+            racks = [r for r in racks if r.id in keep]
+        d = asdict(self)
+        d["racks"] = [asdict(r) for r in racks]
+        return d

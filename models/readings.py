@@ -51,6 +51,19 @@ class Reason(enum.IntEnum):
 Kind = Literal["gauge", "counter", "state"]
 
 
+class MetricKind(enum.IntEnum):
+    """A metric's kind as a small integer, for per-series arrays (``Metric.kind`` names it)."""
+
+    GAUGE = 0
+    COUNTER = 1
+    STATE = 2
+
+    @classmethod
+    def of(cls, kind: Kind) -> MetricKind:
+        """The member for a ``Kind`` name."""
+        return cls[kind.upper()]
+
+
 @dataclass(frozen=True, slots=True)
 class Metric:
     """One field of one measurement, with its unit and valid range."""

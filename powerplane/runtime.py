@@ -42,7 +42,7 @@ from controllers.notices import Notices
 from controllers.plan import CapPlan
 from models import wire
 from models.clock import NS_PER_S, Clock
-from models.events import Event
+from models.events import Event, EventKind
 from models.histogram import Histogram
 from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
 from models.site import SiteConfig
@@ -407,7 +407,7 @@ class ControlPlane:
         if granted:
             st.plans_with_violations += 1
             st.violations.extend(granted[: max(0, 20 - len(st.violations))])
-            events.append((Event(now_ns, "plan_violation", "critical", "controller",
+            events.append((Event(now_ns, EventKind.PLAN_VIOLATION, "critical", "controller",
                                  f"plan {plan.plan_id} grants over a limit; only its cuts applied: {granted[0]}",
                                  self.site_id, {"violations": float(len(granted))}), None))
         else:
@@ -416,7 +416,7 @@ class ControlPlane:
                 # The caps fit, but GPUs that have not yet followed them draw more: the limit is
                 # at risk until they settle. Counted and reported, and the caps are applied.
                 st.periods_at_risk += 1
-                events.append((Event(now_ns, "limit_at_risk", "warning", "controller",
+                events.append((Event(now_ns, EventKind.LIMIT_AT_RISK, "warning", "controller",
                                      f"plan {plan.plan_id}: GPUs lagging their caps: {at_risk[0]}", self.site_id,
                                      {"limits": float(len(at_risk)), "gpus": float(plan.overdraw_gpus)}), None))
             if plan.infeasible:
@@ -528,10 +528,7 @@ class ControlPlane:
             "store": asdict(self.store_stats()),
         }
         if self.last_plan is not None:
-            s = self.last_plan.summary()
-            racks = sorted(s["racks"], key=lambda r: r["headroom_w"])[:64]
-            out["plan"] = {**{k: v for k, v in s.items() if k != "racks"},
-                           "racks": sorted(racks, key=lambda r: r["id"])}
+            out["plan"] = self.last_plan.summary().to_json(max_racks=64)
         if self.actuator is not None:
             out["actuation"] = self.actuator.health()
             out["modes"] = self.actuator.verifier.stats.modes
@@ -571,7 +568,8 @@ class ControlPlane:
                 first = self.stats.control_errors == 1
                 log.log(logging.ERROR, "control period failed (%d so far): %s", self.stats.control_errors,
                         self.stats.last_error, exc_info=first)
-                self.event(Event(now, "control_error", "error", "controller", self.stats.last_error, self.site_id))
+                self.event(Event(now, EventKind.CONTROL_ERROR, "error", "controller", self.stats.last_error,
+                                 self.site_id))
             self._late(late_ns / 1e6, period_ns / 1e6)
             next_ns += period_ns
             await asyncio.sleep(0)

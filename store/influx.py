@@ -38,7 +38,7 @@ import urllib3
 
 from models.clock import Clock, SystemClock
 from models.errors import StoreError
-from models.events import Event
+from models.events import Event, EventKind
 from models.readings import ReadingBatch
 from models.retry import Backoff, parse_retry_after
 from store.base import StoreStats
@@ -262,7 +262,7 @@ class InfluxSink:
                                     f"{self.spool.max_bytes:,} bytes): {lines} points dropped")
                 first = self._dropped == lines
             (log.error if first else log.debug)("%s", self._last_error)
-            self._alert("spool_full", "critical", self._last_error, float(lines))
+            self._alert(EventKind.SPOOL_FULL, "critical", self._last_error, float(lines))
             return
         with self._cv:
             if self.spool.pending_points >= self.batch_size:
@@ -389,7 +389,7 @@ class InfluxSink:
         with self._cv:
             self._last_error = msg
         log.error("%s rejected %d of %d points, not retried: %s", self.url, rejected, points, msg)
-        self._alert("store_rejected", "error", msg, float(rejected))
+        self._alert(EventKind.STORE_REJECTED, "error", msg, float(rejected))
         return points - rejected, rejected
 
     def _retry_delay(self, r: Response) -> float:

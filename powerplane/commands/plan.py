@@ -25,9 +25,11 @@ def cmd_plan(args: argparse.Namespace, console: Console) -> int:
     snap = closedloop.run(site, topo, at_s=args.at, seed=args.seed)
     plan, violations = snap.plan, snap.violations_in_run
     sim_t_s = snap.t_s
-    summary: dict[str, Any] = plan.summary()
+    summary: dict[str, Any] = plan.summary().to_json()
     summary.update(site=site.site.name, t_s=round(sim_t_s, 3), violations=plan.violations(topo),
                    violations_in_run=violations, gpus=topo.n_gpus)
+    if args.caps_out:
+        write_caps(plan, topo, args.caps_out)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -63,4 +65,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="run the twin under control for S simulated seconds first (default 0)")
     p.add_argument("--seed", type=SEED, default=None, help="twin seed (default: the site's)")
     p.add_argument("--json", action="store_true", help="print the plan summary as JSON")
+    p.add_argument("--caps-out", default=None, metavar="FILE",
+                   help="write every node's per-GPU caps and predicted demand as JSON (to reproduce the plan)")
     p.set_defaults(handler=cmd_plan)
+
+
+def write_caps(plan: Any, topo: Any, path: str) -> None:
+    """Every node's per-GPU caps, accounted load and predicted demand, with the binding constraint."""
+    from models.files import write_json
+    from models.topology import L_NODE
+
+    first = topo.node_first_gpu
+    nodes = topo.ids(L_NODE)
+    rows = []
+    for k, n in enumerate(nodes):
+        a, b = int(first[k]), int(first[k] + topo.node_gpus[k])
+        bind = int(plan.bind[a])
+        rows.append({"node": n, "caps_w": [round(float(x), 3) for x in plan.caps_w[a:b]],
+                     "demand_w": [round(float(x), 3) for x in plan.demand_w[a:b]],
+                     "accounted_w": [round(float(x), 3) for x in plan.accounted_w[a:b]],
+                     "binding": plan.constraint_names[bind] if bind >= 0 else None})
+    write_json(path, {"plan_id": plan.plan_id, "ts_ns": plan.ts_ns, "budget_w": plan.budget_w,
+                      "it_budget_w": plan.it_budget_w, "nodes": rows})

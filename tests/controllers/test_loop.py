@@ -103,8 +103,10 @@ def test_plan_outputs(demo_site: SiteConfig, demo_topo: Topology) -> None:
     kinds = [e.kind for e in plan.events("demo-hall")]
     assert kinds[0] == "cap_plan" and "cap_binding" in kinds
     s = plan.summary()
-    assert [x["id"] for x in s["racks"]] == list(demo_topo.level_ids[L_RACK])
-    assert s["binding"] and s["infeasible"] == []
+    assert [x.id for x in s.racks] == list(demo_topo.level_ids[L_RACK])
+    assert s.binding and s.infeasible == []
+    assert {j.id for j in s.jobs} == set(demo_topo.job_ids) and all(j.gpus > 0 for j in s.jobs)
+    assert s.to_json()["racks"][0]["id"] == demo_topo.level_ids[L_RACK][0]
 
 
 def test_infeasible_floors_name_the_jobs_to_move(demo_site: SiteConfig, demo_topo: Topology) -> None:
