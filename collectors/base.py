@@ -18,13 +18,14 @@ from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from models.errors import DeviceError
 from models.readings import ReadingBatch, Reason, SeriesRegistry
 
 Tags = tuple[tuple[str, str], ...]
-PROTOCOLS = ("modbus", "snmp", "mqtt")
+Protocol_ = Literal["modbus", "snmp", "mqtt"]
+PROTOCOLS: tuple[str, ...] = get_args(Protocol_)
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class DeviceConfig:
     """One device to collect, validated from collect.toml or built from the twin's endpoints."""
 
     name: str
-    protocol: str  # one of PROTOCOLS
+    protocol: Protocol_
     profile: str  # profile name, see collectors/profiles.py
     host: str
     port: int
@@ -86,6 +87,21 @@ class PollResult:
     errors: list[DeviceError] = field(default_factory=list)  # parts that failed; empty when all fine
     # values the decoder refused before validation (sentinels, undecodable bytes), by reason
     rejected: Counter[Reason] = field(default_factory=Counter)
+
+
+class Intake(Protocol):
+    """Takes messages from one subscribed device (MQTT) and hands them on; started and stopped
+    by the runtime, which validates what it delivers exactly as for a poller's batches."""
+
+    device: DeviceConfig
+
+    async def start(self) -> None:
+        """Connect and subscribe (in the background; reconnects on its own)."""
+        ...
+
+    async def stop(self) -> None:
+        """Disconnect."""
+        ...
 
 
 class Poller(Protocol):

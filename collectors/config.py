@@ -32,9 +32,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from collectors.base import PROTOCOLS, DeviceConfig
+from collectors.base import DeviceConfig, Protocol_
 from collectors.profiles import find_profile
 from models.configfile import read_toml, validation_problems
 from models.errors import ConfigError, ProfileError
@@ -63,7 +63,7 @@ class _DeviceModel(BaseModel):
     model_config = _STRICT
 
     name: str = Field(min_length=1)
-    protocol: str
+    protocol: Protocol_
     profile: str
     host: str
     port: int = Field(ge=0, le=65535)
@@ -73,13 +73,6 @@ class _DeviceModel(BaseModel):
     rating_w: float | None = Field(None, gt=0, le=1e12)
     tags: dict[str, str] = {}
     options: dict[str, Any] = {}
-
-    @field_validator("protocol")
-    @classmethod
-    def _protocol(cls, v: str) -> str:
-        if v not in PROTOCOLS:
-            raise ValueError(f"unknown protocol {v!r}; one of {', '.join(PROTOCOLS)}")
-        return v
 
 
 class _Defaults(BaseModel):

@@ -182,14 +182,24 @@ def profile_files() -> Iterator[Path]:
             yield from sorted(d.rglob("*.toml"))
 
 
+_HEADERS: dict[tuple[Path, float], ProfileInfo] = {}
+
+
 def list_profiles() -> list[ProfileInfo]:
-    """Headers of every profile found; a user profile hides a shipped one of the same name."""
+    """Headers of every profile found; a user profile hides a shipped one of the same name.
+
+    A header is parsed once per file version (path and modification time): building a
+    hundred pollers must not re-read every profile a hundred times.
+    """
     seen: dict[str, ProfileInfo] = {}
     for f in profile_files():
-        data = read_profile_data(f)
-        h = validate_model(f, data, Header)
-        if h.name not in seen:
-            seen[h.name] = ProfileInfo(h.name, h.protocol, h.vendor, h.description, f)
+        key = (f, f.stat().st_mtime)
+        info = _HEADERS.get(key)
+        if info is None:
+            h = validate_model(f, read_profile_data(f), Header)
+            info = _HEADERS[key] = ProfileInfo(h.name, h.protocol, h.vendor, h.description, f)
+        if info.name not in seen:
+            seen[info.name] = info
     return sorted(seen.values(), key=lambda i: (i.protocol, i.name))
 
 

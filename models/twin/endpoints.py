@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 
 @dataclass(frozen=True)
@@ -11,7 +12,7 @@ class Endpoint:
     """Where one twin device listens, and how to address it."""
 
     device: str
-    protocol: str  # modbus | snmp | mqtt
+    protocol: Literal["modbus", "snmp", "mqtt"]
     model: str
     level: str
     entity: str

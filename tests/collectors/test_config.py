@@ -53,7 +53,7 @@ def test_good_file(tmp_path: Path) -> None:
     (('profile = "generic-meter-f32"', 'profile = "no-such-meter"'),
      "devices[0].profile: no modbus profile of that name"),
     (('profile = "bms-json"', 'profile = "cdu-aalc"'), "devices[1].profile: no mqtt profile of that name"),
-    (('protocol = "modbus"', 'protocol = "bacnet"'), "devices[0].protocol: unknown protocol 'bacnet'"),
+    (('protocol = "modbus"', 'protocol = "bacnet"'), "devices[0].protocol: Input should be 'modbus', 'snmp' or 'mqtt' (got 'bacnet')"),
     (("port = 502", "port = 70000"), "devices[0].port: Input should be less than or equal to 65535"),
     (('name = "bms"', 'name = "feed-meter"'), "devices[1].name: duplicate device name 'feed-meter'"),
     (('tags = { level = "feed", id = "utility-1" }', 'tags = { level = "feed" }'),
