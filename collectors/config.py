@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from collectors.base import DeviceConfig, Protocol_
+from collectors.base import PROTOCOLS, DeviceConfig, Protocol_
+from collectors.options import option_names, options_of
 from collectors.profiles import find_profile
 from models.configfile import read_toml, validation_problems
 from models.errors import ConfigError, ProfileError
@@ -127,11 +128,16 @@ def load_collect_file(path: str | Path) -> CollectConfig:
     devices: list[DeviceConfig] = []
     names: set[str] = set()
     d = top.defaults
+    every = set().union(*(option_names(p) for p in PROTOCOLS))
+    problems += [(f"defaults.options.{k}", "no protocol has this option") for k in d.options if k not in every]
     for i, entry in enumerate(top.devices):
         pairs = (("port", d.port), ("interval_s", d.interval_s), ("timeout_s", d.timeout_s), ("jitter_s", d.jitter_s))
         merged: dict[str, Any] = {k: v for k, v in pairs if v is not None}
         merged.update(entry)
-        merged["options"] = {**d.options, **entry.get("options", {})}
+        # [defaults].options apply to the devices whose protocol has that option (unit to
+        # Modbus devices, keepalive_s to MQTT ones); a key no protocol has is reported below.
+        known = option_names(str(entry.get("protocol", "")))
+        merged["options"] = {**{k: v for k, v in d.options.items() if k in known}, **entry.get("options", {})}
         try:
             dev = _DeviceModel.model_validate(merged)
         except ValidationError as exc:
@@ -156,13 +162,10 @@ def load_collect_file(path: str | Path) -> CollectConfig:
         device = DeviceConfig(dev.name, dev.protocol, dev.profile, dev.host, dev.port, dev.interval_s,
                               dev.timeout_s, dev.jitter_s, tuple(sorted(tags.items())), dev.rating_w,
                               MappingProxyType(dict(dev.options)))
-        if dev.protocol == "mqtt":
-            from collectors.mqtt.parse import edge_options
-
-            try:
-                edge_options(device)
-            except ConfigError as exc:
-                problems += [(f"devices[{i}].{k}", m) for k, m in exc.problems]
+        try:
+            options_of(device)
+        except ConfigError as exc:
+            problems += [(f"devices[{i}].{k}", m) for k, m in exc.problems]
         devices.append(device)
     if problems:
         raise ConfigError(path, problems)

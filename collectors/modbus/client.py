@@ -37,13 +37,16 @@ class ModbusClient:
 
     def __init__(self, device: DeviceConfig) -> None:
         self.device = device
-        self.unit = int(device.option("unit", 1))
-        self.framer = str(device.option("framer", "tcp"))
-        if self.framer not in FRAMERS:
-            raise DeviceProtocolError(device.name, f"unknown framer {self.framer!r}; one of {', '.join(FRAMERS)}")
-        self.pause_s = float(device.option("pause_s", 0.0))
-        self.retries = int(device.option("retries", 0))
-        self.reconnect_on_timeout = bool(device.option("reconnect_on_timeout", True))
+        from collectors.options import ModbusOptions, options_of
+
+        o = options_of(device)
+        assert isinstance(o, ModbusOptions)
+        self.options = o
+        self.unit = o.unit
+        self.framer = o.framer
+        self.pause_s = o.pause_s
+        self.retries = o.retries
+        self.reconnect_on_timeout = o.reconnect_on_timeout
         self.requests = 0
         self._guard_s = device.timeout_s * (self.retries + 1) + 1.0
         self._client: Any = None
@@ -59,10 +62,8 @@ class ModbusClient:
         d = self.device
         common: dict[str, Any] = {"timeout": d.timeout_s, "retries": self.retries, "reconnect_delay": 0}
         if self.framer == "rtu":
-            return AsyncModbusSerialClient(d.host, framer=FramerType.RTU,
-                                           baudrate=int(d.option("baudrate", 19200)),
-                                           parity=str(d.option("parity", "N")),
-                                           stopbits=int(d.option("stopbits", 1)), **common)
+            return AsyncModbusSerialClient(d.host, framer=FramerType.RTU, baudrate=self.options.baudrate,
+                                           parity=self.options.parity, stopbits=self.options.stopbits, **common)
         framer = FramerType.SOCKET if self.framer == "tcp" else FramerType.RTU
         return AsyncModbusTcpClient(d.host, port=d.port, framer=framer, **common)
 

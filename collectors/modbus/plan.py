@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from collectors.base import DeviceConfig, series_id
 from collectors.modbus.profile import MAX_BITS, MAX_REGISTERS, ModbusPoint, ModbusProfile
+from collectors.options import ModbusOptions
 from models.errors import ConfigError
 from models.readings import SeriesRegistry
 
@@ -93,13 +94,21 @@ def coalesce(spans: Sequence[tuple[int, int]], *, max_gap: int, max_block: int) 
     return out
 
 
+def _options(device: DeviceConfig) -> ModbusOptions:
+    from collectors.options import options_of
+
+    o = options_of(device)
+    assert isinstance(o, ModbusOptions)
+    return o
+
+
 def _instances(profile: ModbusProfile, device: DeviceConfig, layout: Layout
                ) -> list[tuple[ModbusPoint, int, tuple[tuple[str, str], ...], dict[str, str]]]:
     """``(point, absolute address, extra tags, sf scope)`` of every point instance."""
     out: list[tuple[ModbusPoint, int, tuple[tuple[str, str], ...], dict[str, str]]] = []
     for p in profile.points:
         out.append((p, p.address + layout.frame, (), {}))
-    children = list(device.option("children", ()) or ())
+    children = _options(device).children
     for g, pts in profile.groups:
         n = g.count if g.count is not None else int(layout.group_counts.get(g.name, 0))
         base = g.base - profile.address_base
@@ -117,19 +126,19 @@ def _instances(profile: ModbusProfile, device: DeviceConfig, layout: Layout
 def build_plan(profile: ModbusProfile, device: DeviceConfig, registry: SeriesRegistry,
                layout: Layout = Layout()) -> ReadPlan:
     """The read plan of ``device``: interned series, coalesced blocks, scale-factor links."""
-    max_block = min(profile.max_block, int(device.option("max_block", MAX_REGISTERS)), MAX_REGISTERS)
-    max_gap = int(device.option("max_gap", profile.max_gap))
-    if max_block < 1 or max_gap < 0:
-        raise ConfigError(device.name, [("options", "max_block must be >= 1 and max_gap >= 0")])
+    o = _options(device)
+    max_block = min(profile.max_block, o.max_block if "max_block" in device.options else MAX_REGISTERS,
+                    MAX_REGISTERS)
+    max_gap = o.max_gap if "max_gap" in device.options else profile.max_gap
     inst = _instances(profile, device, layout)
     keys = [(scope.get(p.name, p.name)) for p, _, _, scope in inst]
     index = {k: i for i, k in enumerate(keys)}
     # metric_map renames an entity total (a point without point tags), e.g. a site meter's
     # power.power_w -> site.facility_w; sub-points keep their metric.
-    metric_map: Mapping[str, str] = device.option("metric_map", {}) or {}
+    metric_map: Mapping[str, str] = o.metric_map
     # child_ratings_w: {child id: rating}, so a tap-off read as a rack is range-checked (and
     # its headroom reported) against the rack's rating, not the busway's.
-    child_ratings: Mapping[str, float] = device.option("child_ratings_w", {}) or {}
+    child_ratings: Mapping[str, float] = o.child_ratings_w
     fields: list[Field] = []
     for p, addr, extra, scope in inst:
         target = p.target

@@ -35,7 +35,7 @@ class ModbusPoller:
         self.profile = profile
         self.registry = registry
         self.client = client if client is not None else ModbusClient(device)
-        self.slow_every = max(1, int(device.option("slow_every", 10)))
+        self.slow_every = self.client.options.slow_every
         self.plan: ReadPlan | None = None
         self._decoder: PlanDecoder | None = None
         self._polls = 0

@@ -22,12 +22,15 @@ import asyncio
 import collections
 import contextlib
 import logging
+import os
 import threading
 from collections.abc import Callable
 from typing import Any
 
+from bus.mqtt import PASSWORD_ENV, read_secret_file
 from collectors.base import DeviceConfig
 from collectors.mqtt.profile import MqttProfile
+from collectors.options import MqttOptions, options_of
 from models.clock import NS_PER_S, Clock
 
 log = logging.getLogger("powerplane.collectors.mqtt")
@@ -46,12 +49,16 @@ class MqttIntake:
         self.clock = clock
         self.on_messages = on_messages
         self.on_state = on_state
-        self.client_id = str(device.option("client_id", f"powerplane-{device.name}"))
-        self.qos = int(device.option("qos", profile.qos))
-        self.keepalive_s = int(device.option("keepalive_s", 15))
-        self.stale_s = device.option("stale_s")
-        self.watchdog_s = float(device.option("watchdog_s", 2.0))
-        self.batch_s = float(device.option("batch_ms", 5.0)) / 1e3
+        o = options_of(device)
+        assert isinstance(o, MqttOptions)
+        self.options = o
+        # With a user name the client id is the user name (brokers run use_username_as_clientid).
+        self.client_id = o.username or o.client_id or f"powerplane-{device.name}"
+        self.qos = o.qos if o.qos is not None else profile.qos
+        self.keepalive_s = o.keepalive_s
+        self.stale_s = o.stale_s
+        self.watchdog_s = o.watchdog_s
+        self.batch_s = o.batch_ms / 1e3
         self.filters = sorted({s.template.filter for s in profile.subscriptions})
         self.connected = False
         self.subscribed = False
@@ -148,9 +155,11 @@ class MqttIntake:
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         c.reconnect_delay_set(min_delay=1, max_delay=5)
-        user = self.device.option("username")
-        if user:
-            c.username_pw_set(str(user), self.device.option("password"))
+        o = self.options
+        if o.username:
+            password = read_secret_file(o.password_file, "MQTT password") if o.password_file else \
+                os.environ.get(PASSWORD_ENV)
+            c.username_pw_set(o.username, password)
         return c
 
     async def start(self) -> None:

@@ -31,19 +31,14 @@ from typing import Any
 from collectors.base import DeviceConfig, PointTarget, series_id
 from collectors.mqtt.profile import UNIT_NS, MqttPoint, MqttProfile, Subscription, substitute
 from models.clock import NS_PER_S
-from models.errors import ConfigError, DecodeError
+from models.errors import DecodeError
 from models.grid import DemandResponseEvent
 from models.readings import Quality, Reason, SeriesRegistry, metrics
 
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 32  # beyond any timestamp in ns or counter; int() of 4,301+ digits raises ValueError
 # Device options (name, default, upper bound) of the payload edge.
-OPTIONS: dict[str, tuple[float, float]] = {
-    "timestamp_max_age_s": (86_400.0, 10 * 365 * 86_400.0),
-    "timestamp_max_ahead_s": (300.0, 365 * 86_400.0),
-    "max_payload_bytes": (65_536.0, 16 << 20),
-    "max_series": (100_000.0, 10_000_000.0),
-}
+EDGE_OPTIONS = ("timestamp_max_age_s", "timestamp_max_ahead_s", "max_payload_bytes", "max_series")
 
 
 @dataclass
@@ -62,18 +57,11 @@ class Parsed:
 
 
 def edge_options(device: DeviceConfig) -> dict[str, float]:
-    """The payload-edge options of ``device`` (``OPTIONS``), checked: finite, > 0, bounded."""
-    out: dict[str, float] = {}
-    problems: list[tuple[str, str]] = []
-    for key, (default, hi) in OPTIONS.items():
-        v = device.option(key, default)
-        if type(v) not in (int, float) or not math.isfinite(v) or not 0 < v <= hi:
-            problems.append((f"options.{key}", f"must be a number in (0, {hi:g}], got {v!r}"))
-            continue
-        out[key] = float(v)
-    if problems:
-        raise ConfigError(device.name, problems)
-    return out
+    """The payload-edge options of ``device`` (validated with its other options, ``collectors.options``)."""
+    from collectors.options import options_of
+
+    o = options_of(device)
+    return {k: float(getattr(o, k)) for k in EDGE_OPTIONS}
 
 
 def _bounded_int(text: str) -> int:

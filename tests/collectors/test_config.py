@@ -105,3 +105,18 @@ def test_endpoints_file_errors(tmp_path: Path) -> None:
     bad.write_text('{"endpoints": []}')
     with pytest.raises(ConfigError, match="not an endpoints file"):
         load_endpoints(bad)
+
+
+def test_a_misspelt_option_is_an_error_not_a_default(tmp_path: Path) -> None:
+    """Every protocol's options are a closed model: a typo names its key path."""
+    bad = GOOD.replace('options = { framer = "rtu-over-tcp" }', 'options = { framerr = "rtu-over-tcp" }')
+    bad = bad.replace("interval_s = 5\n", "interval_s = 5\noptions = { qoss = 1, password = \"in-the-file\" }\n")
+    bad = bad.replace("options = { unit = 3 }", "options = { unit = 3, untis = 2 }")
+    f = tmp_path / "collect.toml"
+    f.write_text(bad)
+    with pytest.raises(ConfigError) as e:
+        load_collect_file(f)
+    text = str(e.value)
+    for key in ("devices[0].options.framerr: unknown key", "devices[1].options.qoss: unknown key",
+                "devices[1].options.password: unknown key", "defaults.options.untis: no protocol has this option"):
+        assert key in text, text

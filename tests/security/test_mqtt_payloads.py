@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 
 from collectors.base import DeviceConfig
 from collectors.mqtt.client import MqttIntake
-from collectors.mqtt.parse import OPTIONS, MessageParser, Parsed
+from collectors.mqtt.parse import EDGE_OPTIONS, MessageParser, Parsed
 from collectors.mqtt.profile import MqttProfile, parse_mqtt_profile
 from collectors.profiles import find_profile
 from collectors.runtime import CollectorSet
@@ -171,7 +171,7 @@ def test_a_profile_declares_its_timestamp_unit(mosquitto: Mosquitto, tmp_path: P
                                           ("max_payload_bytes", True), ("max_series", "many")])
 def test_the_window_options_are_checked(key: str, bad: object) -> None:
     prof = find_profile("bms-json", "mqtt")
-    assert isinstance(prof, MqttProfile) and key in OPTIONS
+    assert isinstance(prof, MqttProfile) and key in EDGE_OPTIONS
     dev = DeviceConfig("d", "mqtt", "bms-json", "h", 1883, options=MappingProxyType({key: bad}))
     with pytest.raises(ConfigError, match=f"options.{key}"):
         MessageParser(prof, dev, SeriesRegistry())

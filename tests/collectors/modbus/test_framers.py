@@ -12,7 +12,7 @@ import pytest
 from collectors.base import DeviceConfig
 from collectors.modbus.poller import ModbusPoller
 from collectors.modbus.profile import parse_modbus_profile
-from models.errors import DeviceProtocolError, DeviceTimeout, DeviceUnreachable
+from models.errors import ConfigError, DeviceProtocolError, DeviceTimeout, DeviceUnreachable
 from models.readings import SeriesRegistry
 from models.registers import encode
 
@@ -68,5 +68,5 @@ def test_rtu_over_tcp_framer(tmp_path: Path) -> None:
 def test_unknown_framer_is_refused() -> None:
     from collectors.modbus.client import ModbusClient
 
-    with pytest.raises(DeviceProtocolError, match="unknown framer 'ascii-art'"):
+    with pytest.raises(ConfigError, match=r"options\.framer: Input should be 'tcp', 'rtu-over-tcp' or 'rtu'"):
         ModbusClient(DeviceConfig("x", "modbus", "p", "h", 1, options=MappingProxyType({"framer": "ascii-art"})))
