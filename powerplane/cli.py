@@ -199,11 +199,11 @@ def command_registrars() -> tuple[Registrar, ...]:
     from controllers.cli import register as controllers
     from controllers.hooks.cli import register as hooks
     from dashboards.cli import register as dashboards
-    from powerplane.commands import agent, collect, controller, twin
+    from powerplane.commands import acl, agent, collect, controller, twin
     from powerplane.store.cli import register as store
 
     return (twin.register, profiles, collect.register, store, controllers, controller.register, agent.register,
-            advise, hooks, dashboards)
+            acl.register, advise, hooks, dashboards)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
