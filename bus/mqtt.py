@@ -52,11 +52,14 @@ class MqttAddress:
 
     @classmethod
     def parse(cls, url: str, where: str = "--mqtt", *, password_file: str | Path | None = None,
-              env: str = PASSWORD_ENV, allow_url_password: bool = False) -> MqttAddress:
+              env: str = PASSWORD_ENV, allow_url_password: bool = False,
+              default_user: str | None = None) -> MqttAddress:
         """Parse a broker URL; the password comes from ``password_file``, else ``$env``.
 
         A password inside the URL is a ConfigError (argv is world-readable) unless
         ``allow_url_password`` (URLs read from a protected file, not a command line).
+        ``default_user`` is the user name when the URL names none (an agent's account is
+        the rack or node it serves: the broker's ACL names it so).
         """
         try:
             u = urlparse(url)
@@ -75,6 +78,8 @@ class MqttAddress:
         except ValueError as exc:
             raise ConfigError(where, [("", f"bad port in {_redact(url)!r}: {exc}")]) from None
         password = unquote(pw) if pw is not None else None
+        if user is None and default_user:
+            user = default_user
         if password_file is not None:
             password = read_secret_file(password_file, "MQTT password")
         elif password is None and user and os.environ.get(env):

@@ -42,6 +42,7 @@ def command_registrars() -> tuple[Registrar, ...]:
     packages hold no CLI. Explicit on purpose (no plugin discovery by import side effects).
     """
     from powerplane.commands import (
+        acl,
         advise,
         agent,
         collect,
@@ -57,7 +58,8 @@ def command_registrars() -> tuple[Registrar, ...]:
     )
 
     return (demo.register, site.register, twin.register, profiles.register, collect.register, report.register,
-            plan.register, controller.register, agent.register, advise.register, hooks.register, dashboards.register)
+            plan.register, controller.register, agent.register, acl.register, advise.register, hooks.register,
+            dashboards.register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

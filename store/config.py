@@ -68,7 +68,10 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--influx-url", default=env("POWERPLANE_INFLUX_URL"),
                    help="InfluxDB / VictoriaMetrics URL; without it telemetry goes to the embedded store")
     g.add_argument("--influx-token", default=env("POWERPLANE_INFLUX_TOKEN", ""),
-                   help="API token (InfluxDB 1.x: user:password)")
+                   help="API token (InfluxDB 1.x: user:password); prefer --influx-token-file: argv and the "
+                        "environment are easier to leak than a 0600 file")
+    g.add_argument("--influx-token-file", default=env("POWERPLANE_INFLUX_TOKEN_FILE"), metavar="FILE",
+                   help="file holding the API token (default: $POWERPLANE_INFLUX_TOKEN_FILE)")
     g.add_argument("--influx-org", default=env("POWERPLANE_INFLUX_ORG", ""), help="organization")
     g.add_argument("--influx-bucket", default=env("POWERPLANE_INFLUX_BUCKET", ""),
                    help="bucket (InfluxDB 1.x: database/retention-policy)")
@@ -79,6 +82,11 @@ def add_store_arguments(parser: argparse.ArgumentParser) -> None:
 def store_config_from_args(args: argparse.Namespace, site: str = "") -> StoreConfig:
     """``StoreConfig`` from arguments added by ``add_store_arguments``."""
     api: Literal["v1", "v2"] = "v1" if args.influx_api == "v1" else "v2"
+    token = args.influx_token or ""
+    if args.influx_token_file:
+        from bus.mqtt import read_secret_file
+
+        token = read_secret_file(args.influx_token_file, "InfluxDB token")
     return StoreConfig(data_dir=Path(args.data_dir), influx_url=args.influx_url or None,
-                       influx_token=args.influx_token or "", influx_org=args.influx_org or "",
+                       influx_token=token, influx_org=args.influx_org or "",
                        influx_bucket=args.influx_bucket or "", influx_api=api, site=site)

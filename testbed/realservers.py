@@ -356,3 +356,76 @@ class Snmpsim(Server):
     def cleanup(self) -> None:
         """Remove the private directory (after ``stop``)."""
         shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+DEPLOY_MOSQUITTO = Path(__file__).resolve().parent.parent / "deploy" / "mosquitto"
+
+
+class ShippedMosquitto(Server):
+    """mosquitto running a shipped configuration (``deploy/mosquitto/mosquitto.conf``), as a site would.
+
+    Only what cannot be shipped is changed: the listeners move to free loopback ports (the
+    authenticated 1883 to ``port``, the demo-only anonymous 1884 to ``twin_port``) and the files
+    to ``workdir``. ``acl`` is the authenticated listener's ACL text; ``users`` maps accounts to
+    passwords, hashed with ``mosquitto_passwd -U`` as ``deploy/compose-init.sh`` does.
+    """
+
+    name = "mosquitto-shipped"
+
+    def __init__(self, workdir: Path, acl: str, users: dict[str, str], *, conf: Path | None = None,
+                 twin_acl: Path | None = None, passwd: Path | None = None) -> None:
+        super().__init__(workdir)
+        self.exe = require("mosquitto")
+        self.passwd_exe = require("mosquitto_passwd")
+        self.port = free_port()
+        self.twin_port = free_port()
+        self.acl = acl
+        self.users = dict(users)
+        self.conf = conf or DEPLOY_MOSQUITTO / "mosquitto.conf"
+        self.twin_acl = twin_acl or DEPLOY_MOSQUITTO / "acl.twin"
+        self.passwd = passwd  # an already hashed password file (compose-init.sh's) instead of ``users``
+
+    def prepare(self) -> None:
+        w = self.workdir
+        (w / "data").mkdir(exist_ok=True)
+        (w / "acl").write_text(self.acl)
+        shutil.copyfile(self.twin_acl, w / "acl.twin")
+        passwd = w / "passwd"
+        if self.passwd is not None:
+            shutil.copyfile(self.passwd, passwd)
+        else:
+            passwd.write_text("".join(f"{u}:{p}\n" for u, p in self.users.items()))
+            subprocess.run([self.passwd_exe, "-U", str(passwd)], check=True, capture_output=True)
+        passwd.chmod(0o600)
+        ports = {"1883": self.port, "1884": self.twin_port}
+        out = []
+        for ln in self.conf.read_text().splitlines():
+            key, _, val = ln.partition(" ")
+            if key == "listener":
+                port = val.split()[0]
+                if port not in ports:
+                    raise ValueError(f"{self.conf}: unexpected listener {val!r}")
+                ln = f"listener {ports[port]} 127.0.0.1"
+            elif key in ("password_file", "acl_file"):
+                ln = f"{key} {w / Path(val).name}"
+            elif key == "persistence_location":
+                ln = f"{key} {w / 'data'}/"
+            out.append(ln)
+        if os.geteuid() == 0:
+            out.append("user root")  # as the Mosquitto fixture: pytest's 0700 temp root stays enterable
+        (w / "mosquitto.conf").write_text("\n".join(out) + "\n")
+
+    def command(self) -> list[str]:
+        return [self.exe, "-c", str(self.workdir / "mosquitto.conf")]
+
+    def ready(self) -> bool:
+        return wait_tcp(self.port) and wait_tcp(self.twin_port)
+
+    def url(self, user: str | None = None) -> str:
+        """``mqtt://[user@]127.0.0.1:port`` of the authenticated listener (never a password)."""
+        return f"mqtt://{user + '@' if user else ''}127.0.0.1:{self.port}"
+
+    @property
+    def twin_url(self) -> str:
+        """``mqtt://127.0.0.1:twin_port``: the demo-only anonymous listener."""
+        return f"mqtt://127.0.0.1:{self.twin_port}"

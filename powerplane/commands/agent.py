@@ -37,7 +37,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     who.add_argument("--rack", action="append", default=[], metavar="RACK",
                      help="every node of this rack (repeat or glob; sim backend)")
     who.add_argument("--node-from-hostname", action="store_true",
-                     help="the node whose hostname (the site file's [[racks]] hostnames template) is this host's")
+                     help="the node whose host name ([actuation].hostname_template) is this host's (or --hostname)")
+    a.add_argument("--hostname", default=None, metavar="NAME",
+                   help="with --node-from-hostname: use this host name, e.g. a Kubernetes node name "
+                        "(default: this machine's)")
     a.add_argument("--site", required=True, help="site file (site id, [actuation] settings, GPU ranges)")
     add_mqtt_arguments(a)
     a.add_argument("--backend", choices=BACKEND_NAMES, default="nvml",
@@ -98,7 +101,7 @@ def units_wanted(args: argparse.Namespace, layouts: Any, site: Any) -> list[tupl
         chosen[r] = list(range(layouts[r].n_nodes))
     picked = _match(args.node, nodes, "--node") if args.node else []
     if args.node_from_hostname:
-        picked.append(node_of_host(site, socket.gethostname()))
+        picked.append(node_of_host(site, args.hostname or socket.gethostname()))
     for n in picked:
         r = layouts.rack_of_node[n]
         k = layouts[r].node_local(n)
@@ -117,6 +120,19 @@ def units_wanted(args: argparse.Namespace, layouts: Any, site: Any) -> list[tupl
     return out
 
 
+def account(wanted: list[tuple[str, list[int]]], layouts: Any) -> str | None:
+    """The MQTT account of an agent that serves one unit: its rack id when it serves the whole rack,
+    else ``<rack>@<node>`` (the status topic level; ``powerplane acl`` names accounts so). None for
+    several units: they need a URL that names the user."""
+    from controllers.actuation.messages import topic_node
+
+    if len(wanted) != 1:
+        return None
+    rack, nodes = wanted[0]
+    lay = layouts[rack]
+    return rack if len(nodes) == lay.n_nodes else topic_node(lay.nodes[nodes[0]])
+
+
 async def _agent(args: argparse.Namespace, console: Console) -> int:
     from bus.mqtt import MqttLink
     from controllers.actuation.agent import AgentHost, CapUnit
@@ -132,7 +148,7 @@ async def _agent(args: argparse.Namespace, console: Console) -> int:
     topo = build_topology(site)
     layouts = Layouts(topo)
     wanted = units_wanted(args, layouts, site)
-    addr = mqtt_address(args)
+    addr = mqtt_address(args, default_user=account(wanted, layouts))
     key = SiteKey.load(args.key_file)
     clock = clock_from(args.clock)
     cfg = site.actuation
@@ -163,15 +179,18 @@ async def _agent(args: argparse.Namespace, console: Console) -> int:
     console.print(f"powerplane agent · site {site.site.name} · {len(units)} unit(s), {n_nodes} node(s) · "
                   f"backend {args.backend} · MQTT {addr.url()} · lease {cfg.lease_s:g} s · key {key.kid}",
                   highlight=False, markup=False)
+    mqtt: dict[str, int] = {}
     try:
         await host.start()
         await run_until(args.duration, clock)
     finally:
+        # Before the stop's own disconnect: a session taken over by another client shows here.
+        mqtt = {"connects": link.connects, "disconnects": link.disconnects}
         await host.stop()
         if boards is not None:
             await boards.stop()
         if args.summary_out:
-            write_json(args.summary_out, host.summary())
+            write_json(args.summary_out, {**host.summary(), "mqtt": mqtt})
     console.print(agent_table(host))
     return 0
 

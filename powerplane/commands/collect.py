@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 from typing import Any
 
@@ -23,6 +24,7 @@ from powerplane.argtypes import MAX_RUN_S, finite_number
 from powerplane.commands.common import clock_from, mqtt_address, run_until
 
 PROTOCOLS = ("modbus", "snmp", "mqtt")
+log = logging.getLogger("powerplane.collect")
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -43,7 +45,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--publish", default=None, metavar="URL",
                    help="send reading batches to the controller over this broker (mqtt://[user@]host:port)")
     c.add_argument("--mqtt-password-file", default=None, metavar="FILE", help="the MQTT user's password")
-    c.add_argument("--src", default=None, help="this collector's name in topics (default collect-<host>-<pid>)")
+    c.add_argument("--src", default=None,
+                   help="this collector's name in topics (default: the MQTT user name, which the broker's ACL lets "
+                        "write only its own readings topic; without one collect-<host>-<pid>)")
     c.add_argument("--summary-out", default=None, metavar="FILE", help="with --publish: device health as JSON at exit")
     c.add_argument("--clock", default=None, help=argparse.SUPPRESS)
     c.set_defaults(handler=cmd_collect)
@@ -93,14 +97,18 @@ async def _publish(args: argparse.Namespace, console: Console) -> int:
     import os
     import socket
 
-    from collectors.publish import BatchPublisher
+    from collectors.publish import BatchPublisher, readings_topic
     from models.files import write_json
 
     site, devices, stuck, site_cfg = _devices(args)
     addr = mqtt_address(argparse.Namespace(mqtt=args.publish, mqtt_password_file=args.mqtt_password_file))
     clock = clock_from(args.clock)
-    src = args.src or f"collect-{socket.gethostname()}-{os.getpid()}"
+    src = args.src or addr.username or f"collect-{socket.gethostname()}-{os.getpid()}"
     prefix = site_cfg.actuation.topic_prefix if site_cfg is not None else "powerplane"
+    if addr.username and src != addr.username:
+        log.warning("collect: publishing as --src %s with MQTT user %s: the broker's ACL (powerplane acl) lets "
+                    "user %s write only %s", src, addr.username, addr.username,
+                    readings_topic(prefix, site, addr.username))
     pub = BatchPublisher(devices, site=site, src=src, addr=addr, clock=clock, prefix=prefix, stuck_polls=stuck)
     console.print(f"powerplane collect · {len(devices)} devices · publishing to {addr.url()} as {src}",
                   highlight=False, markup=False)

@@ -28,9 +28,10 @@ def add_mqtt_arguments(p: argparse.ArgumentParser, required: bool = True) -> Non
     p.add_argument("--mqtt-password-file", default=None, metavar="FILE", help="the MQTT user's password")
 
 
-def mqtt_address(args: argparse.Namespace) -> MqttAddress:
-    """The broker of ``--mqtt`` with its password from the file or the environment."""
-    return MqttAddress.parse(args.mqtt, password_file=args.mqtt_password_file)
+def mqtt_address(args: argparse.Namespace, default_user: str | None = None) -> MqttAddress:
+    """The broker of ``--mqtt`` with its password from the file or the environment (``default_user``:
+    the user name when the URL names none)."""
+    return MqttAddress.parse(args.mqtt, password_file=args.mqtt_password_file, default_user=default_user)
 
 
 def clock_from(anchor: str | None) -> Clock:

@@ -165,7 +165,7 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
                   f"{' + reading batches' if readings is not None else ''} · MQTT {addr.url()} · "
                   + (f"epoch {epoch} · key {key.kid} · lease {site.actuation.lease_s:g} s · kernels ready in "
                      f"{compile_s:.1f} s" if key is not None else "control off"), highlight=False, markup=False)
-    summary = _Summary(args.summary_out, plane, epoch, compile_s)
+    summary = _Summary(args.summary_out, plane, epoch, compile_s, link)
     watchdog = _Watchdog(plane, site.controller.period_s / clock.speed, notifier)
 
     def tick() -> None:
@@ -231,9 +231,10 @@ class _Watchdog:
 class _Summary:
     """The controller's run as data, rewritten atomically so that a SIGKILL loses at most a second."""
 
-    def __init__(self, path: str | None, plane: Any, epoch: int, compile_s: float) -> None:
+    def __init__(self, path: str | None, plane: Any, epoch: int, compile_s: float, link: Any = None) -> None:
         self.path = path
         self.plane = plane
+        self.link = link
         self.epoch = epoch
         self.compile_s = compile_s
         self.started_ns = plane.clock.now_ns()
@@ -260,6 +261,10 @@ class _Summary:
                       "rejected_points": store.rejected_points, "dropped_points": store.dropped_points,
                       "last_error": store.last_error},
         }
+        if self.link is not None:
+            # A session taken over by another client (same client id) shows as a disconnect here.
+            out["mqtt"] = {"connected": self.link.connected.is_set(), "connects": self.link.connects,
+                           "disconnects": self.link.disconnects}
         a = p.actuator
         if a is not None:
             v = a.verifier.stats

@@ -29,8 +29,8 @@ from collectors.runtime import CollectorSet
 from models.clock import SystemClock
 from models.errors import ConfigError, DecodeError
 from models.readings import ReadingBatch, Reason, SeriesRegistry
+from testbed.realservers import Mosquitto
 from tests.collectors.mqtt.test_intake import publish, until
-from tests.realservers import Mosquitto
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -127,7 +127,7 @@ def publish_file(broker: Mosquitto, topic: str, text: str) -> None:
     """Publish ``text`` as one message (mosquitto_pub -s reads the message from stdin)."""
     import subprocess
 
-    from tests.realservers import require
+    from testbed.realservers import require
 
     subprocess.run([require("mosquitto_pub"), "-h", "127.0.0.1", "-p", str(broker.port), "-q", "1", "-t", topic,
                     "-s"], input=text, text=True, check=True, timeout=60)

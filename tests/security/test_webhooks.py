@@ -35,9 +35,9 @@ from models.retry import Backoff
 from powerplane.commands.hooks import sample_event
 from store.embedded import DB_NAME, EmbeddedStore
 from store.spool import Spool
+from testbed.realservers import free_port
 from tests.conftest import DEMO_SITE
 from tests.controllers.hooks.conftest import SECRET, SigServer
-from tests.realservers import free_port
 from tests.security.conftest import CliResult, no_traceback
 
 pytestmark = pytest.mark.timeout(120)

@@ -50,3 +50,15 @@ def test_influx_url_opens_a_spooling_sink(victoriametrics: VictoriaMetrics, tmp_
     sink = open_sink(cfg)
     assert isinstance(sink, InfluxSink) and sink.spool.dir == tmp_path / "spool"
     sink.close()
+
+
+def test_token_from_a_file_wins_over_the_environment(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deploy files point at a 0600 token file (POWERPLANE_INFLUX_TOKEN_FILE), never hold the token."""
+    token = tmp_path / "influx-token"
+    token.write_text("from-the-file\n")
+    token.chmod(0o600)
+    monkeypatch.setenv("POWERPLANE_INFLUX_TOKEN", "from-the-environment")
+    monkeypatch.setenv("POWERPLANE_INFLUX_TOKEN_FILE", str(token))
+    assert store_config_from_args(_parse(["--data-dir", str(tmp_path)])).influx_token == "from-the-file"
+    with pytest.raises(ConfigError, match="cannot read the InfluxDB token"):
+        store_config_from_args(_parse(["--data-dir", str(tmp_path), "--influx-token-file", str(tmp_path / "no")]))
