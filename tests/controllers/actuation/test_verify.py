@@ -105,8 +105,9 @@ def test_settling_is_timed_from_a_draw_measured_after_the_acknowledgement(rig: R
     events, pinned = rig.check(at(1.0))
     v = rig.ver.stats
     assert events == [] and np.isnan(pinned).all()
-    # Never measured: the enforced limit is all there is, and that settles.
-    assert v.settled == rig.n and v.settle.n == rig.n and v.settle.max == 1.0
+    # Never measured: the enforced limit is all there is, and that settles; the settling time is
+    # the actuation lag, from the cut to the acknowledgement (not to this check).
+    assert v.settled == rig.n and v.settle.n == rig.n and v.settle.max == 0.5
 
 
 def test_an_older_draw_neither_settles_nor_condemns(rig: Rig) -> None:
@@ -122,11 +123,11 @@ def test_an_older_draw_neither_settles_nor_condemns(rig: Rig) -> None:
     rig.ack_all(at(1.6), power=860.0, power_ts_ns=at(1.1))
     events, pinned = rig.check(at(2.0))
     assert events == [] and np.isnan(pinned).all() and rig.ver.stats.settled == rig.n
-    # The draw measured after it: settled, timed from the cut to this check.
+    # The draw measured after it: settled, timed from the cut to that measurement (1 -> 2.3 s).
     rig.ack_all(at(2.4), power=590.0, power_ts_ns=at(2.3))
     events, _ = rig.check(at(2.5))
     assert events == [] and rig.ver.stats.settled == 2 * rig.n
-    assert rig.ver.stats.settle.max == 1.5 and rig.ver.stats.settle.percentile(95) == 1.5
+    assert rig.ver.stats.settle.max == pytest.approx(1.3) and rig.ver.stats.settle.percentile(95) == pytest.approx(1.3)
 
 
 @pytest.mark.parametrize("old_draw_w", [550.0, 860.0])
@@ -153,7 +154,7 @@ def test_a_fresh_draw_still_over_the_cap_does_not_settle_until_it_follows(rig: R
     rig.report("r02", at(1.9), [7], power=705.0, power_ts_ns=at(1.9), node_topic=True)  # within the overdraw share
     rig.check(at(2))
     assert rig.ver.stats.settled == rig.n and rig.ver.settled_order[n1] == rig.pub.lowered_order[n1]
-    assert rig.ver.stats.settle.max == 2.0
+    assert rig.ver.stats.settle.max == pytest.approx(1.9)  # the cut to the draw that followed it
 
 
 # ---- non-compliance, per rack ------------------------------------------------------------------------
