@@ -43,7 +43,7 @@ from models.readings import ReadingBatch
 from models.retry import Backoff, parse_retry_after
 from store.base import StoreStats
 from store.base import health_batch as _health_batch
-from store.lineproto import LineProtocolError, encode_batch, event_line
+from store.lineproto import LineProtocolError, distinct_times, encode_batch, event_line
 from store.spool import Record, Spool
 
 log = logging.getLogger(__name__)
@@ -240,9 +240,9 @@ class InfluxSink:
     def write_events(self, events: Sequence[Event]) -> None:
         """Spool ``events`` as ``events`` lines."""
         lines: list[str] = []
-        for ev in events:
+        for ev, ts in zip(events, distinct_times(events), strict=True):
             try:
-                lines.append(event_line(ev, self.site) + "\n")
+                lines.append(event_line(ev, self.site, ts) + "\n")
             except LineProtocolError as exc:
                 with self._cv:
                     self._rejected += 1

@@ -189,8 +189,8 @@ def encode(batch: ReadingBatch) -> bytes:
     return encode_batch(batch).data
 
 
-def event_line(ev: Event, site: str) -> str:
-    """The ``events`` line of one event (schema in ``models/events.py``)."""
+def event_line(ev: Event, site: str, ts_ns: int | None = None) -> str:
+    """The ``events`` line of one event (schema in ``models/events.py``), at ``ts_ns`` if given."""
     tags = [("site", site), ("kind", ev.kind), ("severity", ev.severity), ("source", ev.source)]
     if ev.entity:
         tags.append(("entity", ev.entity))
@@ -200,9 +200,27 @@ def event_line(ev: Event, site: str) -> str:
         fv = float(v)
         if np.isfinite(fv):
             fields.append(f"{escape_key(k)}={fv!r}")
-    return f"events{tag_text} {','.join(fields)} {int(ev.ts_ns)}"
+    return f"events{tag_text} {','.join(fields)} {int(ev.ts_ns if ts_ns is None else ts_ns)}"
 
 
 def encode_events(events: Sequence[Event], site: str) -> bytes:
-    """Line protocol of ``events`` in the ``events`` measurement."""
-    return "".join(event_line(ev, site) + "\n" for ev in events).encode()
+    """Line protocol of ``events`` in the ``events`` measurement.
+
+    InfluxDB keeps one point per measurement, tag set and timestamp: a second event of the
+    same kind and entity at the same nanosecond would silently replace the first. Such
+    events are written 1 ns apart (in the order given), so every event stays a point.
+    """
+    return "".join(event_line(ev, site, ts) + "\n" for ev, ts in zip(events, distinct_times(events), strict=True)
+                   ).encode()
+
+
+def distinct_times(events: Sequence[Event]) -> list[int]:
+    """Each event's timestamp, events of the same kind and entity at the same nanosecond 1 ns apart."""
+    seen: dict[tuple[str, str, str, str | None, int], int] = {}
+    out = []
+    for ev in events:
+        key = (ev.kind, ev.severity, ev.source, ev.entity, int(ev.ts_ns))
+        k = seen.get(key, 0)
+        seen[key] = k + 1
+        out.append(int(ev.ts_ns) + k)
+    return out

@@ -95,3 +95,14 @@ def test_prefix_cache_follows_a_growing_registry() -> None:
     b = reg.id("site.it_w", site="two")
     assert encode(ReadingBatch.of(2, [b, a], [2.0, 3.0], 0, reg)) == \
         b"site,site=two it_w=2.0 2\nsite,site=one it_w=3.0 2\n"
+
+
+def test_events_at_the_same_time_stay_distinct_points() -> None:
+    """InfluxDB would overwrite the second of two events with the same tags and timestamp."""
+    from models.events import Event
+    from store.lineproto import encode_events
+
+    evs = [Event(1_000, "lease_fallback", "warning", "agent", f"m{i}", "r01") for i in range(3)]
+    evs.append(Event(1_000, "lease_fallback", "warning", "agent", "other rack", "r02"))
+    lines = encode_events(evs, "s").decode().splitlines()
+    assert [ln.rsplit(" ", 1)[1] for ln in lines] == ["1000", "1001", "1002", "1000"]
