@@ -186,18 +186,28 @@ class SiteState:
             events=tuple(e for e in self.dr_events.values() if e.end_ns > now_ns),
         )
 
-    def totals(self, now_ns: int, max_age_s: float) -> SiteTotals:
+    def totals(self, now_ns: int, max_age_s: float, servers_fresh_s: float = 3.0) -> SiteTotals:
         """IT power, facility power, PUE and DR state at ``now_ns``.
 
-        Each UPS is polled at its own interval (SNMP, 10-60 s), so IT power uses the latest
-        reading of every UPS that is at most ``max_age_s`` old — not only readings of the
-        last few seconds — and states its age.
+        IT power is every server's measured power (the agents report it every second) plus
+        each rack's fixed overhead (switches, shelves, fans: ``rack_overhead_w``) when every
+        server was measured within ``servers_fresh_s``; otherwise the sum of the UPS outputs,
+        each the latest reading at most ``max_age_s`` old (UPSes are polled every 10-60 s).
+        Its age (the oldest input) goes with it.
         """
-        sl = self.topo.level_slice(L_UPS)
-        ups, ts = self.node_power_w[sl], self.node_power_ts_ns[sl]
-        age = float((now_ns - int(ts.min())) / 1e9) if ups.size else float("inf")
-        it_w = float(ups.sum()) if ups.size and np.isfinite(ups).all() and (ts > 0).all() and \
-            age <= max_age_s else None
+        t = self.topo
+        srv = t.level_slice(L_NODE)
+        s_w, s_ts = self.node_power_w[srv], self.node_power_ts_ns[srv]
+        s_age = float((now_ns - int(s_ts.min())) / 1e9) if s_w.size else float("inf")
+        if s_w.size and (s_ts > 0).all() and np.isfinite(s_w).all() and s_age <= servers_fresh_s:
+            it_w: float | None = float(s_w.sum() + t.rack_overhead_w.sum())
+            age = s_age
+        else:
+            sl = t.level_slice(L_UPS)
+            ups, ts = self.node_power_w[sl], self.node_power_ts_ns[sl]
+            age = float((now_ns - int(ts.min())) / 1e9) if ups.size else float("inf")
+            it_w = float(ups.sum()) if ups.size and np.isfinite(ups).all() and (ts > 0).all() and \
+                age <= max_age_s else None
         fac, fac_ts = self.site("facility_w")
         facility = fac if np.isfinite(fac) and fac_ts > 0 and (now_ns - fac_ts) / 1e9 <= max_age_s else None
         p = pue(facility, it_w) if facility is not None and it_w is not None else None

@@ -334,7 +334,7 @@ class ControlPlane:
 
     def derived(self, now_ns: int) -> ReadingBatch:
         """Site totals the devices do not report directly, every period (see ``SiteState.totals``)."""
-        t = self.state.totals(now_ns, self.site.controller.totals_max_age_s)
+        t = self.state.totals(now_ns, self.site.controller.totals_max_age_s, self.site.controller.stale_after_s)
         reg, site = self.registry, self.site_id
         sids: list[int] = []
         vals: list[float] = []
