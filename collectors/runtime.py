@@ -144,6 +144,12 @@ class CollectorSet:
             self._failed(d, ts_ns, time.perf_counter() - t0, "internal", f"{d.name}: {type(exc).__name__}: {exc}")
             return False
         latency_s = time.perf_counter() - t0
+        if not len(result.batch) and not result.rejected and not result.errors:
+            # It answered, but with none of its profile's metrics (a Raritan PX1 polled as a
+            # PDU2): not up, whatever the transport says.
+            self._failed(d, ts_ns, latency_s, "no_data",
+                         f"{d.name}: answered with none of the {d.profile} profile's metrics (wrong profile?)")
+            return False
         good, counts = self.validator.check(result.batch, ts_ns)
         counts.update(result.rejected)
         if result.errors:

@@ -58,3 +58,33 @@ def test_dead_snmp_agent_backs_off_while_the_twin_pdus_keep_cadence(demo_site: S
             await twin.stop()
 
     asyncio.run(body())
+
+
+def test_a_device_that_answers_with_none_of_its_profiles_metrics_is_not_up(demo_site: SiteConfig,
+                                                                          demo_topo: Topology) -> None:
+    """An APC PDU polled with the Raritan PDU2 profile answers every request (noSuchObject) and
+    yields nothing: that is ``no_data``, a device down with an event, not an idle device up."""
+    async def body() -> None:
+        twin = await started_twin(demo_site, StepClock(), demo_topo)
+        clock = StepClock()
+        try:
+            site = demo_site.site.name
+            apc = next(d for d in devices_from_twin(twin.endpoints(), site, topo=demo_topo)
+                       if d.protocol == "snmp" and d.profile == "apc-rpdu2")
+            wrong = replace(apc, name="wrong-profile", profile="raritan-pdu2", timeout_s=1.0)
+            events: list[object] = []
+            cs = CollectorSet([wrong, replace(apc, timeout_s=1.0)], clock=clock, registry=SeriesRegistry(),
+                              on_batch=lambda b: None, on_event=events.append, backoff=Backoff(1.0, 2.0, 60.0))
+            t0 = clock.now_ns()
+            await cs.start()
+            await clock.run_until(t0 + 2 * S, n_waiters=2)
+            health = {h.device: h for h in cs.health()}
+            await cs.stop()
+            bad = health["wrong-profile"]
+            assert not bad.up and bad.last_error_kind == "no_data" and "raritan-pdu2" in bad.last_error
+            assert health[apc.name].up and health[apc.name].readings > 0
+            assert [(e.kind, e.entity) for e in events] == [("device_down", "wrong-profile")]  # type: ignore[attr-defined]
+        finally:
+            await twin.stop()
+
+    asyncio.run(body())
