@@ -43,6 +43,7 @@ class EventKind(enum.StrEnum):
     # devices and the store
     DEVICE_DOWN = "device_down"
     DEVICE_UP = "device_up"
+    READING_SUSPECT = "reading_suspect"  # entity=<power node>: disagrees with its children (controllers/consistency)
     SPOOL_FULL = "spool_full"  # the store's durable spool hit its bound
     STORE_REJECTED = "store_rejected"  # the server refused points (4xx)
     # scheduler hooks (below): these names and the meaning of fields["value"] are the contract

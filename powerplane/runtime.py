@@ -37,6 +37,7 @@ from collectors.base import DeviceConfig
 from collectors.runtime import CollectorSet
 from controllers import safety
 from controllers.actuation.actuator import Actuator
+from controllers.consistency import TreeCheck
 from controllers.loop import ControlLoop
 from controllers.notices import Notices
 from controllers.plan import CapPlan
@@ -184,6 +185,7 @@ class PlaneStats:
     behind: int = 0  # consecutive late periods
     dr_stranded_w: float = 0.0
     dr_stranded_max_w: float = 0.0
+    suspect_readings: int = 0  # parents found disagreeing with their children
     dr_target_w: float = 0.0
 
 
@@ -233,6 +235,8 @@ class ControlPlane:
         self._next_health_ns = 0
         self._state_wall = 0.0
         self._state_errors = 0
+        self._tree = TreeCheck(topo)
+        self._suspect: set[int] = set()
 
     # ---- data paths ----------------------------------------------------------------------
     def _collected(self, batch: ReadingBatch) -> None:
@@ -328,9 +332,26 @@ class ControlPlane:
         for b in batches:
             self.state.ingest(b)
             self.stats.readings += len(b)
+        self._tree_check(now_ns, events)
         batches.append(self.derived(now_ns))
         self.state.ingest(batches[-1])
         return batches
+
+    def _tree_check(self, now_ns: int, events: list[HookEvent]) -> None:
+        """Parents that disagree with their children: an event per new disagreement, and the parent
+        taken at the larger side (``controllers.consistency``)."""
+        st = self.state
+        found = self._tree.check(st.node_power_w, st.node_power_ts_ns, now_ns,
+                                 self.site.controller.totals_max_age_s)
+        now_bad = {m.node for m in found}
+        for m in found:
+            if m.node not in self._suspect:
+                self.stats.suspect_readings += 1
+                events.append((Event(now_ns, EventKind.READING_SUSPECT, "warning", "controller",
+                                     m.describe(self.topo) + "; planning on the larger", self.topo.node_id(m.node),
+                                     {"value": m.parent_w, "children_w": m.children_w}), None))
+        self._suspect = now_bad
+        self._tree.worst_case(st.values, found)
 
     def derived(self, now_ns: int) -> ReadingBatch:
         """Site totals the devices do not report directly, every period (see ``SiteState.totals``)."""
