@@ -64,10 +64,13 @@ def make_session(port: int, client_id: str) -> None:
 Pairs = dict[str, list[tuple[int, float]]]
 
 
+T0_MS = (time.time_ns() // 1_000_000) - 3_600_000  # an hour ago: inside the intake's timestamp window
+
+
 def published(n: int) -> Pairs:
-    """What ``publish`` sends to each rack."""
+    """What ``publish`` sends to each rack (stamped in the last hour: the intake refuses stale readings)."""
     per = n // len(RACKS)
-    return {r: [(1_700_000_000_000 + i, 25 + (i % 100) / 10) for i in range(per)] for r in RACKS}
+    return {r: [(T0_MS + i, 25 + (i % 100) / 10) for i in range(per)] for r in RACKS}
 
 
 def publish(port: int, n: int) -> None:
