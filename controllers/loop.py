@@ -17,7 +17,7 @@ from controllers.allocate import solve
 from controllers.budget import LoopCapacity, overhead_model, site_budget
 from controllers.demand import DemandEstimator
 from controllers.kernels import constraint_load
-from controllers.plan import CapPlan, Infeasible
+from controllers.plan import BIND_NONE, BIND_RAMP, CapPlan, Infeasible
 from controllers.problem import KIND_POWER, SiteProblem
 from models.clock import NS_PER_S
 from models.readings import REGISTRY, SeriesRegistry
@@ -56,11 +56,13 @@ class ControlLoop:
         """Each server's measured draw per GPU, from the latest telemetry (NaN where none)."""
         return self.problem.per_gpu_draw_w(self.state.node_power_w[self.topo.level_slice(L_NODE)])
 
-    def step(self, now_ns: int, pinned_w: np.ndarray | None = None) -> CapPlan:
+    def step(self, now_ns: int, pinned_w: np.ndarray | None = None, lag_s: float = 0.0) -> CapPlan:
         """Solve one period at site time ``now_ns``.
 
         ``pinned_w`` (per server, per GPU; NaN where not pinned): servers that do not follow
         their caps (``controllers.actuation.verify``) are accounted at this fixed load.
+        ``lag_s``: how long caps take to hold after they are sent (the verifier's settle p95);
+        a falling loop capacity is projected over the period plus this lag.
         """
         p, cfg, st = self.problem, self.cfg, self.state
         sl = self.topo.level_slice(L_NODE)
@@ -76,7 +78,7 @@ class ControlLoop:
         budget = site_budget(self.site, st, self.overhead, now_ns, margin=cfg.margin, lead_s=cfg.dr_lead_s,
                              stale_after_s=cfg.stale_after_s)
         loop_cap = self.loops.estimate(st, now_ns, stale_after_s=cfg.stale_after_s,
-                                       lookahead_s=cfg.period_s) * (1.0 - cfg.margin)
+                                       lookahead_s=cfg.period_s + max(lag_s, 0.0)) * (1.0 - cfg.margin)
         limit = p.limits_w(budget.it_w, loop_cap)
         limit[self._power_mask] *= 1.0 - cfg.margin
         s = p.structure
@@ -84,12 +86,18 @@ class ControlLoop:
         share = self.hysteresis.update(demand_load, limit)
         cap_gpu = p.gpu_space_w(limit * share)
 
+        # The ramp is a bound of the solve, not a clip after it: what a rising GPU may not take
+        # yet goes to the others in the same period, and the binding reasons describe the caps
+        # that are applied.
+        dt_s = (now_ns - self._last_ns) / NS_PER_S if self._last_ns is not None else cfg.period_s
+        ramp_hi = np.where(np.isfinite(self.enforced_w), self.enforced_w + cfg.ramp_w_per_s * max(dt_s, 0.0),
+                           np.inf)
+        hi = np.maximum(acc.floor_w, np.minimum(acc.ceiling_w, ramp_hi))
         t0 = time.perf_counter()
-        alloc = solve(s, acc.floor_w, acc.demand_w, acc.ceiling_w, cap_gpu)
+        alloc = solve(s, acc.floor_w, acc.demand_w, hi, cap_gpu)
         solve_ms = (time.perf_counter() - t0) * 1e3
 
-        dt_s = (now_ns - self._last_ns) / NS_PER_S if self._last_ns is not None else cfg.period_s
-        caps = safety.ramp(self.enforced_w, alloc.x_w, dt_s, cfg.ramp_w_per_s)
+        caps = safety.ramp(self.enforced_w, alloc.x_w, dt_s, cfg.ramp_w_per_s)  # a guard: a no-op
         # A server over its cap keeps being asked for the cap it should hold (never a higher
         # one), while the plan accounts for what it really draws.
         caps = np.clip(np.where(acc.overdraw, np.fmin(self.enforced_w, caps), caps), p.floor_w, p.ceiling_w)
@@ -98,9 +106,15 @@ class ControlLoop:
         self._last_ns = now_ns
         self.plan_id += 1
 
-        infeasible = [self._infeasible(int(c), alloc.floor_load_w, cap_gpu, acc.floor_w)
-                      for c in alloc.infeasible(cap_gpu)]
-        bind_consumer = np.where(caps < p.ceiling_w * (1.0 - 1e-9), alloc.bind, -1).astype(np.int32)
+        # Infeasible: floors over the limit in force (after margin), not over the hysteresis
+        # target, and the deficit is measured against that limit.
+        cap_limit = p.gpu_space_w(limit)
+        infeasible = [self._infeasible(int(c), alloc.floor_load_w, cap_limit, acc.floor_w)
+                      for c in alloc.infeasible(cap_limit)]
+        below = caps < p.ceiling_w * (1.0 - 1e-9)
+        ramped = below & (alloc.bind < 0) & (hi < acc.ceiling_w) & (caps >= hi * (1.0 - 1e-9))
+        bind_consumer = np.where(below, alloc.bind, BIND_NONE)
+        bind_consumer = np.where(ramped, BIND_RAMP, bind_consumer).astype(np.int32)
         load = p.real_load_w(constraint_load(s.count, accounted, s.mem, p.n_constraints))
         over_ids = tuple(self.topo.node_id(int(n)) for n in p.server[acc.overdraw][:20])
         return CapPlan(

@@ -24,6 +24,9 @@ from models.topology import L_FEED, L_NODE, L_RACK, L_UPS, LEVELS, Topology
 F64 = NDArray[np.float64]
 I32 = NDArray[np.int32]
 REL_TOL = 1e-7
+BIND_NONE = -1  # ``CapPlan.bind``: nothing holds the GPU below its ceiling
+BIND_RAMP = -2  # ... its cap is rising at the ramp rate (``[controller].ramp_w_per_s``)
+RAMP = "ramp"  # the reason's name where binding constraints are listed
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +79,7 @@ class CapPlan:
     budget_w: float  # facility power allowed
     it_budget_w: float
     budget_reason: str
-    bind: I32  # per GPU: index into constraint_names of the constraint that holds its cap, -1 if none
+    bind: I32  # per GPU: index into constraint_names of what holds its cap; BIND_NONE, BIND_RAMP
     constraint_names: tuple[str, ...]
     constraint_limit_w: F64  # per constraint, own watts, after margin and hysteresis share
     constraint_load_w: F64  # per constraint, own watts, as planned
@@ -135,6 +138,11 @@ class CapPlan:
         """GPUs whose cap is below their predicted demand."""
         capped = self.consumer_caps_w < self.consumer_demand_w * (1.0 - 1e-9)
         return int(self.problem.count[capped].sum())
+
+    @property
+    def ramp_gpus(self) -> int:
+        """GPUs held below demand and ceiling only by the ramp of their rising cap."""
+        return int(np.count_nonzero(self.bind == BIND_RAMP))
 
     def binding_constraints(self) -> dict[int, int]:
         """Constraint index -> number of GPUs it holds."""
@@ -270,7 +278,8 @@ class CapPlan:
                       float(r["headroom_w"][k])) for k, i in enumerate(r_ids)],
             [LoopHeat(i, float(lp["load_w"][k]), float(lp["limit_w"][k])) for k, i in enumerate(l_ids)],
             jobs,
-            {self.constraint_names[c]: n for c, n in self.binding_constraints().items()},
+            {**{self.constraint_names[c]: n for c, n in self.binding_constraints().items()},
+             **({RAMP: self.ramp_gpus} if self.ramp_gpus else {})},
             [dict(constraint=x.constraint, deficit_w=x.deficit_w, jobs=list(x.jobs)) for x in self.infeasible])
 
 
@@ -322,7 +331,7 @@ class PlanSummary:
     racks: list[RackCaps]
     loops: list[LoopHeat]
     jobs: list[JobCaps]
-    binding: dict[str, int]  # constraint -> GPUs it holds
+    binding: dict[str, int]  # constraint (or "ramp") -> GPUs it holds
     infeasible: list[dict[str, Any]]  # constraint, deficit_w, jobs to move
 
     def to_json(self, max_racks: int | None = None) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
@@ -406,6 +407,14 @@ class ControlPlane:
             self._health(now_ns, late_ms, total)
         return plan
 
+    def actuation_lag_s(self) -> float:
+        """How long caps take to hold (site seconds): the measured settle p95 once there is
+        one, the configured deadline (``[actuation].settle_s``) before; 0 without actuation."""
+        if self.actuator is None:
+            return 0.0
+        p95 = self.actuator.verifier.stats.settle.percentile(95)
+        return float(p95) if math.isfinite(p95) else self.site.actuation.settle_s
+
     def _control_step(self, now_ns: int, events: list[HookEvent], batches: list[ReadingBatch],
                       ms: dict[str, float]) -> CapPlan:
         assert self.loop is not None
@@ -417,7 +426,7 @@ class ControlPlane:
             events += verdicts
         t2 = time.perf_counter()
         ms["verify"] = (t2 - t1) * 1e3
-        plan = self.loop.step(now_ns, pinned)
+        plan = self.loop.step(now_ns, pinned, self.actuation_lag_s())
         self.last_plan = plan
         st.plans += 1
         st.worst_solve_ms = max(st.worst_solve_ms, plan.solve_ms)

@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 from controllers.actuation.layout import Layouts
 from controllers.actuation.messages import CapCommand, SiteKey, caps_topic, order
-from controllers.plan import CapPlan
+from controllers.plan import BIND_RAMP, RAMP, CapPlan
 from models.clock import NS_PER_S
 from models.site import SiteConfig
 from models.topology import Topology
@@ -118,6 +118,9 @@ class CapPublisher:
             local = np.full(b.shape, -1, np.int16)
             if uniq.size:
                 local[b >= 0] = np.searchsorted(uniq, b[b >= 0]).astype(np.int16)
+            if (b == BIND_RAMP).any():
+                local[b == BIND_RAMP] = len(why)
+                why = (*why, RAMP)
             cmd = CapCommand(self.site_id, lay.rack, lay.digest, self.epoch, self._seq, plan.plan_id, now_ns,
                              expires, caps[g0:g1], local, why)
             out.append((r, cmd))

@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def write_caps(plan: Any, topo: Any, path: str) -> None:
     """Every node's per-GPU caps, accounted load and predicted demand, with the binding constraint."""
+    from controllers.plan import BIND_RAMP, RAMP
     from models.files import write_json
     from models.topology import L_NODE
 
@@ -84,6 +85,6 @@ def write_caps(plan: Any, topo: Any, path: str) -> None:
         rows.append({"node": n, "caps_w": [round(float(x), 3) for x in plan.caps_w[a:b]],
                      "demand_w": [round(float(x), 3) for x in plan.demand_w[a:b]],
                      "accounted_w": [round(float(x), 3) for x in plan.accounted_w[a:b]],
-                     "binding": plan.constraint_names[bind] if bind >= 0 else None})
+                     "binding": plan.constraint_names[bind] if bind >= 0 else (RAMP if bind == BIND_RAMP else None)})
     write_json(path, {"plan_id": plan.plan_id, "ts_ns": plan.ts_ns, "budget_w": plan.budget_w,
                       "it_budget_w": plan.it_budget_w, "nodes": rows})

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import pairwise
 
 import numpy as np
 import pytest
 
 from controllers.loop import ControlLoop
-from controllers.plan import CapPlan
+from controllers.plan import BIND_NONE, BIND_RAMP, RAMP, CapPlan
 from models.readings import SeriesRegistry
 from models.site import SiteConfig
 from models.state import SiteState
@@ -82,10 +83,32 @@ def test_closed_loop_holds_every_limit_through_the_scenario(demo_site: SiteConfi
     assert {"loop cdu-1", "loop cdu-2", "site"} <= r.bound
     dr_plans = [p for p in r.plans if DR_START_S <= (p.ts_ns - START_NS) / 1e9 < DR_END_S]
     assert all(p.budget_reason == "demand response dr-evening-1" for p in dr_plans)
+    _binding_describes_the_applied_plan(r.plans, demo_site.controller.ramp_w_per_s)
     # Priority 0 (inference-prod on r07, r08) is cut last: during DR it keeps the most power.
     last = dr_plans[-1]
     rack_cap = np.bincount(demo_topo.gpu_member[L_RACK] - demo_topo.level_offset[L_RACK], last.caps_w)
     assert rack_cap[6] >= rack_cap[:6].max() and rack_cap[7] >= rack_cap[:6].max()
+
+
+def _binding_describes_the_applied_plan(plans: list[CapPlan], ramp_w_per_s: float) -> None:
+    """Every GPU held below its demand names what holds it in the plan that is applied: a
+    constraint that is full in that plan, or the ramp (its cap rose by exactly the ramp)."""
+    ramped_plans = 0
+    for prev, plan in pairwise(plans):
+        p = plan.problem
+        held = plan.consumer_caps_w < plan.consumer_demand_w * (1 - 1e-9)
+        bind = plan.bind[p.first_gpu]
+        assert (bind[held] != BIND_NONE).all(), "a GPU held below demand without a reason"
+        ramp = bind == BIND_RAMP
+        dt = (plan.ts_ns - prev.ts_ns) / 1e9
+        np.testing.assert_allclose(plan.consumer_caps_w[ramp], prev.consumer_caps_w[ramp] + ramp_w_per_s * dt)
+        ramped_plans += bool(ramp.any())
+        for c in np.unique(bind[bind >= 0]):
+            # the constraint is full: what the ramp held back went to the others
+            assert plan.constraint_load_w[c] >= plan.constraint_limit_w[c] * (1 - 1e-6) - 1.0, \
+                (plan.constraint_names[c], plan.constraint_load_w[c], plan.constraint_limit_w[c])
+        assert plan.summary().binding.get(RAMP, 0) == int(np.count_nonzero(plan.bind == BIND_RAMP))
+    assert ramped_plans > 0  # the scenario has caps rising at the ramp (after DR, after the pump)
 
 
 def test_plan_outputs(demo_site: SiteConfig, demo_topo: Topology) -> None:
@@ -197,3 +220,21 @@ def test_closed_loop_at_a_100_ms_period(demo_site: SiteConfig, demo_topo: Topolo
     r = run(site, demo_topo, 200.0, control=True)
     assert len(r.plans) == 2000 and r.violations == []
     assert max(r.facility_in_dr_w) <= DR_TARGET_W and r.node_over == []
+
+
+def test_a_falling_loop_capacity_is_projected_over_the_actuation_lag(demo_site: SiteConfig,
+                                                                     demo_topo: Topology) -> None:
+    """During cdu-1's pump failure the capacity falls: a loop whose caps take 5 s to hold plans
+    on what the loop will have in 6 s (period + lag), one without lag on what it has in 1 s."""
+    sim, feed, state, _loop, reg = _setup(demo_site, demo_topo)
+    sim.step(round(419.0 / sim.step_s))
+    loops = [ControlLoop(demo_site, demo_topo, state, registry=reg) for _ in range(2)]
+    plans: list[list[CapPlan]] = [[], []]
+    for _ in range(5):  # the failure starts at 420 s and the flow runs down over seconds
+        sim.step(10)
+        state.ingest(feed.batch())
+        for k, lag in enumerate((0.0, 5.0)):
+            plans[k].append(loops[k].step(sim.now_ns, lag_s=lag))
+    no_lag, lag5 = plans[0][-1].loop_capacity_w[0], plans[1][-1].loop_capacity_w[0]
+    assert lag5 < no_lag < plans[0][0].loop_capacity_w[0]
+    assert plans[1][-1].violations(demo_topo) == []
