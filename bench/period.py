@@ -185,7 +185,8 @@ def fleet(args: argparse.Namespace) -> int:
     key = SiteKey.load()
     sid, prefix = site.site.name, site.actuation.topic_prefix
     lease_s = site.actuation.lease_s
-    lays = [Layouts(topo)[r] for r in topo_racks(topo)[args.index::args.workers]]
+    layouts = Layouts(topo)
+    lays = [layouts[r] for r in topo_racks(topo)[args.index::args.workers]]
     mine = np.concatenate([np.arange(la.gpu0, la.gpu0 + la.n_gpus) for la in lays])
     enforced = np.full(topo.n_gpus, np.nan)
     enforced[mine] = topo.gpu_min_w[mine]  # the safe cap (the board minimum) until commanded
@@ -422,6 +423,7 @@ def controller(args: argparse.Namespace) -> int:
     total = WARMUP_PERIODS + args.periods
     snaps = set(range(SNAP_EVERY, total, SNAP_EVERY)) | {total - 1}
     step_ms: list[float] = []
+    step_cpu_ms: list[float] = []  # the loop thread's own CPU time in step(): what contention cannot inflate
     cycle_ms: list[float] = []
     cpu_ms: list[float] = []
     stages: dict[str, list[float]] = {s: [] for s in STAGES}
@@ -430,6 +432,7 @@ def controller(args: argparse.Namespace) -> int:
     commands_before_last = 0
     completed, why = True, ""
     errors = 0
+    backlog = 0  # most writes the store thread had waiting after a period (it lags: memory grows)
     cpu_mark = time.process_time()
     cpu_measured = 0.0
     run_started = time.monotonic()
@@ -463,16 +466,18 @@ def controller(args: argparse.Namespace) -> int:
             completed, why = False, f"period {k}: no answer from {sorted(names - got)} within {args.cycle_timeout:g} s"
             break
         commands_before_last = act.publisher.stats.commands
-        s0 = time.perf_counter()
+        s0, t0_cpu = time.perf_counter(), time.thread_time()
         try:
             plane.step(now)
         except Exception as exc:  # counted, as the control loop does; the bench then fails
             errors += 1
             print(f"period {k} failed: {exc!r}", file=sys.stderr)
         s1 = time.perf_counter()
+        step_cpu = (time.thread_time() - t0_cpu) * 1e3
         c1 = time.process_time()
         if k >= WARMUP_PERIODS:
             step_ms.append((s1 - s0) * 1e3)
+            step_cpu_ms.append(step_cpu)
             cycle_ms.append((s1 - w0) * 1e3)
             cpu_ms.append((c1 - cpu_mark) * 1e3)
             cpu_measured += c1 - cpu_mark
@@ -480,6 +485,7 @@ def controller(args: argparse.Namespace) -> int:
                 stages[s].append(plane.stats.stage_ms[s])
             msgs.append(status_box.received + batches_in.received - in0 + out_msgs[0] - out0)
         cpu_mark = c1
+        backlog = max(backlog, plane.writer.depth if plane.writer is not None else 0)
         if k in snaps:
             np.savez(Path(args.tmp) / f"snap-{args.design}-{k}.npz", sent=act.publisher.sent_w,
                      enforced=act.verifier.enforced_w)
@@ -517,6 +523,7 @@ def controller(args: argparse.Namespace) -> int:
         "msgs_per_period": round(float(np.mean(msgs))) if msgs else None,
         "controller_cpu_ms": round(cpu_measured * 1e3 / n, 1) if n else None,
         "controller_cpu_p99_ms": pct(cpu_ms, 99), "cycle_p50_ms": pct(cycle_ms, 50),
+        "step_cpu_p50_ms": pct(step_cpu_ms, 50), "step_cpu_p99_ms": pct(step_cpu_ms, 99),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "stage_p50_ms": {s: pct(x, 50) for s, x in stages.items()},
         "stage_p99_ms": {s: pct(x, 99) for s, x in stages.items()},
@@ -525,7 +532,8 @@ def controller(args: argparse.Namespace) -> int:
         "commands_enforced": fleet_commands, "commands_rejected": fleet_rejected,
         "statuses_ok": statuses_ok, "commands_ok": commands_ok, "control_errors": errors,
         "plans_with_violations": plane.stats.plans_with_violations,
-        "store_written": store.written_points, "store_dropped": store.dropped_points, "store_flushed": flushed,
+        "store_backlog_max": backlog, "store_written": store.written_points, "store_dropped": store.dropped_points,
+        "store_flushed": flushed,
         "store_flush_cpu_ms": round(flush_cpu * 1e3, 1), "periods_run": periods_run,
         "snapshots": sorted(s for s in snaps if s < periods_run),
         "capped_share": capped, "compile_s": round(compile_s, 2), "setup_s": round(ready_s, 1), "cpus": cpus,
@@ -611,7 +619,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="10000,100000,1000000", help="GPU counts, comma separated")
     ap.add_argument("--periods", type=int, default=100, help="measured periods (after 10 warm-up periods)")
     ap.add_argument("--peer-periods", type=int, default=30, help="measured periods of the per-node peer")
-    ap.add_argument("--peer-deadline", type=float, default=600.0,
+    ap.add_argument("--peer-deadline", type=float, default=1200.0,
                     help="wall seconds the peer may take at one size before it is stopped (did not complete)")
     ap.add_argument("--only", choices=DESIGNS, default=None, help="run one design (no ratio, no agreement)")
     ap.add_argument("--cycle-timeout", type=float, default=180.0, help=argparse.SUPPRESS)
@@ -652,14 +660,18 @@ def main() -> int:
                                     "nodes": ours.get("nodes")}
             for f in ("period_p50_ms", "period_p99_ms", "msgs_per_period", "controller_cpu_ms", "peak_rss_mb"):
                 line[f] = ours.get(f)
+            line["step_cpu_p50_ms"] = ours.get("step_cpu_p50_ms")
+            line["step_cpu_p99_ms"] = ours.get("step_cpu_p99_ms")
             line["stage_p50_ms"] = ours.get("stage_p50_ms")
             line["cycle_p50_ms"] = ours.get("cycle_p50_ms")
+            line["store_backlog_max"] = ours.get("store_backlog_max")
             line["periods"] = ours.get("periods")
             line["ours_ok"] = bool(ours.get("completed") and ours.get("statuses_ok") and ours.get("commands_ok"))
             if peer.get("completed") and ours.get("completed"):
                 ok, diff, n = agreement(tmp, ours, peer, quantum)
                 agree_all &= ok
                 line.update(peer_ms=peer["period_p99_ms"], peer_p50_ms=peer["period_p50_ms"],
+                            peer_step_cpu_p50_ms=peer.get("step_cpu_p50_ms"),
                             ratio=round(peer["period_p99_ms"] / ours["period_p99_ms"], 1),
                             peer_cpu_ms=peer["controller_cpu_ms"],
                             cpu_ratio=round(peer["controller_cpu_ms"] / ours["controller_cpu_ms"], 1),
