@@ -10,6 +10,7 @@ lists every limit the plan would exceed.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -146,11 +147,17 @@ class CapPlan:
 
     def binding_constraints(self) -> dict[int, int]:
         """Constraint index -> number of GPUs it holds."""
+        return dict(self._binding)
+
+    @cached_property
+    def _binding(self) -> dict[int, int]:
+        # Three callers a period (store batch, events, live view): counted once, over the
+        # constraints, instead of np.unique sorting every GPU's index each time.
         b = self.bind[self.bind >= 0]
         if not b.size:
             return {}
-        idx, n = np.unique(b, return_counts=True)
-        return {int(i): int(k) for i, k in zip(idx, n, strict=True)}
+        n = np.bincount(b, minlength=len(self.constraint_names))
+        return {int(i): int(n[i]) for i in np.flatnonzero(n)}
 
     def _groups(self, group: NDArray[np.integer], n: int) -> dict[str, F64]:
         """Sums per group of servers (``group`` per consumer), weighted by their GPU counts."""
@@ -163,6 +170,14 @@ class CapPlan:
 
     def _entities(self, topo: Topology) -> list[tuple[str, list[str], dict[str, F64]]]:
         """``(level, ids, fields)`` for site, feed..rack, loops and jobs."""
+        return self._entity_table if topo is self.problem.topo else self._entities_of(topo)
+
+    @cached_property
+    def _entity_table(self) -> list[tuple[str, list[str], dict[str, F64]]]:
+        # The store batch and the live view both ask every period: derive once per plan.
+        return self._entities_of(self.problem.topo)
+
+    def _entities_of(self, topo: Topology) -> list[tuple[str, list[str], dict[str, F64]]]:
         load = planned_node_load_w(topo, self.accounted_w)
         bound_nodes = np.zeros(topo.n_nodes)
         bound_loops = np.zeros(topo.n_loops)
