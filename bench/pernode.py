@@ -422,7 +422,10 @@ class Actuator:
         self.topo = topo
         self.registry = registry
         self._power: tuple[list[int], list[int], list[float]] = ([], [], [])
+        self._power_node: list[int] = []
+        self.power_nodes = np.zeros(0, np.intp)
         self._node_sid: dict[str, int] = {}
+        self._node_index = {n: k for k, n in enumerate(topo.ids(L_NODE))}
         off = int(topo.level_offset[L_NODE])
         self._base_w = {n: float(topo.node_base_w[k]) for k, n in enumerate(topo.ids(L_NODE))}
         self._eff = {n: float(topo.node_psu_efficiency[k]) for k, n in enumerate(topo.ids(L_NODE))}
@@ -473,6 +476,7 @@ class Actuator:
         gpu_w = sum(float(p) for p in st.power_w if p is not None)
         ts, sids, vals = self._power
         ts.append(st.ts_ns)
+        self._power_node.append(self._node_index[st.node])
         sids.append(sid)
         vals.append((gpu_w + self._base_w[st.node]) / self._eff[st.node])
 
@@ -480,6 +484,8 @@ class Actuator:
         """Server power from the agents' statuses since the last call."""
         ts, sids, vals = self._power
         self._power = ([], [], [])
+        self.power_nodes = np.asarray(self._power_node, np.intp)
+        self._power_node = []
         return ReadingBatch.of(np.asarray(ts, np.int64), sids, vals, 0, self.registry)
 
     def health(self) -> dict[str, float]:

@@ -119,6 +119,7 @@ def metrics() -> Mapping[str, Metric]:
 for _m in (
     # power: every metered point of the power chain (tags: site, level, id[, phase, outlet])
     Metric("power", "power_w", "W", "gauge", 0.0, 5e9, 1.2, "active power"),
+    Metric("power", "servers_w", "W", "gauge", 0.0, 5e9, None, "a rack's servers summed, from their agents"),
     Metric("power", "apparent_power_va", "VA", "gauge", 0.0, 6e9, 1.5, "apparent power"),
     Metric("power", "energy_wh", "Wh", "counter", 0.0, 1.8e19, None, "imported active energy"),
     Metric("power", "current_a", "A", "gauge", 0.0, 2e5, None, "RMS current"),

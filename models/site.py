@@ -282,6 +282,9 @@ class Controller(_Model):
     demand_ewma_s: PosFloat = Field(default=5.0, description="time constant of the demand average")
     demand_peak_s: PosFloat = Field(default=10.0, description="window of the recent demand peak")
     dr_lead_s: NonNegFloat = Field(default=10.0, description="apply a DR target this long before it starts")
+    node_power_every_s: NonNegFloat = Field(
+        default=10.0, description="each server's power (from its agent) is stored this often, spread over the "
+                                  "periods; every rack's servers summed go every period (0: servers never)")
     totals_max_age_s: PosFloat = Field(
         default=75.0, description="site IT power and PUE are derived from UPS readings up to this old "
                                   "(UPSes are polled every 10-60 s); their age is stored with them")

@@ -49,7 +49,7 @@ from models.histogram import Histogram
 from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
 from models.site import SiteConfig
 from models.state import SiteState
-from models.topology import L_NODE, Topology
+from models.topology import L_NODE, L_RACK, Topology
 from store.base import Sink, StoreStats
 
 log = logging.getLogger("powerplane.runtime")
@@ -232,6 +232,9 @@ class ControlPlane:
         self._derived_it_ns = -1
         n_nodes = topo.count(L_NODE)
         self._node_cap_sids = np.full(n_nodes, -1, np.int64)
+        self._rack_sids: NDArray[np.int32] | None = None
+        self._server_rack: NDArray[np.intp] | None = None
+        self._node_power_slot = -1
         self._stored_node_cap = np.full(n_nodes, np.nan)
         self._next_health_ns = 0
         self._state_wall = 0.0
@@ -327,16 +330,58 @@ class ControlPlane:
                     batches.append(d.batch)
                 events += [(e, None) for e in d.events]
         batches += [src() for src in self.sources]
+        node_power = None
         if self.actuator is not None:
             events += self.actuator.statuses(now_ns)
-            batches.append(self.actuator.power_batch())
+            node_power = self.actuator.power_batch()
+            batches.append(node_power)
         for b in batches:
             self.state.ingest(b)
             self.stats.readings += len(b)
+        if node_power is not None:  # the state takes every server's power; the store what operators read
+            batches.remove(node_power)
+            batches += self._node_power_stored(now_ns, node_power)
         self._tree_check(now_ns, events)
         batches.append(self.derived(now_ns))
         self.state.ingest(batches[-1])
         return batches
+
+    def _node_power_stored(self, now_ns: int, batch: ReadingBatch) -> list[ReadingBatch]:
+        """What is stored of the agents' server power: every rack's servers summed, every period
+        (``power.servers_w``, level rack, where every server of the rack is fresh), and each
+        server itself once per ``[controller].node_power_every_s``, spread over the periods (a
+        1M-GPU site has 250k servers: every one every period would be most of the controller's
+        work, for a series no panel reads)."""
+        cfg = self.site.controller
+        out: list[ReadingBatch] = []
+        t, st = self.topo, self.state
+        sl = t.level_slice(L_NODE)
+        p = st.node_power_w[sl]
+        fresh = (st.node_power_ts_ns[sl] > 0) & ((now_ns - st.node_power_ts_ns[sl]) / NS_PER_S <= cfg.stale_after_s) \
+            & np.isfinite(p)
+        if self._rack_sids is None:
+            reg = self.registry
+            self._rack_sids = np.fromiter((reg.id("power.servers_w", site=self.site_id, level="rack", id=r)
+                                           for r in t.ids(L_RACK)), np.int32, t.count(L_RACK))
+        if self._server_rack is None:
+            self._server_rack = (t.gpu_member[L_RACK][t.node_first_gpu] - t.level_offset[L_RACK]).astype(np.intp)
+        rack = self._server_rack
+        n_r = t.count(L_RACK)
+        total = np.bincount(rack, weights=np.where(fresh, p, 0.0), minlength=n_r).astype(np.float64, copy=False)
+        complete = np.bincount(rack, weights=(~fresh).astype(np.float64), minlength=n_r) == 0
+        has = np.bincount(rack, minlength=n_r) > 0
+        ok = np.flatnonzero(complete & has)
+        if ok.size:
+            out.append(ReadingBatch.of(now_ns, self._rack_sids[ok], total[ok], 0, self.registry))
+        every = cfg.node_power_every_s
+        if every > 0 and len(batch):
+            k = max(1, round(every / cfg.period_s))
+            self._node_power_slot = (self._node_power_slot + 1) % k
+            node = self.actuator.power_nodes if self.actuator is not None else np.zeros(0, np.intp)
+            keep = node % k == self._node_power_slot
+            if keep.any():
+                out.append(batch.select(keep))
+        return out
 
     def _tree_check(self, now_ns: int, events: list[HookEvent]) -> None:
         """Parents that disagree with their children: an event per new disagreement, and the parent

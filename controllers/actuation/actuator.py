@@ -56,6 +56,7 @@ class Actuator:
         self._rejects_logged: set[str] = set()
         self._node_sids: NDArray[np.int32] | None = None
         self._power_seen_ns = np.full(topo.count(L_NODE), -1, np.int64)
+        self.power_nodes = np.zeros(0, np.intp)  # the server of each reading of the last power_batch
 
     def _send(self, topic: str, payload: bytes) -> None:
         if self.link is not None:
@@ -108,6 +109,7 @@ class Actuator:
         gpu_w, ts = self.verifier.node_power_w()
         fresh = (ts > self._power_seen_ns) & np.isfinite(gpu_w)
         idx = np.flatnonzero(fresh)
+        self.power_nodes = idx  # the server of each reading (the store keeps a rotating share)
         self._power_seen_ns[idx] = ts[idx]
         if self._node_sids is None:
             nodes = t.ids(L_NODE)

@@ -67,8 +67,8 @@ def test_a_plan_that_grants_over_a_limit_only_cuts(demo_site: SiteConfig, demo_t
     before = sim.gpu_cap_w.copy()
     real_step = plane.loop.step
 
-    def greedy(now_ns: int, pinned_w: np.ndarray | None = None) -> CapPlan:
-        plan = real_step(now_ns, pinned_w)
+    def greedy(now_ns: int, pinned_w: np.ndarray | None = None, lag_s: float = 0.0) -> CapPlan:
+        plan = real_step(now_ns, pinned_w, lag_s)
         caps = plan.caps_w.copy()
         caps[: caps.shape[0] // 2] = demo_topo.gpu_max_w[: caps.shape[0] // 2] * 3  # far over every limit
         caps[caps.shape[0] // 2:] = demo_topo.gpu_min_w[caps.shape[0] // 2:]
