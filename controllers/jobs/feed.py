@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -67,13 +67,14 @@ class JobFeed:
 
     def __init__(self, site: SiteConfig, base: Topology, clock: Clock,
                  sources: Sequence[Callable[[], Sequence[Update]]], *, poll_s: float | None = None,
-                 names: NodeIndex | None = None) -> None:
+                 names: NodeIndex | None = None, health: Mapping[str, Callable[[], bool]] | None = None) -> None:
         self.site = site
         self.base = base
         self.clock = clock
         self.sources = list(sources)
         self.poll_s = poll_s if poll_s is not None else site.controller.period_s
         self._names = names
+        self._health = dict(health or {})
         self.table: JobTable | None = None
         self.problem: SiteProblem | None = None
         self.latest: Assignment | None = None
@@ -164,6 +165,16 @@ class JobFeed:
         assert self.table is not None
         names = self.table.names.names
         return {j.id: hostlist.collect_hostlist([names[int(k)] for k in j.servers]) for j in live}
+
+    def health(self) -> dict[str, float]:
+        """1.0 per source that works (spool readable, watch synced), 0.0 otherwise."""
+        out = {}
+        for name, check in self._health.items():
+            try:
+                out[name] = float(bool(check()))
+            except Exception:
+                out[name] = 0.0
+        return out
 
     def stats(self) -> FeedStats:
         """A copy of the counters."""
