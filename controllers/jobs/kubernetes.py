@@ -151,7 +151,7 @@ class PodWatch:
                 self.watches += 1
                 for ev in self._watch.stream(func, **args, label_selector=LABEL, resource_version=rv,
                                              timeout_seconds=self.watch_timeout_s, allow_watch_bookmarks=True,
-                                             deserialize=False, _request_timeout=(10, self.watch_timeout_s + 30)):
+                                             _request_timeout=(10, self.watch_timeout_s + 30)):
                     rv = self._event(ev) or rv
                     if self._stop.is_set():
                         break
@@ -198,7 +198,7 @@ class PodWatch:
 
     def _event(self, ev: Mapping[str, Any]) -> str:
         kind = ev.get("type")
-        raw = ev.get("raw_object") or ev.get("object") or {}
+        raw = ev.get("raw_object") or {}  # the API object as sent (the client's model is not needed)
         rv = str((raw.get("metadata") or {}).get("resourceVersion") or "")
         if kind == "BOOKMARK":
             return rv
