@@ -51,8 +51,8 @@ from controllers.actuation.messages import (
     verify_command,
 )
 from models.clock import NS_PER_S, Clock
-from models.histogram import Histogram
 from models.errors import PowerplaneError
+from models.histogram import Histogram
 
 log = logging.getLogger("powerplane.agent")
 

@@ -50,7 +50,7 @@ class FakeApiServer:
             def log_message(self, *_a: object) -> None:
                 pass
 
-            def do_GET(self) -> None:  # noqa: N802 - stdlib's name
+            def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 q = parse_qs(url.query)
                 if url.path != "/api/v1/pods" or q.get("labelSelector") != [LABEL]:
