@@ -559,39 +559,49 @@ class ControlPlane:
         if self.actuator is not None:
             out["actuation"] = self.actuator.health()
             out["modes"] = self.actuator.verifier.stats.modes
-        rows = self.job_rows(summary)
-        out["jobs_total"] = len(rows)
-        out["jobs"] = sorted(rows, key=lambda r: -float(r.get("cut_w") or 0.0))[:MAX_SNAPSHOT_JOBS]
+        topo = self.loop.topo if self.loop is not None else self.topo
+        out["jobs_total"] = len(topo.job_ids)
+        out["jobs"] = self.job_rows(summary, limit=MAX_SNAPSHOT_JOBS)
         out["jobs_version"] = self.jobs_version
         return out
 
-    def job_rows(self, summary: Any = None) -> list[dict[str, Any]]:
+    def job_rows(self, summary: Any = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Every job the loop plans with (site file and live), where it came from, its terms, and from
-        the last plan its caps and what it loses to them (``powerplane jobs list``)."""
+        the last plan its caps and what it loses to them (``powerplane jobs list``); ``limit``: only the
+        jobs that lose the most."""
         topo = self.loop.topo if self.loop is not None else self.topo
         a = self.jobs.latest if self.jobs is not None and self.jobs.latest is not None else None
         if a is not None and a.version != self.jobs_version:
             a = None  # not yet planned with
         live = {j.id: j for j in a.jobs} if a is not None else {}
         caps = {j.id: j for j in summary.jobs} if summary is not None else {}
+        n = len(topo.job_ids)
+        order: list[int] = list(range(n))
+        if limit is not None and n > limit:
+            order = sorted(order, key=lambda k: -(caps[topo.job_ids[k]].cut_w if topo.job_ids[k] in caps else 0.0))
+            order = order[:limit]
         first = topo.node_first_gpu
+        node_job = topo.gpu_job[first]
+        has = np.flatnonzero(node_job >= 0)
+        servers = np.bincount(node_job[has], minlength=n)
+        first_server = np.full(n, -1, np.int64)
+        first_server[node_job[has][::-1]] = has[::-1]  # each job's first server
         rows: list[dict[str, Any]] = []
-        for k, jid in enumerate(topo.job_ids):
+        for k in order:
+            jid = topo.job_ids[k]
             lj = live.get(jid)
             row: dict[str, Any] = {"id": jid, "source": lj.facts.source if lj is not None else "site",
                                    "priority": int(topo.job_priority[k]), "kind": topo.job_kind[k],
-                                   "checkpointable": bool(topo.job_checkpointable[k])}
+                                   "checkpointable": bool(topo.job_checkpointable[k]), "n_nodes": int(servers[k])}
             if lj is not None:
                 f = lj.facts
-                row.update(weight=lj.terms.weight, rule=lj.terms.rule, n_nodes=int(lj.servers.size),
+                row.update(weight=lj.terms.weight, rule=lj.terms.rule,
                            nodes=(a.nodes.get(jid, "") if a is not None else "")[:MAX_HOSTLIST_CHARS],
                            since_ns=lj.since_ns, asked_priority=f.priority,
                            **{key: getattr(f, key) for key in ("partition", "qos", "account", "user", "namespace",
                                                                "priority_class") if getattr(f, key)})
-            else:
-                servers = np.flatnonzero(topo.gpu_job[first] == k)
-                row.update(weight=float(topo.gpu_weight[first[servers[0]]]) if servers.size else 1.0,
-                           n_nodes=int(servers.size))
+            elif first_server[k] >= 0:
+                row["weight"] = float(topo.gpu_weight[first[first_server[k]]])
             c = caps.get(jid)
             if c is not None:
                 row.update(gpus=c.gpus, cap_per_gpu_w=c.cap_per_gpu_w, demand_w=c.demand_w, cut_w=c.cut_w,

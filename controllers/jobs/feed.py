@@ -148,7 +148,7 @@ class JobFeed:
         topo = with_jobs(self.base, live)
         problem = base_problem.with_jobs(topo)
         ms = (time.perf_counter() - t0) * 1e3
-        a = Assignment(self.table.version, topo, problem, live, ms, now_ns, self._hostlists(live))
+        a = Assignment(self.table.version, topo, problem, live, ms, now_ns, dict(self.table.hostlists))
         self.latest = a
         with self._lock:
             s = self._stats
@@ -158,13 +158,6 @@ class JobFeed:
         log.info("jobs: table version %d: %d live jobs; planned with from the next period (built in %.1f ms)",
                  a.version, len(live), ms)
         return a
-
-    def _hostlists(self, live: Sequence[LiveJob]) -> dict[str, str]:
-        import hostlist
-
-        assert self.table is not None
-        names = self.table.names.names
-        return {j.id: hostlist.collect_hostlist([names[int(k)] for k in j.servers]) for j in live}
 
     def health(self) -> dict[str, float]:
         """1.0 per source that works (spool readable, watch synced), 0.0 otherwise."""

@@ -42,6 +42,7 @@ from models.topology import Topology
 log = logging.getLogger("powerplane.jobs")
 
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,127}$")
+MAX_HOSTLIST_NODES = 20_000  # a job's hostlist for views names at most this many nodes
 REASONS = ("malformed", "unknown_node", "node_reserved", "duplicate", "too_many_jobs", "unknown_job")
 
 
@@ -83,6 +84,7 @@ class JobTable:
         self.site_ids = set(base.job_ids)
         self.owner = np.full(base.node_first_gpu.shape[0], -1, np.int64)  # server -> slot of its live job
         self.jobs: dict[str, LiveJob] = {}
+        self.hostlists: dict[str, str] = {}  # job id -> its servers' host names as a hostlist (for views)
         self._slot: dict[str, int] = {}
         self._by_slot: dict[int, str] = {}
         self._next_slot = 0
@@ -155,6 +157,7 @@ class JobTable:
         self._by_slot[slot] = f.id
         self.jobs[f.id] = LiveJob(f, servers.astype(np.int32), terms_of(f, self.scheduler),
                                   old.since_ns if old is not None else now_ns)
+        self.hostlists[f.id] = self._hostlist(servers)
         self.started[f.source] += old is None
         self.version += 1
 
@@ -168,9 +171,17 @@ class JobTable:
             self.ended[job.facts.source] += 1
             return
         self.jobs[job_id] = LiveJob(job.facts, keep, job.terms, job.since_ns)
+        self.hostlists[job_id] = self._hostlist(keep)
+
+    def _hostlist(self, servers: np.ndarray) -> str:
+        import hostlist
+
+        # once per job start (a millisecond for a rack's worth), never per rebuild
+        return str(hostlist.collect_hostlist([self.names.names[int(k)] for k in servers[:MAX_HOSTLIST_NODES]]))
 
     def _drop(self, job_id: str) -> None:
         job = self.jobs.pop(job_id)
+        self.hostlists.pop(job_id, None)
         slot = self._slot.pop(job_id)
         del self._by_slot[slot]
         mine = job.servers[self.owner[job.servers] == slot]
