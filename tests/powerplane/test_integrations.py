@@ -244,3 +244,46 @@ def test_a_taken_default_port_is_not_fatal_but_an_explicit_one_is(procs: Procs, 
                             "--metrics", f"127.0.0.1:{port}", "--duration", "1"], capture_output=True, text=True,
                            timeout=120, cwd=ROOT, env=dict(os.environ, POWERPLANE_SITE_KEY=KEY.hex()))
     assert r.returncode == 2 and "--metrics" in r.stderr and "cannot serve" in r.stderr
+
+
+def test_the_demo_starts_and_ends_its_scenario_jobs_through_the_spool(tmp_path: Path) -> None:
+    """[[twin.jobs]]: at start_s the prolog's document is in the spool (the controller's table takes it with
+    the rules' priority), at end_s it is gone; the twin draws the job's load only in between."""
+    import numpy as np
+
+    from controllers.jobs.feed import JobFeed
+    from controllers.jobs.slurm import SpoolReader
+    from models.clock import ManualClock
+    from models.topology import build_topology
+    from models.twin.sim import TwinSim
+    from powerplane.demo import SchedulerDrill
+
+    site = load_site(DEMO_SITE)
+    topo = build_topology(site)
+    (tj,) = site.twin.jobs
+    drill = SchedulerDrill(site, topo, tmp_path / "spool")
+    feed = JobFeed(site, topo, ManualClock(), [SpoolReader(tmp_path / "spool").scan])
+    assert drill.advance(tj.start_s - 1, None) == [] and feed.poll() is None
+    notes = drill.advance(tj.start_s, None)
+    assert "during demand response dr-evening-1" in notes[0]
+    a = feed.poll()
+    assert a is not None and [(j.id, j.terms.priority, j.servers.size) for j in a.jobs] == [("4242", 2, 72)]
+    row = {"id": "4242", "priority": 2, "cap_per_gpu_w": 300.0, "gpus": 288, "cut_w": 1000.0}
+    assert "the controller plans job 4242" in drill.advance(tj.start_s + 3, {"jobs": [row]})[0]
+    assert tj.end_s is not None
+    assert "epilog" in drill.advance(tj.end_s, {"jobs": [row]})[0]
+    b = feed.poll()
+    assert b is not None and b.jobs == ()
+    drill.advance(tj.end_s + 3, {"jobs": []})
+    (res,) = drill.result()
+    assert res["in_plan_s"] == tj.start_s + 3 and res["gone_s"] == tj.end_s + 3 and drill.failures() == []
+    # the twin: the job's GPUs idle before, draw during, idle after
+    sim = TwinSim(site, topo, seed=1)
+    gpus = np.arange(5 * 576 + 288, 6 * 576)
+    sim.advance_to(sim.start_ns + int((tj.start_s - 5) * 1e9))
+    before = sim.gpu_demand_w[gpus].mean()
+    sim.advance_to(sim.start_ns + int((tj.start_s + 5) * 1e9))
+    during = sim.gpu_demand_w[gpus].mean()
+    sim.advance_to(sim.start_ns + int((tj.end_s + 5) * 1e9))
+    after = sim.gpu_demand_w[gpus].mean()
+    assert before < 200 < during and after < 200
