@@ -206,8 +206,15 @@ class CapPlan:
             for name, vals in fields.items():
                 sids = cache.get((level, name))
                 if sids is None:
-                    sids = np.fromiter((registry.id(f"caps.{name}", site=site, level=level, id=i) for i in ids),
-                                       np.int32, len(ids))
+                    if level == "job":  # live jobs come and go: intern each job's series once, not per table
+                        per = cache.setdefault(("job-sids",), {})
+                        for i in ids:
+                            if (name, i) not in per:
+                                per[(name, i)] = registry.id(f"caps.{name}", site=site, level=level, id=i)
+                        sids = np.fromiter((per[(name, i)] for i in ids), np.int32, len(ids))
+                    else:
+                        sids = np.fromiter((registry.id(f"caps.{name}", site=site, level=level, id=i) for i in ids),
+                                           np.int32, len(ids))
                     cache[(level, name)] = sids
                 series.append(sids)
                 values.append(np.asarray(vals, np.float64)[: len(ids)])

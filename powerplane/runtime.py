@@ -1,6 +1,8 @@
 """The control plane of one site, wired together: readings in -> state -> solve -> caps out -> verify.
 
 ``ControlPlane`` owns the period. Its hot path, once per ``[controller].period_s``, is
+(after swapping in the job feed's newest job table, if it changed: a reference swap, the
+table itself is built on the feed's thread, ``controllers.jobs.feed``)
 
     ingest   reading batches (from collector processes over MQTT, in-process collectors,
              test sources) and agent statuses (server power, acknowledgements) into the state

@@ -19,7 +19,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from controllers.jobs.names import NodeIndex
 from controllers.jobs.table import JobTable, Update
@@ -176,8 +175,3 @@ class JobFeed:
             return FeedStats(s.polls, s.poll_errors, s.rebuilds, s.last_build_ms, s.worst_build_ms, Counter(s.live),
                              Counter(s.started), Counter(s.ended), Counter(s.rejected), s.nodes_taken,
                              s.last_poll_wall)
-
-
-def describe(sources: dict[str, Any]) -> str:
-    """One line naming the configured sources (for the startup banner)."""
-    return ", ".join(f"{k} {v}" for k, v in sources.items()) or "none"
