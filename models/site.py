@@ -509,8 +509,11 @@ def check_references(site: SiteConfig) -> list[tuple[str, str]]:
         if pf.loop in loops and pf.pumps_failed > loops[pf.loop].pumps:
             problems.append((f"twin.pump_failures[{i}].pumps_failed",
                              f"{pf.pumps_failed} exceeds the loop's {loops[pf.loop].pumps} pumps"))
-    # Two jobs must not claim the same GPUs (a twin job's nodes are free until it starts).
+    # Two jobs must not claim the same GPUs: site-file jobs never; a twin job's nodes must be free of
+    # site-file jobs, and two twin jobs may share nodes only one after the other.
     claimed: dict[tuple[str, int], str] = {}
+    windows = {j.id: (j.start_s, j.end_s if j.end_s is not None else float("inf")) for j in site.twin.jobs}
+    twin_claims: dict[tuple[str, int], list[str]] = {}
     for where, job in placed_jobs:
         for k, spec in enumerate(job.placement):
             m = PLACEMENT_RE.match(spec)
@@ -520,7 +523,15 @@ def check_references(site: SiteConfig) -> list[tuple[str, str]]:
             first = int(m["first"]) if m["first"] is not None else 0
             last = int(m["last"]) if m["last"] is not None else nodes - 1
             for node in range(first, min(last, nodes - 1) + 1):
-                owner = claimed.setdefault((m["rack"], node), job.id)
+                if job.id in windows:  # a twin job
+                    site_owner = claimed.get((m["rack"], node))
+                    mine = windows[job.id]
+                    other = next((o for o in twin_claims.get((m["rack"], node), [])
+                                  if o != job.id and windows[o][0] < mine[1] and mine[0] < windows[o][1]), None)
+                    owner = site_owner or other or job.id
+                    twin_claims.setdefault((m["rack"], node), []).append(job.id)
+                else:
+                    owner = claimed.setdefault((m["rack"], node), job.id)
                 if owner != job.id:
                     problems.append((f"{where}.placement[{k}]",
                                      f"node {node} of rack {m['rack']!r} already belongs to job {owner!r}"))

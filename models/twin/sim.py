@@ -120,14 +120,21 @@ class TwinSim:
         self._job_swing_hz = np.array([j.swing_hz for j in jobs] + [0.0])
         self._job_swing = np.array([j.swing_fraction for j in jobs] + [0.0])
         self._job_ckpt = np.array([j.checkpoint_every_s for j in jobs] + [0.0])
-        self._job_phase = self.rng.uniform(0.0, 1.0, n_j + 1)  # jobs do not swing in step
-        self._gpu_job = np.where(t.gpu_job >= 0, t.gpu_job, n_j)
+        # Scenario jobs draw their randomness from a stream of their own: adding one to a site leaves
+        # every other draw (and so every trajectory of that seed) as it was.
+        self._twin_rng = np.random.default_rng([self.seed, 1])
         n_site = len(site.jobs)
-        for k, tj in enumerate(site.twin.jobs):
-            self._gpu_job[_placement_gpus(t, tj.placement)] = n_site + k
+        base_phase = self.rng.uniform(0.0, 1.0, n_site + 1)
+        self._job_phase = np.concatenate((base_phase[:n_site], self._twin_rng.uniform(0.0, 1.0, n_j - n_site),
+                                          base_phase[n_site:]))  # jobs do not swing in step
+        self._gpu_job_base = np.where(t.gpu_job >= 0, t.gpu_job, n_j)
+        self._gpu_job = self._gpu_job_base.copy()
+        # Scenario jobs hold their GPUs only between start and end (two may use the same nodes in turn).
+        self._twin_gpus = [_placement_gpus(t, tj.placement) for tj in site.twin.jobs]
         self._twin_jobs = np.arange(n_site, n_j)
         self._twin_window = np.array([(tj.start_s, tj.end_s if tj.end_s is not None else np.inf)
                                       for tj in site.twin.jobs], np.float64).reshape(-1, 2)
+        self._twin_active = np.zeros(len(site.twin.jobs), np.bool_)
         self._gpu_silicon = self.rng.normal(1.0, 0.02, g)  # part-to-part variation
         self._gpu_noise = np.zeros(g)  # per-GPU OU noise (inference burstiness)
         self._job_noise = np.zeros(n_j + 1)
@@ -261,8 +268,12 @@ class TwinSim:
             * (1.0 + self._job_noise[inference])
         level[kind == 3] = 0.0
         if self._twin_jobs.size:
-            off = (t_s < self._twin_window[:, 0]) | (t_s >= self._twin_window[:, 1])
-            level[self._twin_jobs[off]] = 0.0
+            active = (t_s >= self._twin_window[:, 0]) & (t_s < self._twin_window[:, 1])
+            if (active != self._twin_active).any():
+                self._twin_active = active
+                self._gpu_job = self._gpu_job_base.copy()
+                for k in np.flatnonzero(active).tolist():
+                    self._gpu_job[self._twin_gpus[k]] = self._twin_jobs[k]
         return np.asarray(np.clip(level, 0.0, 1.0), dtype=np.float64)
 
     def _update_power(self, dt: float) -> None:
@@ -270,8 +281,12 @@ class TwinSim:
         if dt > 0:
             # Job-level OU noise (load changes) and GPU-level noise (request bursts).
             a_j = math.exp(-dt / 20.0)
-            self._job_noise = a_j * self._job_noise + math.sqrt(1 - a_j * a_j) * 0.05 * \
-                self.rng.standard_normal(self._job_noise.shape[0])
+            n_site = len(self.site.jobs)
+            kick = self.rng.standard_normal(n_site + 1)
+            if self._twin_jobs.size:
+                kick = np.concatenate((kick[:n_site], self._twin_rng.standard_normal(self._twin_jobs.size),
+                                       kick[n_site:]))
+            self._job_noise = a_j * self._job_noise + math.sqrt(1 - a_j * a_j) * 0.05 * kick
             a_g = math.exp(-dt / 0.5)
             self._gpu_noise *= a_g
             self._gpu_noise += math.sqrt(1 - a_g * a_g) * 0.03 * self.rng.standard_normal(t.n_gpus)
