@@ -1,1 +1,1 @@
-"""The message bus every process talks over: the MQTT edge."""
+"""The edges every process talks over: MQTT (``bus.mqtt``) and a small HTTP server (``bus.http``)."""

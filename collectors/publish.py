@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -49,6 +50,7 @@ class BatchPublisher:
         self.seq = 0
         self.published_readings = 0
         self.published_messages = 0
+        self.last_flush_wall = 0.0  # time.monotonic() of the last flush round (liveness)
         self._task: asyncio.Task[None] | None = None
         self._next_health_ns = 0
 
@@ -96,6 +98,7 @@ class BatchPublisher:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.flush_s)
+            self.last_flush_wall = time.monotonic()
             try:
                 self.flush()
             except Exception:  # a bad batch must not end publishing

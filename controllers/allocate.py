@@ -42,7 +42,12 @@ MAX_ROUNDS = 64
 
 @dataclass(frozen=True, eq=False)
 class Structure:
-    """Who sits in which constraint, indexed for the kernels; built once per topology."""
+    """Who sits in which constraint, indexed for the kernels; built once per topology.
+
+    Membership (``mem``) is fixed by the power tree; priorities and weights follow the jobs.
+    ``regroup`` re-indexes a structure for new priorities and weights without re-sorting the
+    membership (``grp_*``, members by constraint, are kept): a counting sort per constraint.
+    """
 
     count: F64  # GPUs per consumer
     weight: F64
@@ -54,6 +59,8 @@ class Structure:
     cls_members: I32
     con_ptr: I32  # (m, P+1)
     con_members: I32
+    grp_ptr: I32  # (m+1,): members of constraint c are grp_members[grp_ptr[c]:grp_ptr[c+1]], ascending
+    grp_members: I32
 
     @property
     def n(self) -> int:
@@ -65,32 +72,46 @@ class Structure:
               n_constraints: int) -> Structure:
         """Index consumers by priority class and constraints by (constraint, class)."""
         count = np.ascontiguousarray(count, np.float64)
-        weight = np.ascontiguousarray(weight, np.float64)
-        prio = np.asarray(priority, np.int16)
         mem32 = np.ascontiguousarray(mem, np.int32)
         n = count.shape[0]
-        if mem32.ndim != 2 or mem32.shape[0] != n or weight.shape != (n,) or prio.shape != (n,):
+        if mem32.ndim != 2 or mem32.shape[0] != n:
             raise ValueError("consumer arrays differ in length")
-        if np.any(weight <= 0) or not np.all(np.isfinite(weight)):
-            raise ValueError("weights must be finite and > 0")
         if np.any(count <= 0):
             raise ValueError("counts must be > 0")
         if mem32.size and (mem32.max() >= n_constraints or mem32.min() < -1):
             raise ValueError("membership refers to an unknown constraint")
-        classes, cls_of = np.unique(prio, return_inverse=True)
-        cls_of = cls_of.astype(np.int32)
-        order = np.argsort(cls_of, kind="stable").astype(np.int32)
-        cls_ptr = np.searchsorted(cls_of[order], np.arange(len(classes) + 1)).astype(np.int32)
         ii, kk = np.nonzero(mem32 >= 0)
         cc = mem32[ii, kk]
-        key = cc.astype(np.int64) * (len(classes) + 1) + cls_of[ii]
-        o = np.argsort(key, kind="stable")
-        con_members = ii[o].astype(np.int32)
-        bounds = np.arange(n_constraints, dtype=np.int64)[:, None] * (len(classes) + 1) + \
-            np.arange(len(classes) + 1)[None, :]
-        con_ptr = np.searchsorted(key[o], bounds).astype(np.int32)
-        return cls(count, weight, prio, mem32, int(n_constraints), classes.astype(np.int16), cls_ptr,
-                   order, np.ascontiguousarray(con_ptr), con_members)
+        o = np.argsort(cc, kind="stable")
+        grp_members = np.ascontiguousarray(ii[o], np.int32)
+        grp_ptr = np.searchsorted(cc[o], np.arange(n_constraints + 1)).astype(np.int32)
+        return cls._classed(count, weight, priority, mem32, int(n_constraints), grp_ptr, grp_members)
+
+    def regroup(self, weight: F64, priority: NDArray[np.integer]) -> Structure:
+        """The same consumers and constraints with new weights and priorities (the jobs changed)."""
+        return self._classed(self.count, weight, priority, self.mem, self.n_constraints, self.grp_ptr,
+                             self.grp_members)
+
+    @classmethod
+    def _classed(cls, count: F64, weight: F64, priority: NDArray[np.integer], mem: I32, n_constraints: int,
+                 grp_ptr: I32, grp_members: I32) -> Structure:
+        n = count.shape[0]
+        weight = np.ascontiguousarray(weight, np.float64)
+        prio = np.asarray(priority, np.int16)
+        if weight.shape != (n,) or prio.shape != (n,):
+            raise ValueError("consumer arrays differ in length")
+        if np.any(weight <= 0) or not np.all(np.isfinite(weight)):
+            raise ValueError("weights must be finite and > 0")
+        classes, cls_of = np.unique(prio, return_inverse=True)
+        # int16 keys: numpy's stable argsort is a radix sort for them
+        cls16 = cls_of.astype(np.int16)
+        order = np.argsort(cls16, kind="stable").astype(np.int32)
+        cls_ptr = np.searchsorted(cls16[order], np.arange(len(classes) + 1)).astype(np.int32)
+        con_ptr = np.empty((n_constraints, len(classes) + 1), np.int32)
+        con_members = np.empty_like(grp_members)
+        kernels.group_by_class(grp_ptr, grp_members, cls_of.astype(np.int32), len(classes), con_ptr, con_members)
+        return cls(count, weight, prio, mem, n_constraints, classes.astype(np.int16), cls_ptr, order, con_ptr,
+                   con_members, grp_ptr, grp_members)
 
 
 @dataclass(frozen=True, eq=False)

@@ -228,3 +228,28 @@ def constraint_load(count: np.ndarray, x_w: np.ndarray, mem: np.ndarray, m: int)
             if c >= 0:
                 out[c] += v
     return out
+
+
+@njit(cache=True, nogil=True)
+def group_by_class(grp_ptr: np.ndarray, grp_members: np.ndarray, cls_of: np.ndarray, n_classes: int,
+                   con_ptr: np.ndarray, con_members: np.ndarray) -> None:
+    """Counting sort of every constraint's members (``grp_members[grp_ptr[c]:grp_ptr[c+1]]``) by
+    priority class, stable: ``con_members[con_ptr[c, k]:con_ptr[c, k+1]]`` are the class-k members of c."""
+    counts = np.zeros(n_classes, np.int64)
+    for c in range(grp_ptr.shape[0] - 1):
+        s0 = grp_ptr[c]
+        s1 = grp_ptr[c + 1]
+        counts[:] = 0
+        for s in range(s0, s1):
+            counts[cls_of[grp_members[s]]] += 1
+        pos = s0
+        for k in range(n_classes):
+            con_ptr[c, k] = pos
+            pos += counts[k]
+            counts[k] = con_ptr[c, k]  # now the next free slot of class k
+        con_ptr[c, n_classes] = pos
+        for s in range(s0, s1):
+            i = grp_members[s]
+            k = cls_of[i]
+            con_members[counts[k]] = i
+            counts[k] += 1

@@ -52,6 +52,14 @@ class ControlLoop:
         self._last_ns: int | None = None
         self._power_mask = p.con_kind == KIND_POWER
 
+    def use_problem(self, problem: SiteProblem) -> None:
+        """Plan with ``problem`` from the next step: the same site with another job assignment
+        (``SiteProblem.with_jobs``); demand, hysteresis and the caps in force carry over."""
+        if problem.structure.n != self.problem.structure.n or problem.n_constraints != self.problem.n_constraints:
+            raise ValueError("use_problem needs the same site (only the jobs may differ)")
+        self.problem = problem
+        self.topo = problem.topo
+
     def draw_per_gpu_w(self) -> np.ndarray:
         """Each server's measured draw per GPU, from the latest telemetry (NaN where none)."""
         return self.problem.per_gpu_draw_w(self.state.node_power_w[self.topo.level_slice(L_NODE)])

@@ -546,6 +546,10 @@ class MoveAdvisor:
         self.tracker = MoveTracker()
         self.emitted = 0
 
+    def use_topology(self, topo: Topology) -> None:
+        """Recommend with ``topo`` (the same site with another job assignment) from the next period."""
+        self.topo = topo
+
     def __call__(self, plan: CapPlan, state: Any, now_ns: int) -> list[tuple[Event, dict[str, Any] | None]]:
         """This period's new or changed recommendations."""
         dr = dr_deficit(self.topo, plan, state.dr_events.values(), basis=self.basis)

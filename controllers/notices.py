@@ -30,7 +30,8 @@ class Notices:
         self.site_id = site.site.name
         self.topo = topo
         self.low_share = site.hooks.headroom_low_share
-        self.job_cap_w = np.full(len(topo.job_ids), np.nan)
+        self.job_cap_w: dict[str, float] = {}  # by job id: live jobs come and go
+        self._ids = topo.job_ids
         self.low: set[str] = set()
         self.dr_state: dict[str, str] = {}
 
@@ -40,7 +41,8 @@ class Notices:
         return out
 
     def _jobs(self, plan: CapPlan) -> list[Event]:
-        topo, p = self.topo, plan.problem
+        p = plan.problem
+        topo = p.topo
         out: list[Event] = []
         if not topo.job_ids:
             return out
@@ -53,19 +55,23 @@ class Notices:
         for k, job in enumerate(topo.job_ids):
             if gpus[k] == 0:
                 continue
-            prev = self.job_cap_w[k]
+            prev = self.job_cap_w.get(job, np.nan)
             released = cap[k] >= ceiling[k] - 1e-6
             moved = abs(cap[k] - prev) >= CAP_STEP_W or (released and prev < ceiling[k] - 1e-6)
             if np.isnan(prev):
                 moved = not released
             if not moved:
                 continue
-            self.job_cap_w[k] = cap[k]
+            self.job_cap_w[job] = float(cap[k])
             what = "released to its ceiling" if released else f"capped at {cap[k]:.0f} W per GPU"
             out.append(Event(plan.ts_ns, EV_CAP_CHANGED, "info", "controller",
                              f"job {job} (priority {int(topo.job_priority[k])}, {int(gpus[k])} GPUs) {what}",
                              job, {"value": float(cap[k]), "priority": float(topo.job_priority[k]),
                                    "gpus": float(gpus[k])}))
+        if topo.job_ids is not self._ids:  # the job table changed: forget ended jobs
+            self._ids = topo.job_ids
+            live = set(topo.job_ids)
+            self.job_cap_w = {k: v for k, v in self.job_cap_w.items() if k in live}
         return out
 
     def _headroom(self, plan: CapPlan) -> list[Event]:

@@ -229,8 +229,15 @@ class CapPlan:
             for name, vals in fields.items():
                 sids = cache.get((level, name))
                 if sids is None:
-                    sids = np.fromiter((registry.id(f"caps.{name}", site=site, level=level, id=i) for i in ids),
-                                       np.int32, len(ids))
+                    if level == "job":  # live jobs come and go: intern each job's series once, not per table
+                        per = cache.setdefault(("job-sids",), {})
+                        for i in ids:
+                            if (name, i) not in per:
+                                per[(name, i)] = registry.id(f"caps.{name}", site=site, level=level, id=i)
+                        sids = np.fromiter((per[(name, i)] for i in ids), np.int32, len(ids))
+                    else:
+                        sids = np.fromiter((registry.id(f"caps.{name}", site=site, level=level, id=i) for i in ids),
+                                           np.int32, len(ids))
                     cache[(level, name)] = sids
                 series.append(sids)
                 values.append(np.asarray(vals, np.float64)[: len(ids)])
@@ -349,12 +356,19 @@ class PlanSummary:
     binding: dict[str, int]  # constraint (or "ramp") -> GPUs it holds
     infeasible: list[dict[str, Any]]  # constraint, deficit_w, jobs to move
 
-    def to_json(self, max_racks: int | None = None) -> dict[str, Any]:
-        """As JSON-able data; ``max_racks``: only the racks with the least headroom (site order kept)."""
+    def to_json(self, max_racks: int | None = None, max_jobs: int | None = None) -> dict[str, Any]:
+        """As JSON-able data; ``max_racks``: only the racks with the least headroom, ``max_jobs``: only the
+        jobs that lose the most to caps (site order kept)."""
         racks = self.racks
         if max_racks is not None and len(racks) > max_racks:
             keep = {r.id for r in sorted(racks, key=lambda r: r.headroom_w)[:max_racks]}
             racks = [r for r in racks if r.id in keep]
+        jobs = self.jobs
+        if max_jobs is not None and len(jobs) > max_jobs:
+            keep = {j.id for j in sorted(jobs, key=lambda j: -j.cut_w)[:max_jobs]}
+            jobs = [j for j in jobs if j.id in keep]
         d = asdict(self)
         d["racks"] = [asdict(r) for r in racks]
+        d["jobs"] = [asdict(j) for j in jobs]
+        d["jobs_total"] = len(self.jobs)
         return d

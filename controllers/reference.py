@@ -106,3 +106,13 @@ def allocate(count: F64, floor_w: F64, demand_w: F64, ceiling_w: F64, weight: F6
             if phase == 1:
                 bind[idx] = np.where(cut, sub[np.arange(len(idx)), a], -1)
     return rounds
+
+
+def group_by_class(grp_ptr: I32, grp_members: I32, cls_of: I32, n_classes: int) -> tuple[I32, I32]:
+    """NumPy twin of ``kernels.group_by_class``: one stable sort on (constraint, class)."""
+    m = grp_ptr.shape[0] - 1
+    con = np.repeat(np.arange(m, dtype=np.int64), np.diff(grp_ptr))
+    key = con * (n_classes + 1) + cls_of[grp_members]
+    o = np.argsort(key, kind="stable")
+    bounds = np.arange(m, dtype=np.int64)[:, None] * (n_classes + 1) + np.arange(n_classes + 1)[None, :]
+    return np.searchsorted(key[o], bounds).astype(np.int32), grp_members[o].astype(np.int32)

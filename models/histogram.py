@@ -22,6 +22,7 @@ class Histogram:
         self.top_s = top_s
         self.counts = np.zeros(int(round(top_s / bin_s)) + 1, np.int64)
         self.max = float("nan")
+        self.sum = 0.0  # of every value counted (a Prometheus histogram's _sum)
 
     def add(self, values: F64) -> None:
         """Count ``values``."""
@@ -29,12 +30,14 @@ class Histogram:
             return
         k = np.minimum((values / self.bin_s).astype(np.int64).clip(0), self.counts.size - 1)
         np.add.at(self.counts, k, 1)
+        self.sum += float(values.sum())
         m = float(values.max())
         self.max = m if np.isnan(self.max) else max(self.max, m)
 
     def merge(self, other: Histogram) -> None:
         """Add another histogram with the same bins."""
         self.counts += other.counts
+        self.sum += other.sum
         if not np.isnan(other.max):
             self.max = other.max if np.isnan(self.max) else max(self.max, other.max)
 
@@ -52,6 +55,16 @@ class Histogram:
         if k >= self.counts.size - 1:
             return self.max  # the overflow bin has no upper edge: the max is the only bound known
         return min((k + 1) * self.bin_s, self.max)
+
+    def cumulative(self, bounds: list[float]) -> list[int]:
+        """Values counted at or below each of ``bounds`` (exact to one bin: a bin counts where its upper
+        edge falls), for a Prometheus histogram's buckets."""
+        c = np.cumsum(self.counts)
+        out = []
+        for b in bounds:
+            k = int(np.floor(b / self.bin_s + 1e-9)) - 1  # bins wholly at or below b
+            out.append(int(c[min(k, c.size - 2)]) if k >= 0 else 0)
+        return out
 
     def to_json(self) -> dict[str, Any]:
         """Sparse form for a summary file."""

@@ -257,6 +257,25 @@ class SupplyExcursion(_Model):
     delta_c: Annotated[float, Field(gt=0, le=30)]
 
 
+class TwinJob(Job):
+    """A job that the scheduler starts and ends during the twin's run: the demo writes it to the
+    Slurm spool (as the prolog would) at ``start_s`` and removes it (as the epilog would) at ``end_s``;
+    the twin's GPUs of its placement draw its load only in between."""
+
+    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY)] | None = Field(  # type: ignore[assignment]
+        default=None, description="asked for by the job (it may only lower its priority); default: the rules'")
+    start_s: NonNegFloat = Field(description="seconds after the twin starts")
+    end_s: PosFloat | None = Field(default=None, description="seconds after the twin starts; default: never")
+    partition: Annotated[str, Field(max_length=64)] = ""
+    qos: Annotated[str, Field(max_length=64)] = ""
+
+    @model_validator(mode="after")
+    def _window(self) -> TwinJob:
+        if self.end_s is not None and self.end_s <= self.start_s:
+            raise ValueError(f"end_s ({self.end_s}) must be after start_s ({self.start_s})")
+        return self
+
+
 class TwinScenario(_Model):
     """Scenario of the digital twin: seed, start time and scheduled events."""
 
@@ -266,6 +285,7 @@ class TwinScenario(_Model):
     demand_response: list[DemandResponse] = []
     pump_failures: list[PumpFailure] = []
     supply_excursions: list[SupplyExcursion] = []
+    jobs: list[TwinJob] = []
 
 
 class Controller(_Model):
@@ -362,6 +382,41 @@ class Hooks(_Model):
     headroom_low_share: Fraction = Field(default=0.05, description="headroom_low below this share of a limit")
 
 
+Glob = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.*?\-\[\]!/]+$")]
+JobKind = Literal["training", "inference", "batch"]
+
+
+class PriorityRule(_Model):
+    """Priority (and weight, kind, checkpointability) of scheduler jobs that match; the first rule that
+    matches wins. Every key given must match (shell-style globs); a key not given matches anything."""
+
+    source: Literal["any", "slurm", "kubernetes"] = "any"
+    partition: Glob | None = Field(default=None, description="Slurm partition")
+    qos: Glob | None = Field(default=None, description="Slurm QOS")
+    account: Glob | None = Field(default=None, description="Slurm account")
+    namespace: Glob | None = Field(default=None, description="Kubernetes namespace")
+    priority_class: Glob | None = Field(default=None, description="Kubernetes PriorityClass name")
+    priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY)] = Field(description="0 is the highest")
+    weight: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 1.0
+    checkpointable: bool = True
+    kind: JobKind = "training"
+
+
+class Scheduler(_Model):
+    """Live jobs from the schedulers (Slurm prolog/epilog spool or HTTP, Kubernetes pods): how they map
+    to priorities, and how many the controller keeps."""
+
+    rules: list[PriorityRule] = Field(default_factory=list, max_length=256)
+    default_priority: Annotated[int, Field(ge=0, le=MAX_PRIORITY)] = Field(
+        default=8, description="priority of a job no rule matches")
+    default_weight: Annotated[float, Field(gt=0, le=1000, allow_inf_nan=False)] = 1.0
+    default_checkpointable: bool = True
+    default_kind: JobKind = "training"
+    job_may_lower_priority: bool = Field(
+        default=True, description="a job may ask for a lower priority than its rule's (never a higher one)")
+    max_jobs: Annotated[int, Field(ge=1, le=MAX_JOBS)] = Field(default=10_000, description="live jobs at most")
+
+
 class SiteConfig(_Model):
     """A whole site: power tree, cooling loops, racks, jobs, grid and twin scenario."""
 
@@ -380,6 +435,7 @@ class SiteConfig(_Model):
     controller: Controller = Controller()
     actuation: Actuation = Actuation()
     hooks: Hooks = Hooks()
+    scheduler: Scheduler = Scheduler()
 
     def rack_type(self, rack: Rack) -> RackType:
         """The type of ``rack``."""
@@ -406,7 +462,8 @@ def check_references(site: SiteConfig) -> list[tuple[str, str]]:
     for section in ("feeds", "ups", "halls", "rows", "racks", "loops"):
         all_ids += [(f"{section}[{i}].id", item.id) for i, item in enumerate(getattr(site, section))]
     problems += list(_dupes(all_ids))
-    problems += list(_dupes([(f"jobs[{i}].id", j.id) for i, j in enumerate(site.jobs)]))
+    problems += list(_dupes([(f"jobs[{i}].id", j.id) for i, j in enumerate(site.jobs)]
+                            + [(f"twin.jobs[{i}].id", j.id) for i, j in enumerate(site.twin.jobs)]))
 
     def ref(path: str, value: str, known: Mapping[str, object], what: str) -> None:
         if value not in known:
@@ -429,10 +486,12 @@ def check_references(site: SiteConfig) -> list[tuple[str, str]]:
         ref(f"racks[{i}].row", rack.row, rows, "row")
         ref(f"racks[{i}].type", rack.type, site.rack_types, "rack type")
         ref(f"racks[{i}].loop", rack.loop, loops, "loop")
-    for i, job in enumerate(site.jobs):
+    placed_jobs: list[tuple[str, Job]] = [(f"jobs[{i}]", j) for i, j in enumerate(site.jobs)]
+    placed_jobs += [(f"twin.jobs[{i}]", j) for i, j in enumerate(site.twin.jobs)]
+    for where, job in placed_jobs:
         for k, spec in enumerate(job.placement):
             m = PLACEMENT_RE.match(spec)
-            path = f"jobs[{i}].placement[{k}]"
+            path = f"{where}.placement[{k}]"
             if not m:
                 problems.append((path, f'{spec!r} is not "rack" or "rack:first-last"'))
                 continue
@@ -453,9 +512,12 @@ def check_references(site: SiteConfig) -> list[tuple[str, str]]:
         if pf.loop in loops and pf.pumps_failed > loops[pf.loop].pumps:
             problems.append((f"twin.pump_failures[{i}].pumps_failed",
                              f"{pf.pumps_failed} exceeds the loop's {loops[pf.loop].pumps} pumps"))
-    # Two jobs must not claim the same GPUs.
+    # Two jobs must not claim the same GPUs: site-file jobs never; a twin job's nodes must be free of
+    # site-file jobs, and two twin jobs may share nodes only one after the other.
     claimed: dict[tuple[str, int], str] = {}
-    for i, job in enumerate(site.jobs):
+    windows = {j.id: (j.start_s, j.end_s if j.end_s is not None else float("inf")) for j in site.twin.jobs}
+    twin_claims: dict[tuple[str, int], list[str]] = {}
+    for where, job in placed_jobs:
         for k, spec in enumerate(job.placement):
             m = PLACEMENT_RE.match(spec)
             if not m or m["rack"] not in racks or racks[m["rack"]].type not in site.rack_types:
@@ -464,9 +526,17 @@ def check_references(site: SiteConfig) -> list[tuple[str, str]]:
             first = int(m["first"]) if m["first"] is not None else 0
             last = int(m["last"]) if m["last"] is not None else nodes - 1
             for node in range(first, min(last, nodes - 1) + 1):
-                owner = claimed.setdefault((m["rack"], node), job.id)
+                if job.id in windows:  # a twin job
+                    site_owner = claimed.get((m["rack"], node))
+                    mine = windows[job.id]
+                    other = next((o for o in twin_claims.get((m["rack"], node), [])
+                                  if o != job.id and windows[o][0] < mine[1] and mine[0] < windows[o][1]), None)
+                    owner = site_owner or other or job.id
+                    twin_claims.setdefault((m["rack"], node), []).append(job.id)
+                else:
+                    owner = claimed.setdefault((m["rack"], node), job.id)
                 if owner != job.id:
-                    problems.append((f"jobs[{i}].placement[{k}]",
+                    problems.append((f"{where}.placement[{k}]",
                                      f"node {node} of rack {m['rack']!r} already belongs to job {owner!r}"))
                     break
     return problems
@@ -482,7 +552,10 @@ def check_list_sizes(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
         if isinstance(node, list | Mapping) and len(node) > cap:
             problems.append((key, f"{len(node):,} entries; a site holds at most {cap:,}"))
     jobs = raw.get("jobs")
-    if isinstance(jobs, list):
+    twin = raw.get("twin")
+    twin_jobs = twin.get("jobs") if isinstance(twin, Mapping) else None
+    jobs = [*(jobs if isinstance(jobs, list) else []), *(twin_jobs if isinstance(twin_jobs, list) else [])]
+    if jobs:
         placements = sum(len(j["placement"]) for j in jobs
                          if isinstance(j, Mapping) and isinstance(j.get("placement"), list))
         if placements > MAX_PLACEMENTS:

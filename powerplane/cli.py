@@ -50,6 +50,7 @@ def command_registrars() -> tuple[Registrar, ...]:
         dashboards,
         demo,
         hooks,
+        jobs,
         plan,
         profiles,
         report,
@@ -58,8 +59,8 @@ def command_registrars() -> tuple[Registrar, ...]:
     )
 
     return (demo.register, site.register, twin.register, profiles.register, collect.register, report.register,
-            plan.register, controller.register, agent.register, acl.register, advise.register, hooks.register,
-            dashboards.register)
+            plan.register, controller.register, agent.register, jobs.register, acl.register, advise.register,
+            hooks.register, dashboards.register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -90,6 +90,7 @@ class Plane:
         self.anchor = clock.anchor()
         self.eps = run_dir / "endpoints.json"
         self.truth = run_dir / "truth.json"
+        self.spool = run_dir / "slurm-spool"  # the Slurm prolog/epilog spool the controller reads
         self.hook_url, self.hook_secret_file = hook_url, hook_secret_file
         self.controllers: list[Proc] = []
         self.agents: list[Proc] = []
@@ -115,7 +116,8 @@ class Plane:
         self.collect = Proc("collect", [
             "collect", "--endpoints", str(self.eps), "--site", str(self.opts.site), "--protocols", "modbus,snmp",
             "--interval", str(self.opts.collect_interval_s), "--publish", self.url, "--src", "collect-0",
-            "--clock", self.anchor, "--summary-out", str(self.dir / "collect.json")], self.dir / "collect.log",
+            "--clock", self.anchor, "--summary-out", str(self.dir / "collect.json"), "--metrics", "127.0.0.1:0"],
+            self.dir / "collect.log",
             self.env)
         await self.collect.start()
 
@@ -124,7 +126,10 @@ class Plane:
         cfg = self.opts.store
         args = ["controller", "--site", str(self.opts.site), *self._common(), "--endpoints", str(self.eps),
                 "--protocols", "mqtt", "--readings", "--state-dir", str(self.dir / "controller-state"),
-                "--summary-out", str(self.dir / f"controller-{k}.json"), "--data-dir", str(cfg.data_dir)]
+                "--summary-out", str(self.dir / f"controller-{k}.json"), "--data-dir", str(cfg.data_dir),
+                "--metrics", "127.0.0.1:0"]
+        if self.opts.control:
+            args += ["--jobs-spool", str(self.spool)]
         if cfg.influx_url:
             args += ["--influx-url", cfg.influx_url, "--influx-org", cfg.influx_org, "--influx-bucket",
                      cfg.influx_bucket, "--influx-api", cfg.influx_api]
@@ -211,6 +216,87 @@ class Watcher:
                 self.controller_wall = time.monotonic()
             except ValueError:
                 pass
+
+
+class SchedulerDrill:
+    """The scenario's ``[[twin.jobs]]`` as Slurm would run them: at ``start_s`` the prolog's document goes
+    into the spool the controller reads (atomically, as ``deploy/slurm/prolog.sh`` writes it), at ``end_s``
+    it is removed (the epilog); the twin draws the job's load in between. Records when the controller's
+    state first shows the job in a plan, its caps, and that it is gone after its end."""
+
+    def __init__(self, site: SiteConfig, topo: Any, spool: Path | None) -> None:
+        import hostlist
+
+        self.site, self.spool = site, spool
+        tmpl = site.actuation.hostname_template
+        racks = {r: i for i, r in enumerate(topo.ids(L_RACK))}
+        self.jobs: list[dict[str, Any]] = []
+        for tj in site.twin.jobs:
+            names = []
+            for spec in tj.placement:
+                rack, _, rng = spec.partition(":")
+                n = int(topo.rack_nodes[racks[rack]])
+                lo, hi = (int(x) for x in rng.split("-")) if rng else (0, n - 1)
+                names += [tmpl.format(rack=rack, index=i) for i in range(lo, hi + 1)]
+            self.jobs.append({"id": tj.id, "start_s": tj.start_s, "end_s": tj.end_s, "nodes":
+                              hostlist.collect_hostlist(names), "spec": tj, "started": False, "ended": False,
+                              "in_plan_s": None, "priority": None, "cap_per_gpu_w": None, "cut_w_max": 0.0,
+                              "gone_s": None, "during_dr": None})
+        self.dr = [(d.id, d.start_s, d.start_s + d.duration_s) for d in site.twin.demand_response]
+
+    def _doc(self, j: dict[str, Any]) -> dict[str, Any]:
+        tj = j["spec"]
+        doc: dict[str, Any] = {"v": 2, "event": "start", "job": tj.id, "nodes": j["nodes"], "partition": tj.partition,
+                               "qos": tj.qos, "account": "", "user": "demo", "ts": int(time.time())}
+        if tj.priority is not None:
+            doc["priority"] = tj.priority
+        if "checkpointable" in tj.model_fields_set:
+            doc["checkpointable"] = tj.checkpointable
+        return doc
+
+    def advance(self, t_s: float, ctl: dict[str, Any] | None) -> list[str]:
+        """Start and end the jobs due at ``t_s``; follow them in the controller's state; lines to print."""
+        out: list[str] = []
+        if self.spool is None:
+            return out
+        rows = {r.get("id"): r for r in (ctl or {}).get("jobs", [])}
+        for j in self.jobs:
+            if not j["started"] and t_s >= j["start_s"]:
+                self.spool.mkdir(parents=True, exist_ok=True)
+                tmp = self.spool / f".{j['id']}.json.tmp"
+                tmp.write_text(json.dumps(self._doc(j)) + "\n")
+                os.replace(tmp, self.spool / f"{j['id']}.json")
+                j["started"] = True
+                dr = next((d for d, a, b in self.dr if a <= t_s < b), None)
+                j["during_dr"] = dr
+                out.append(f"t={t_s:.0f}s Slurm starts job {j['id']} on {j['nodes']} (prolog spool)"
+                           + (f", during demand response {dr}" if dr else ""))
+            row = rows.get(j["id"])
+            if j["started"] and not j["ended"] and row is not None and row.get("cap_per_gpu_w") is not None:
+                if j["in_plan_s"] is None:
+                    j["in_plan_s"] = t_s
+                    j["priority"] = row.get("priority")
+                    out.append(f"t={t_s:.0f}s the controller plans job {j['id']}: priority {row.get('priority')}, "
+                               f"cap {row['cap_per_gpu_w']:.0f} W per GPU on {row.get('gpus')} GPUs")
+                j["cap_per_gpu_w"] = row["cap_per_gpu_w"]
+                j["cut_w_max"] = max(j["cut_w_max"], float(row.get("cut_w") or 0.0))
+            if j["started"] and not j["ended"] and j["end_s"] is not None and t_s >= j["end_s"]:
+                (self.spool / f"{j['id']}.json").unlink(missing_ok=True)
+                j["ended"] = True
+                out.append(f"t={t_s:.0f}s Slurm ends job {j['id']} (epilog): its power goes back to the pool")
+            if j["ended"] and j["gone_s"] is None and ctl is not None and j["id"] not in rows:
+                j["gone_s"] = t_s
+        return out
+
+    def result(self) -> list[dict[str, Any]]:
+        """What happened to each scenario job (JSON-able)."""
+        return [{k: v for k, v in j.items() if k != "spec"} for j in self.jobs]
+
+    def failures(self) -> list[str]:
+        """Jobs that started but never reached a plan (the controller should have planned them)."""
+        return [f"scheduler job {j['id']} started at t={j['start_s']:.0f} s but never reached a plan"
+                for j in self.jobs if j["started"] and j["in_plan_s"] is None and not j["ended"]
+                and self.spool is not None]
 
 
 def rss_mb(pid: int) -> float | None:
@@ -514,6 +600,17 @@ def summary_table(s: dict[str, Any], site: SiteConfig) -> Table:
                                 f"{d['in_time']}/{d['nodes']} nodes fell back within one lease (latest after "
                                 f"{num(d['worst_fallback_s'])} s); {d['back']}/{d['nodes']} back under control "
                                 f"{num(d['worst_back_s'])} s after the restart", "green" if d["ok"] else "red")
+        for j in s.get("scheduler_jobs") or []:
+            if not j["started"]:
+                continue
+            row("scheduler job", f"{j['id']} ({j['nodes']}) started at t={j['start_s']:.0f} s"
+                + (f" during {j['during_dr']}" if j["during_dr"] else "")
+                + (f"; in the plan at t={j['in_plan_s']:.0f} s, priority {j['priority']}, last cap "
+                   f"{num(j['cap_per_gpu_w'], '.0f')} W per GPU, losing up to {j['cut_w_max'] / 1e3:,.1f} kW"
+                   if j["in_plan_s"] is not None else "; not in a plan yet")
+                + (f"; ended t={j['end_s']:.0f} s" + (f", out of the table at t={j['gone_s']:.0f} s"
+                                                     if j["gone_s"] is not None else "") if j["ended"] else ""),
+                "green" if j["in_plan_s"] is not None else "yellow")
         h = s["hooks"]
         if h is not None:
             row("scheduler hooks", f"{h['verified']:,} signed webhooks verified by the receiver ("
@@ -558,6 +655,7 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
              and sum(opts.outage) + 2 * site.actuation.lease_s <= opts.duration_s else None)
     clock = ScaledClock(opts.speed, start_ns)
     plane = Plane(opts, site, broker, clock, run_dir, key, receiver.url if receiver else None, secret_file)
+    scheduler = SchedulerDrill(site, topo, plane.spool if opts.control else None)
     watcher = Watcher(broker, site)
     live_view = sys.stdout.isatty() if opts.live is None else opts.live
     codes: dict[str, int | None] = {}
@@ -596,7 +694,7 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             failure = (f"{dead[0].name} exited: {dead[0].tail()}" if dead else
                        f"the control plane did not come up within {START_TIMEOUT_WALL_S:.0f} s of wall time")
             raise RuntimeError(failure)
-        failure = await _run(opts, site, plane, watcher, drill, clock, console, live_view)
+        failure = await _run(opts, site, plane, watcher, drill, clock, console, live_view, scheduler)
         if drill is not None and drill.restart_ns >= 0:
             await asyncio.sleep(2 * VIEW_PERIOD_WALL_S)  # the last statuses reach the agents' records
     except RuntimeError as exc:
@@ -611,6 +709,10 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         agents = [d for d in (read_json(run_dir / f"agent-{i}.json") for i in range(len(plane.agents))) if d]
         drill.evaluate(agents, site.actuation.lease_s, opts.speed)
     summary = build_summary(opts, site, plane, drill, receiver, codes, started_t_s)
+    summary["scheduler_jobs"] = scheduler.result()
+    for why in scheduler.failures():
+        summary["reasons"].append(why)
+        summary["exit_status"] = 1
     if failure:
         summary["reasons"].insert(0, failure)
         summary["exit_status"] = 1
@@ -635,7 +737,7 @@ async def _wait(cond: Any, timeout_wall_s: float, dead: Any = None) -> bool:
 
 
 async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watcher, drill: OutageDrill | None,
-               clock: ScaledClock, console: Console, live_view: bool) -> str | None:
+               clock: ScaledClock, console: Console, live_view: bool, scheduler: SchedulerDrill) -> str | None:
     """Until the run's duration: the view, the drill, and the processes' health; return a failure."""
     t0 = clock.start_ns
     last_line = -math.inf
@@ -659,6 +761,8 @@ async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watch
                 plane.sample_rss(t)
             note = await _drill(drill, plane, clock, t, t0)
             if note:
+                console.print(note, highlight=False, markup=False)
+            for note in scheduler.advance(t, watcher.controller):
                 console.print(note, highlight=False, markup=False)
             warned = _behind(watcher, opts, console, warned, drill, site.controller.period_s)
             doc = watcher.twin

@@ -1,6 +1,8 @@
 """The control plane of one site, wired together: readings in -> state -> solve -> caps out -> verify.
 
 ``ControlPlane`` owns the period. Its hot path, once per ``[controller].period_s``, is
+(after swapping in the job feed's newest job table, if it changed: a reference swap, the
+table itself is built on the feed's thread, ``controllers.jobs.feed``)
 
     ingest   reading batches (from collector processes over MQTT, in-process collectors,
              test sources) and agent statuses (server power, acknowledgements) into the state
@@ -39,6 +41,7 @@ from collectors.runtime import CollectorSet
 from controllers import safety
 from controllers.actuation.actuator import Actuator
 from controllers.consistency import TreeCheck
+from controllers.jobs.feed import JobFeed
 from controllers.loop import ControlLoop
 from controllers.notices import Notices
 from controllers.plan import CapPlan
@@ -61,7 +64,9 @@ HookEvent = tuple[Event, Mapping[str, Any] | None]
 # JSON-able detail for the scheduler hooks.
 Advisor = Callable[[CapPlan, SiteState, int], list[tuple[Event, dict[str, Any] | None]]]
 STAGES = ("ingest", "verify", "solve", "publish", "store")
-BEHIND_WARN_PERIODS = 5  # this many late periods in a row: say so, naming the slowest stage
+BEHIND_WARN_PERIODS = 5
+MAX_SNAPSHOT_JOBS = 200  # the state topic carries the jobs that lose the most; the summary file all of them
+MAX_HOSTLIST_CHARS = 4096  # this many late periods in a row: say so, naming the slowest stage
 
 
 class HookSink(Protocol):
@@ -199,7 +204,8 @@ class ControlPlane:
                  health_period_s: float = 10.0, on_event: Callable[[Event], None] | None = None,
                  actuator: Actuator | None = None, hooks: HookSink | None = None,
                  advisors: Sequence[Advisor] = (), readings: Inbox | None = None,
-                 threaded_store: bool = True, publish_state: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 threaded_store: bool = True, publish_state: Callable[[dict[str, Any]], None] | None = None,
+                 jobs: JobFeed | None = None) -> None:
         self.site = site
         self.site_id = site.site.name
         self.topo = topo
@@ -224,6 +230,10 @@ class ControlPlane:
         self.readings = readings
         self._series = wire.SeriesCache(registry)
         self.loop = ControlLoop(site, topo, self.state, registry=registry) if control else None
+        self.jobs = jobs
+        self.jobs_version = 0  # the job table version the loop plans with (0: the site file's jobs)
+        if jobs is not None and self.loop is not None:
+            jobs.attach(self.loop.problem)
         self.last_plan: CapPlan | None = None
         self._applied: NDArray[np.float64] | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -282,6 +292,8 @@ class ControlPlane:
         """Start collecting, and the period (controlling if enabled)."""
         if self.actuator is not None:
             await self.actuator.start()
+        if self.jobs is not None:
+            self.jobs.start()
         await self.collectors.start()
         self._tasks.append(asyncio.get_running_loop().create_task(self._control(), name="control"))
 
@@ -293,6 +305,8 @@ class ControlPlane:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._tasks.clear()
+        if self.jobs is not None:
+            await asyncio.to_thread(self.jobs.stop)
         await self.collectors.stop()
         if self.actuator is not None:
             self.actuator.stop()
@@ -399,6 +413,19 @@ class ControlPlane:
         self._suspect = now_bad
         self._tree.worst_case(st.values, found)
 
+    def _take_jobs(self) -> None:
+        """Plan with the job feed's newest table from this period on (a reference swap)."""
+        a = self.jobs.latest if self.jobs is not None else None
+        if a is None or a.version == self.jobs_version:
+            return
+        self.jobs_version = a.version
+        if self.loop is not None:
+            self.loop.use_problem(a.problem)
+        for adv in self.advisors:
+            use = getattr(adv, "use_topology", None)
+            if use is not None:
+                use(a.topo)
+
     def derived(self, now_ns: int) -> ReadingBatch:
         """Site totals the devices do not report directly, every period (see ``SiteState.totals``)."""
         t = self.state.totals(now_ns, self.site.controller.totals_max_age_s, self.site.controller.stale_after_s)
@@ -431,6 +458,7 @@ class ControlPlane:
         ms = dict.fromkeys(STAGES, 0.0)
         t0 = time.perf_counter()
         events: list[HookEvent] = []
+        self._take_jobs()
         batches = self._ingest(now_ns, events)
         t1 = time.perf_counter()
         ms["ingest"] = (t1 - t0) * 1e3
@@ -602,12 +630,61 @@ class ControlPlane:
             "plans_with_violations": st.plans_with_violations, "dr_stranded_w": st.dr_stranded_w,
             "store": asdict(self.store_stats()),
         }
-        if self.last_plan is not None:
-            out["plan"] = self.last_plan.summary().to_json(max_racks=64)
+        summary = self.last_plan.summary() if self.last_plan is not None else None
+        if summary is not None:
+            out["plan"] = summary.to_json(max_racks=64, max_jobs=64)
         if self.actuator is not None:
             out["actuation"] = self.actuator.health()
             out["modes"] = self.actuator.verifier.stats.modes
+        topo = self.loop.topo if self.loop is not None else self.topo
+        out["jobs_total"] = len(topo.job_ids)
+        out["jobs"] = self.job_rows(summary, limit=MAX_SNAPSHOT_JOBS)
+        out["jobs_version"] = self.jobs_version
         return out
+
+    def job_rows(self, summary: Any = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Every job the loop plans with (site file and live), where it came from, its terms, and from
+        the last plan its caps and what it loses to them (``powerplane jobs list``); ``limit``: only the
+        jobs that lose the most."""
+        topo = self.loop.topo if self.loop is not None else self.topo
+        a = self.jobs.latest if self.jobs is not None and self.jobs.latest is not None else None
+        if a is not None and a.version != self.jobs_version:
+            a = None  # not yet planned with
+        live = {j.id: j for j in a.jobs} if a is not None else {}
+        caps = {j.id: j for j in summary.jobs} if summary is not None else {}
+        n = len(topo.job_ids)
+        order: list[int] = list(range(n))
+        if limit is not None and n > limit:
+            order = sorted(order, key=lambda k: -(caps[topo.job_ids[k]].cut_w if topo.job_ids[k] in caps else 0.0))
+            order = order[:limit]
+        first = topo.node_first_gpu
+        node_job = topo.gpu_job[first]
+        has = np.flatnonzero(node_job >= 0)
+        servers = np.bincount(node_job[has], minlength=n)
+        first_server = np.full(n, -1, np.int64)
+        first_server[node_job[has][::-1]] = has[::-1]  # each job's first server
+        rows: list[dict[str, Any]] = []
+        for k in order:
+            jid = topo.job_ids[k]
+            lj = live.get(jid)
+            row: dict[str, Any] = {"id": jid, "source": lj.facts.source if lj is not None else "site",
+                                   "priority": int(topo.job_priority[k]), "kind": topo.job_kind[k],
+                                   "checkpointable": bool(topo.job_checkpointable[k]), "n_nodes": int(servers[k])}
+            if lj is not None:
+                f = lj.facts
+                row.update(weight=lj.terms.weight, rule=lj.terms.rule,
+                           nodes=(a.nodes.get(jid, "") if a is not None else "")[:MAX_HOSTLIST_CHARS],
+                           since_ns=lj.since_ns, asked_priority=f.priority,
+                           **{key: getattr(f, key) for key in ("partition", "qos", "account", "user", "namespace",
+                                                               "priority_class") if getattr(f, key)})
+            elif first_server[k] >= 0:
+                row["weight"] = float(topo.gpu_weight[first[first_server[k]]])
+            c = caps.get(jid)
+            if c is not None:
+                row.update(gpus=c.gpus, cap_per_gpu_w=c.cap_per_gpu_w, demand_w=c.demand_w, cut_w=c.cut_w,
+                           gpus_capped=c.gpus_capped)
+            rows.append(row)
+        return rows
 
     def _late(self, late_ms: float, period_ms: float) -> None:
         st = self.stats

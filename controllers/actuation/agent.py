@@ -52,6 +52,7 @@ from controllers.actuation.messages import (
 )
 from models.clock import NS_PER_S, Clock
 from models.errors import PowerplaneError
+from models.histogram import Histogram
 
 log = logging.getLogger("powerplane.agent")
 
@@ -72,6 +73,7 @@ class AgentStats:
     apply_errors: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
     apply_ms: list[float] = field(default_factory=list)  # last 1000
+    apply_hist: Histogram = field(default_factory=lambda: Histogram(1.0, 60_000.0))  # ms, whole run
     transitions: list[tuple[str, int]] = field(default_factory=list)  # (mode, since_ns), last 1000
 
 
@@ -103,6 +105,7 @@ class CapUnit:
         self.requested = np.zeros(0)
         self.enforced = np.zeros(0)
         self.lease_expires_ns = 0
+        self.last_command_ns = 0  # site time of the last valid command (the lease's age is from it)
         self.last_apply_ms = 0.0
         self.last_reject = ""
         self.stale_streak = 0
@@ -170,6 +173,7 @@ class CapUnit:
             self.last_order, self.epoch, self.seq = res.order, res.epoch, res.seq
             self.plan_id = res.plan_id
             self.lease_expires_ns = res.expires_ns
+            self.last_command_ns = now
             if changed:
                 try:
                     await self._enforce(caps, f"plan {res.plan_id}")
@@ -247,6 +251,7 @@ class CapUnit:
             self.requested = caps.copy()
         self.last_apply_ms = ms
         self.stats.apply_ms.append(ms)
+        self.stats.apply_hist.add(np.array([ms]))
         del self.stats.apply_ms[:-1000]
         log.debug("%s: %s: limits set in %.1f ms", self.name, why, ms)
 
@@ -356,6 +361,8 @@ class AgentHost:
         # agent was briefly away are delivered.
         self.link: MqttLink | None = link if link is not None else MqttLink(addr, client_id, clean_session=False)
         self._tasks: list[asyncio.Task[None]] = []
+        self.opened = False  # every unit's GPUs opened (safe cap applied)
+        self.last_watch_wall = 0.0  # time.monotonic() of the lease watch's last round (liveness)
 
     def publish(self, topic: str, payload: bytes) -> None:
         """Publish a status (QoS 1, not retained: a stale status must not outlive its agent)."""
@@ -369,6 +376,7 @@ class AgentHost:
             self.link.subscribe(topic, qos=1, inbox=self.inbox)
         self.link.start()
         await asyncio.gather(*(u.open() for u in self.units))
+        self.opened = True
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._commands(), name="agent-commands"),
                        loop.create_task(self._watch(), name="agent-lease")]
@@ -401,6 +409,7 @@ class AgentHost:
 
     async def _watch(self) -> None:
         while True:
+            self.last_watch_wall = time.monotonic()
             try:
                 now = self.clock.now_ns()
                 # Concurrently: one unit's fallback must not wait for another's board to answer.

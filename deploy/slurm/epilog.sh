@@ -1,10 +1,11 @@
 #!/bin/sh
-# powerplane EpilogSlurmctld: unregister a job's power group when it ends.
+# powerplane EpilogSlurmctld: unregister a job when it ends, so that its power goes back to the pool.
 #
-# Removes $POWERPLANE_SPOOL/<job id>.json, and POSTs {"v":1,"event":"end","job":...} to
-# $POWERPLANE_JOBS_URL if set. Never fails the job (exit 0). See README.md here.
+# Removes $POWERPLANE_SPOOL/<job id>.json, and POSTs {"v":2,"event":"end","job":...} to
+# $POWERPLANE_JOBS_URL if set (bearer token from $POWERPLANE_JOBS_TOKEN_FILE). Never fails the
+# job (exit 0). See README.md here.
 
-PATH=/usr/bin:/bin
+PATH=${PATH:-/usr/bin:/bin}
 SPOOL=${POWERPLANE_SPOOL:-/var/spool/powerplane/jobs}
 
 job=${SLURM_JOB_ID:-}
@@ -22,8 +23,15 @@ esac
 rm -f "$SPOOL/$job.json" || echo "powerplane epilog: job $job: cannot remove $SPOOL/$job.json" >&2
 
 if [ -n "${POWERPLANE_JOBS_URL:-}" ]; then
-    doc=$(printf '{"v":1,"event":"end","job":"%s","ts":%s}' "$job" "$(date +%s)")
-    curl -fsS --max-time 5 -H 'Content-Type: application/json' --data "$doc" "$POWERPLANE_JOBS_URL" >/dev/null \
+    doc=$(printf '{"v":2,"event":"end","job":"%s","ts":%s}' "$job" "$(date +%s)")
+    token=""
+    if [ -n "${POWERPLANE_JOBS_TOKEN_FILE:-}" ]; then
+        token=$(cat "$POWERPLANE_JOBS_TOKEN_FILE" 2>/dev/null) \
+            || echo "powerplane epilog: job $job: cannot read $POWERPLANE_JOBS_TOKEN_FILE" >&2
+    fi
+    printf 'header = "Authorization: Bearer %s"\n' "$token" \
+        | curl -fsS --max-time 5 -K - -H 'Content-Type: application/json' --data "$doc" "$POWERPLANE_JOBS_URL" \
+            >/dev/null \
         || echo "powerplane epilog: job $job: POST to $POWERPLANE_JOBS_URL failed" >&2
 fi
 exit 0

@@ -1,18 +1,22 @@
 #!/bin/sh
-# powerplane PrologSlurmctld: register a job's power group when Slurm allocates it.
+# powerplane PrologSlurmctld: register a job with the power controller when Slurm allocates it.
 #
-# Writes $POWERPLANE_SPOOL/<job id>.json atomically (tmp file + mv), and POSTs the same
-# JSON to $POWERPLANE_JOBS_URL if set. Never fails the job: every problem is logged to
-# stderr (slurmctld's log) and the script exits 0. See README.md in this directory.
+# Writes $POWERPLANE_SPOOL/<job id>.json atomically (tmp file + mv), which the controller reads
+# (`powerplane controller --jobs-spool DIR`), and POSTs the same JSON to $POWERPLANE_JOBS_URL if
+# set (`--jobs-listen`), with the bearer token of $POWERPLANE_JOBS_TOKEN_FILE. Never fails the
+# job: every problem is logged to stderr (slurmctld's log) and the script exits 0. See README.md.
 #
-#   {"v":1,"event":"start","job":"4242","nodes":"node-[000-003]","partition":"gpu",
-#    "priority":2,"user":"alice","ts":1777636800}
+#   {"v":2,"event":"start","job":"4242","nodes":"r01-node-[000-003]","partition":"gpu",
+#    "qos":"high","account":"llm","user":"alice","ts":1777636800}
+#
+# The controller gives the job its priority from the site file's [scheduler] rules (partition,
+# QOS, account). A job may ask for a *lower* priority (a higher number) with
+# `--comment powerplane:priority=N` or the feature `powerplane-priority-N`, and say whether it
+# checkpoints with `--comment powerplane:checkpointable=yes|no`.
 
-PATH=/usr/bin:/bin
+# slurmctld's PATH (where scontrol is), else the system's.
+PATH=${PATH:-/usr/bin:/bin}
 SPOOL=${POWERPLANE_SPOOL:-/var/spool/powerplane/jobs}
-DEFAULT_PRIORITY=${POWERPLANE_DEFAULT_PRIORITY:-1}
-# "partition=priority" pairs, e.g. "gpu-high=3 gpu=2 debug=0"
-PARTITION_PRIORITY=${POWERPLANE_PARTITION_PRIORITY:-}
 
 job=${SLURM_JOB_ID:-}
 if [ -z "$job" ]; then
@@ -31,8 +35,23 @@ json_str() {
     printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g' | tr -d '\n\r\t'
 }
 
-# Priority, first match wins: "powerplane:priority=N" in the job comment, a feature
-# "powerplane-priority-N" in the constraints, the partition map, the default.
+# QOS (and the account, if slurmctld did not set it) from `scontrol show job -o`: the prolog's
+# environment does not carry the QOS.
+qos=""
+account=${SLURM_JOB_ACCOUNT:-}
+if info=$(scontrol show job -o "$job" 2>/dev/null); then
+    qos=$(printf '%s\n' "$info" | sed -n 's/.*[[:space:]]QOS=\([^[:space:]]*\).*/\1/p')
+    if [ -z "$account" ]; then
+        account=$(printf '%s\n' "$info" | sed -n 's/.*[[:space:]]Account=\([^[:space:]]*\).*/\1/p')
+    fi
+else
+    echo "powerplane prolog: job $job: scontrol show job failed; registering without QOS" >&2
+fi
+case "$qos" in (null|"(null)") qos="" ;; esac
+
+# What the job asks for itself: a priority (the controller lets it only lower its own) and
+# whether it checkpoints.
+extra=""
 priority=""
 case "${SLURM_JOB_COMMENT:-}" in
     *powerplane:priority=*)
@@ -42,20 +61,18 @@ esac
 if [ -z "$priority" ]; then
     priority=$(printf '%s' "${SLURM_JOB_CONSTRAINTS:-}" | sed -n 's/.*powerplane-priority-\([0-9][0-9]*\).*/\1/p')
 fi
-if [ -z "$priority" ] && [ -n "${SLURM_JOB_PARTITION:-}" ]; then
-    for pair in $PARTITION_PRIORITY; do
-        if [ "${pair%%=*}" = "$SLURM_JOB_PARTITION" ]; then
-            priority=${pair#*=}
-        fi
-    done
-fi
 case "$priority" in
-    ''|*[!0-9]*) priority=$DEFAULT_PRIORITY ;;
+    ''|*[!0-9]*) ;;
+    *) extra="$extra,\"priority\":$priority" ;;
+esac
+case "${SLURM_JOB_COMMENT:-}" in
+    *powerplane:checkpointable=yes*|*powerplane:checkpointable=true*) extra="$extra,\"checkpointable\":true" ;;
+    *powerplane:checkpointable=no*|*powerplane:checkpointable=false*) extra="$extra,\"checkpointable\":false" ;;
 esac
 
-doc=$(printf '{"v":1,"event":"start","job":"%s","nodes":"%s","partition":"%s","priority":%s,"user":"%s","ts":%s}' \
+doc=$(printf '{"v":2,"event":"start","job":"%s","nodes":"%s","partition":"%s","qos":"%s","account":"%s","user":"%s"%s,"ts":%s}' \
     "$(json_str "$job")" "$(json_str "${SLURM_JOB_NODELIST:-}")" "$(json_str "${SLURM_JOB_PARTITION:-}")" \
-    "$priority" "$(json_str "${SLURM_JOB_USER:-}")" "$(date +%s)")
+    "$(json_str "$qos")" "$(json_str "$account")" "$(json_str "${SLURM_JOB_USER:-}")" "$extra" "$(date +%s)")
 
 if mkdir -p "$SPOOL" 2>/dev/null; then
     tmp="$SPOOL/.$job.json.$$"
@@ -70,7 +87,15 @@ else
 fi
 
 if [ -n "${POWERPLANE_JOBS_URL:-}" ]; then
-    curl -fsS --max-time 5 -H 'Content-Type: application/json' --data "$doc" "$POWERPLANE_JOBS_URL" >/dev/null \
+    # The token goes to curl on stdin (-K -), never on its command line (every user can read argv).
+    token=""
+    if [ -n "${POWERPLANE_JOBS_TOKEN_FILE:-}" ]; then
+        token=$(cat "$POWERPLANE_JOBS_TOKEN_FILE" 2>/dev/null) \
+            || echo "powerplane prolog: job $job: cannot read $POWERPLANE_JOBS_TOKEN_FILE" >&2
+    fi
+    printf 'header = "Authorization: Bearer %s"\n' "$token" \
+        | curl -fsS --max-time 5 -K - -H 'Content-Type: application/json' --data "$doc" "$POWERPLANE_JOBS_URL" \
+            >/dev/null \
         || echo "powerplane prolog: job $job: POST to $POWERPLANE_JOBS_URL failed" >&2
 fi
 exit 0

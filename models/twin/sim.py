@@ -39,7 +39,7 @@ from numpy.typing import NDArray
 from models.clock import NS_PER_S
 from models.grid import DemandResponseEvent, GridSignals, inference_load, price_shape, solar_shape
 from models.physics import OverheadModel
-from models.site import SiteConfig
+from models.site import PLACEMENT_RE, SiteConfig
 from models.topology import L_FEED, L_NODE, L_PDU, L_RACK, L_UPS, LEVELS, Topology
 
 GPU_TAU_S = 0.15  # GPU power settles on a new limit within a few hundred ms
@@ -60,6 +60,23 @@ class _Event:
     start_s: float
     end_s: float
     amount: float  # pumps failed, or degrees C
+
+
+def _placement_gpus(topo: Topology, placement: list[str]) -> NDArray[np.intp]:
+    """Global GPU indices of a job placement (``rack`` or ``rack:first-last``)."""
+    racks = {r: i for i, r in enumerate(topo.level_ids[L_RACK])}
+    out: list[NDArray[np.intp]] = []
+    for spec in placement:
+        m = PLACEMENT_RE.match(spec)
+        assert m is not None  # checked when the site was loaded
+        r = racks[m["rack"]]
+        first = int(m["first"]) if m["first"] is not None else 0
+        last = int(m["last"]) if m["last"] is not None else int(topo.rack_nodes[r]) - 1
+        n0 = int(topo.rack_first_node[r] - topo.level_offset[L_NODE])
+        g0 = int(topo.node_first_gpu[n0 + first])
+        g1 = int(topo.node_first_gpu[n0 + last] + topo.node_gpus[n0 + last])
+        out.append(np.arange(g0, g1, dtype=np.intp))
+    return np.concatenate(out) if out else np.zeros(0, np.intp)
 
 
 def _first_order(x: F64, target: F64, dt: float, tau: float) -> None:
@@ -94,7 +111,8 @@ class TwinSim:
             site.facility.overhead_quadratic, float(t.node_limit_w[t.level_slice(L_RACK)].sum()))
 
         # ---- static per-GPU job parameters ---------------------------------------------
-        jobs = site.jobs
+        # Scenario jobs ([[twin.jobs]]) run only between their start and end: idle otherwise.
+        jobs = [*site.jobs, *site.twin.jobs]
         n_j = len(jobs)
         self._job_kind = np.array([{"training": 0, "inference": 1, "batch": 2}[j.kind] for j in jobs] + [3],
                                   np.int8)  # index n_j: "no job"
@@ -102,8 +120,21 @@ class TwinSim:
         self._job_swing_hz = np.array([j.swing_hz for j in jobs] + [0.0])
         self._job_swing = np.array([j.swing_fraction for j in jobs] + [0.0])
         self._job_ckpt = np.array([j.checkpoint_every_s for j in jobs] + [0.0])
-        self._job_phase = self.rng.uniform(0.0, 1.0, n_j + 1)  # jobs do not swing in step
-        self._gpu_job = np.where(t.gpu_job >= 0, t.gpu_job, n_j)
+        # Scenario jobs draw their randomness from a stream of their own: adding one to a site leaves
+        # every other draw (and so every trajectory of that seed) as it was.
+        self._twin_rng = np.random.default_rng([self.seed, 1])
+        n_site = len(site.jobs)
+        base_phase = self.rng.uniform(0.0, 1.0, n_site + 1)
+        self._job_phase = np.concatenate((base_phase[:n_site], self._twin_rng.uniform(0.0, 1.0, n_j - n_site),
+                                          base_phase[n_site:]))  # jobs do not swing in step
+        self._gpu_job_base = np.where(t.gpu_job >= 0, t.gpu_job, n_j)
+        self._gpu_job = self._gpu_job_base.copy()
+        # Scenario jobs hold their GPUs only between start and end (two may use the same nodes in turn).
+        self._twin_gpus = [_placement_gpus(t, tj.placement) for tj in site.twin.jobs]
+        self._twin_jobs = np.arange(n_site, n_j)
+        self._twin_window = np.array([(tj.start_s, tj.end_s if tj.end_s is not None else np.inf)
+                                      for tj in site.twin.jobs], np.float64).reshape(-1, 2)
+        self._twin_active = np.zeros(len(site.twin.jobs), np.bool_)
         self._gpu_silicon = self.rng.normal(1.0, 0.02, g)  # part-to-part variation
         self._gpu_noise = np.zeros(g)  # per-GPU OU noise (inference burstiness)
         self._job_noise = np.zeros(n_j + 1)
@@ -236,6 +267,13 @@ class TwinSim:
         level[inference] = util[inference] * inference_load(self.local_hour()) \
             * (1.0 + self._job_noise[inference])
         level[kind == 3] = 0.0
+        if self._twin_jobs.size:
+            active = (t_s >= self._twin_window[:, 0]) & (t_s < self._twin_window[:, 1])
+            if (active != self._twin_active).any():
+                self._twin_active = active
+                self._gpu_job = self._gpu_job_base.copy()
+                for k in np.flatnonzero(active).tolist():
+                    self._gpu_job[self._twin_gpus[k]] = self._twin_jobs[k]
         return np.asarray(np.clip(level, 0.0, 1.0), dtype=np.float64)
 
     def _update_power(self, dt: float) -> None:
@@ -243,8 +281,12 @@ class TwinSim:
         if dt > 0:
             # Job-level OU noise (load changes) and GPU-level noise (request bursts).
             a_j = math.exp(-dt / 20.0)
-            self._job_noise = a_j * self._job_noise + math.sqrt(1 - a_j * a_j) * 0.05 * \
-                self.rng.standard_normal(self._job_noise.shape[0])
+            n_site = len(self.site.jobs)
+            kick = self.rng.standard_normal(n_site + 1)
+            if self._twin_jobs.size:
+                kick = np.concatenate((kick[:n_site], self._twin_rng.standard_normal(self._twin_jobs.size),
+                                       kick[n_site:]))
+            self._job_noise = a_j * self._job_noise + math.sqrt(1 - a_j * a_j) * 0.05 * kick
             a_g = math.exp(-dt / 0.5)
             self._gpu_noise *= a_g
             self._gpu_noise += math.sqrt(1 - a_g * a_g) * 0.03 * self.rng.standard_normal(t.n_gpus)

@@ -23,6 +23,7 @@ from models.errors import ConfigError
 from models.files import private_dir
 from powerplane.argtypes import MAX_RUN_S, finite_number
 from powerplane.commands.common import add_mqtt_arguments, clock_from, mqtt_address, run_until
+from powerplane.exposition import add_metrics_argument
 
 BACKEND_NAMES = ("sim", "nvml")
 log = logging.getLogger("powerplane.agent")
@@ -55,6 +56,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--summary-out", default=None, metavar="FILE", help="write what the agent did as JSON at exit")
     a.add_argument("--probe", action="store_true", help="show what NVML sees and exit")
     a.add_argument("--clock", default=None, help=argparse.SUPPRESS)  # the demo's shared scaled clock
+    add_metrics_argument(a, None)
     a.set_defaults(handler=cmd_agent)
 
 
@@ -179,6 +181,13 @@ async def _agent(args: argparse.Namespace, console: Console) -> int:
     console.print(f"powerplane agent · site {site.site.name} · {len(units)} unit(s), {n_nodes} node(s) · "
                   f"backend {args.backend} · MQTT {addr.url()} · lease {cfg.lease_s:g} s · key {key.kid}",
                   highlight=False, markup=False)
+    from powerplane.exposition import serve
+    from powerplane.metrics import agent_checks, agent_registry
+
+    live, ready = agent_checks(host, stall_s=max(5.0, 20 * host.check_every_s / clock.speed))
+    metrics = serve(args, agent_registry(host, clock), live, ready, "agent")
+    if metrics is not None:
+        console.print(f"metrics {metrics.url}/metrics", highlight=False, markup=False)
     mqtt: dict[str, int] = {}
     try:
         await host.start()
@@ -190,7 +199,10 @@ async def _agent(args: argparse.Namespace, console: Console) -> int:
         if boards is not None:
             await boards.stop()
         if args.summary_out:
-            write_json(args.summary_out, {**host.summary(), "mqtt": mqtt})
+            write_json(args.summary_out, {**host.summary(), "mqtt": mqtt,
+                                          "metrics": metrics.url if metrics is not None else None})
+        if metrics is not None:
+            metrics.stop()
     console.print(agent_table(host))
     return 0
 

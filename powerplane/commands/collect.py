@@ -22,6 +22,7 @@ from rich.table import Table
 from models.errors import ConfigError
 from powerplane.argtypes import MAX_RUN_S, finite_number
 from powerplane.commands.common import clock_from, mqtt_address, run_until
+from powerplane.exposition import COLLECTOR_DEFAULT, add_metrics_argument
 
 PROTOCOLS = ("modbus", "snmp", "mqtt")
 log = logging.getLogger("powerplane.collect")
@@ -50,6 +51,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                         "write only its own readings topic; without one collect-<host>-<pid>)")
     c.add_argument("--summary-out", default=None, metavar="FILE", help="with --publish: device health as JSON at exit")
     c.add_argument("--clock", default=None, help=argparse.SUPPRESS)
+    add_metrics_argument(c, COLLECTOR_DEFAULT)
     c.set_defaults(handler=cmd_collect)
 
 
@@ -110,7 +112,13 @@ async def _publish(args: argparse.Namespace, console: Console) -> int:
                     "user %s write only %s", src, addr.username, addr.username,
                     readings_topic(prefix, site, addr.username))
     pub = BatchPublisher(devices, site=site, src=src, addr=addr, clock=clock, prefix=prefix, stuck_polls=stuck)
-    console.print(f"powerplane collect · {len(devices)} devices · publishing to {addr.url()} as {src}",
+    from powerplane.exposition import serve
+    from powerplane.metrics import collector_checks, collector_registry
+
+    live, ready = collector_checks(pub)
+    metrics = serve(args, collector_registry(pub), live, ready, "collect")
+    console.print(f"powerplane collect · {len(devices)} devices · publishing to {addr.url()} as {src}"
+                  + (f" · metrics {metrics.url}/metrics" if metrics is not None else ""),
                   highlight=False, markup=False)
     try:
         await pub.start()
@@ -118,7 +126,9 @@ async def _publish(args: argparse.Namespace, console: Console) -> int:
     finally:
         await pub.stop()
         if args.summary_out:
-            write_json(args.summary_out, pub.summary())
+            write_json(args.summary_out, {**pub.summary(), "metrics": metrics.url if metrics is not None else None})
+        if metrics is not None:
+            metrics.stop()
     s = pub.summary()
     up = sum(1 for d in s["devices"] if d["up"])
     console.print(f"collect: {s['readings']:,} readings in {s['messages']:,} messages; {up}/{len(devices)} devices up",

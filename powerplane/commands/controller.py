@@ -31,6 +31,7 @@ from powerplane.commands.common import (
     next_epoch,
     run_until,
 )
+from powerplane.exposition import CONTROLLER_DEFAULT, add_metrics_argument
 
 log = logging.getLogger("powerplane.controller")
 SUMMARY_EVERY_WALL_S = 1.0
@@ -65,6 +66,18 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=None,
                    metavar="S", help="stop after S seconds")
     c.add_argument("--clock", default=None, help=argparse.SUPPRESS)  # the demo's shared scaled clock
+    add_metrics_argument(c, CONTROLLER_DEFAULT)
+    jobs = c.add_argument_group("live jobs from the schedulers ([scheduler] rules in the site file)")
+    jobs.add_argument("--jobs-spool", default=None, metavar="DIR",
+                      help="read the Slurm prolog/epilog spool here (deploy/slurm; e.g. /var/spool/powerplane/jobs)")
+    jobs.add_argument("--jobs-listen", default=None, metavar="HOST:PORT",
+                      help="take job documents on POST /v1/jobs here (the prolog's $POWERPLANE_JOBS_URL); "
+                           "needs --jobs-token-file")
+    jobs.add_argument("--jobs-token-file", default=None, metavar="FILE",
+                      help="the bearer token callers of --jobs-listen must send (mode 0600)")
+    jobs.add_argument("--k8s-jobs", default=None, metavar="in-cluster|kubeconfig|URL",
+                      help="watch pods labelled powerplane.io/job (needs the k8s extra)")
+    jobs.add_argument("--k8s-namespace", default=None, metavar="NS", help="with --k8s-jobs: only this namespace")
     add_store_arguments(c)
     c.set_defaults(handler=cmd_controller)
 
@@ -112,6 +125,8 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     from models.site import load_site
     from models.topology import L_NODE, L_RACK, build_topology
     from models.wire import MAX_BATCH_BYTES
+    from powerplane.exposition import serve
+    from powerplane.metrics import controller_checks, controller_registry
     from powerplane.runtime import ControlPlane
     from powerplane.sdnotify import Notifier
     from store.config import open_sink, store_config_from_args
@@ -155,18 +170,27 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     def publish_state(doc: dict[str, Any]) -> None:
         link.publish(state_topic, json.dumps(jsonable(doc)).encode(), qos=0, retain=True)
 
+    feed, job_servers = job_feed(args, site, topo, clock) if control else (None, [])
     plane = ControlPlane(site, topo, clock, sink, devices=devices, actuator=actuator, hooks=hooks,
                          advisors=[MoveAdvisor(topo, site.site.name)] if control else [], readings=readings,
-                         control=control, publish_state=publish_state)
+                         control=control, publish_state=publish_state, jobs=feed)
     planes.append(plane)
     notifier = Notifier()
+    period_wall_s = site.controller.period_s / clock.speed
+    live, ready = controller_checks(plane, epoch=epoch, period_wall_s=period_wall_s, control=control)
+    metrics = serve(args, controller_registry(plane, epoch=epoch, link=link, period_wall_s=period_wall_s), live,
+                    ready, "controller")
     console.print(f"powerplane controller · site {site.site.name} · {topo.count(L_RACK):,} racks, "
                   f"{topo.count(L_NODE):,} nodes, {topo.n_gpus:,} GPUs · {len(devices)} devices here"
                   f"{' + reading batches' if readings is not None else ''} · MQTT {addr.url()} · "
                   + (f"epoch {epoch} · key {key.kid} · lease {site.actuation.lease_s:g} s · kernels ready in "
                      f"{compile_s:.1f} s" if key is not None else "control off"), highlight=False, markup=False)
+    if metrics is not None or job_servers:
+        console.print(" · ".join([*([f"metrics {metrics.url}/metrics"] if metrics is not None else []),
+                                  *(f"jobs {srv.url}" for srv in job_servers)]), highlight=False, markup=False)
     summary = _Summary(args.summary_out, plane, epoch, compile_s, link)
-    watchdog = _Watchdog(plane, site.controller.period_s / clock.speed, notifier)
+    summary.metrics_url = metrics.url if metrics is not None else None
+    watchdog = _Watchdog(plane, period_wall_s, notifier)
 
     def tick() -> None:
         summary.write()
@@ -182,17 +206,81 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
         log.info("controller stopping (%s)", why)
     finally:
         watchdog.stop()
+        for srv in job_servers:
+            srv.stop()
         await plane.stop()
         if hooks is not None:
             await asyncio.to_thread(hooks.close, 5.0)
         link.stop()
         sink.close()
         summary.write(final=True)
+        if metrics is not None:
+            metrics.stop()
     st = plane.stats
     console.print(f"controller: {st.plans:,} plans in {st.periods:,} periods ({st.missed_periods} missed), "
                   f"{st.control_errors} failed; {st.plans_with_violations} plans granted over a limit",
                   highlight=False, markup=False)
     return 1 if st.plans_with_violations else 0
+
+
+def job_feed(args: argparse.Namespace, site: Any, topo: Any, clock: Any) -> tuple[Any, list[Any]]:
+    """The job feed of ``--jobs-spool``/``--jobs-listen``/``--k8s-jobs`` (None without any), and the
+    servers it started (to stop at exit)."""
+    from controllers.jobs.feed import JobFeed
+
+    sources: list[Any] = []
+    health: dict[str, Any] = {}
+    servers: list[Any] = []
+    if args.jobs_spool:
+        from controllers.jobs.slurm import SpoolReader
+
+        reader = SpoolReader(args.jobs_spool)
+        sources.append(reader.scan)
+        health["slurm-spool"] = reader.path.is_dir
+    if args.jobs_listen:
+        from bus.http import parse_addr
+        from controllers.jobs.http import JobsEndpoint, load_token
+
+        if not args.jobs_token_file:
+            raise ConfigError("--jobs-listen", [("", "needs --jobs-token-file (the callers' bearer token)")])
+        host, port = parse_addr(args.jobs_listen, "--jobs-listen")
+        endpoint = JobsEndpoint(host, port, load_token(args.jobs_token_file))
+        try:
+            endpoint.start()
+        except OSError as exc:
+            raise ConfigError("--jobs-listen", [("", f"cannot serve on {args.jobs_listen}: {exc.strerror or exc}")]
+                              ) from None
+        sources.append(endpoint.drain)
+        servers.append(endpoint)
+        health["slurm-http"] = lambda: True
+    if args.k8s_jobs:
+        try:
+            from controllers.jobs.kubernetes import PodWatch, api_client
+
+            watch = PodWatch(api_client(args.k8s_jobs), namespace=args.k8s_namespace)
+        except ImportError:
+            raise ConfigError("--k8s-jobs", [("", "needs the kubernetes client: pip install 'powerplane[k8s]'")]
+                              ) from None
+        except Exception as exc:  # the client's own configuration errors (no kubeconfig, not in a pod)
+            raise ConfigError("--k8s-jobs", [("", f"{type(exc).__name__}: {exc}")]) from None
+        watch.start()
+        sources.append(watch.drain)
+        servers.append(_Stoppable(watch))
+        health["kubernetes"] = watch.synced.is_set
+    if not sources:
+        return None, servers
+    return JobFeed(site, topo, clock, sources, health=health), servers
+
+
+class _Stoppable:
+    """A pod watch among the servers to stop at exit."""
+
+    def __init__(self, watch: Any) -> None:
+        self.watch = watch
+        self.url = f"kubernetes pod watch ({watch.namespace or 'all namespaces'})"
+
+    def stop(self) -> None:
+        self.watch.stop()
 
 
 class _Watchdog:
@@ -238,6 +326,7 @@ class _Summary:
         self.epoch = epoch
         self.compile_s = compile_s
         self.started_ns = plane.clock.now_ns()
+        self.metrics_url: str | None = None
 
     def doc(self) -> dict[str, Any]:
         p = self.plane
@@ -261,6 +350,18 @@ class _Summary:
                       "rejected_points": store.rejected_points, "dropped_points": store.dropped_points,
                       "last_error": store.last_error},
         }
+        out["metrics"] = self.metrics_url
+        last = p.last_plan
+        out["jobs"] = p.job_rows(last.summary() if last is not None else None)
+        out["jobs_version"] = p.jobs_version
+        out["plan_id"] = last.plan_id if last is not None else 0
+        if p.jobs is not None:
+            fs = p.jobs.stats()
+            out["job_feed"] = {"polls": fs.polls, "rebuilds": fs.rebuilds, "last_build_ms": fs.last_build_ms,
+                               "worst_build_ms": fs.worst_build_ms, "live": dict(fs.live),
+                               "started": dict(fs.started), "ended": dict(fs.ended),
+                               "rejected": {f"{src}/{why}": n for (src, why), n in fs.rejected.items()},
+                               "nodes_taken": fs.nodes_taken, "sources": p.jobs.health()}
         if self.link is not None:
             # A session taken over by another client (same client id) shows as a disconnect here.
             out["mqtt"] = {"connected": self.link.connected.is_set(), "connects": self.link.connects,

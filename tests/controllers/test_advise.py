@@ -78,9 +78,11 @@ def cli() -> None:
 
 @pytest.fixture
 def site_with_room(tmp_path: Path) -> Path:
-    """The demo hall with part of r05 and r06 free (the demo itself has no free GPU)."""
+    """The demo hall with part of r05 and r06 free (the demo itself leaves only half of r06 free, for the
+    scheduler's jobs)."""
     text = DEMO_SITE.read_text().replace('placement = ["r05"]', 'placement = ["r05:0-99"]')
-    text = text.replace('placement = ["r06"]', 'placement = ["r06:0-35"]')
+    assert 'placement = ["r06:0-71"]' in text
+    text = text.replace('placement = ["r06:0-71"]', 'placement = ["r06:0-35"]')
     path = tmp_path / "room.toml"
     path.write_text(text)
     return path

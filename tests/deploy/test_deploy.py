@@ -673,3 +673,82 @@ def test_deploy_scripts_are_posix_sh() -> None:
         r = subprocess.run(["sh", "-n", str(script)], capture_output=True, text=True)
         assert r.returncode == 0, f"{script}: {r.stderr}"
     assert shutil.which("sh") and sys.executable
+
+
+# ---- Prometheus and the probes --------------------------------------------------------------------
+
+def _container(kind: str) -> dict[str, Any]:
+    (c,) = _workload(kind)["spec"]["template"]["spec"]["containers"]
+    return c
+
+
+@pytest.mark.parametrize("kind", ["Deployment", "DaemonSet"])
+def test_k8s_probes_use_the_health_endpoints_on_the_metrics_port(kind: str) -> None:
+    """The kubelet probes /healthz (liveness, startup) and /readyz (readiness) on the port the process
+    serves with --metrics, on an address the kubelet reaches; the paths are the ones served."""
+    from powerplane.exposition import routes
+
+    c = _container(kind)
+    host, port = option(c["args"], "--metrics").rsplit(":", 1)
+    assert host == "0.0.0.0"
+    (p,) = [p for p in c["ports"] if p["name"] == "metrics"]
+    assert p["containerPort"] == int(port)
+    served = {path for _m, path in routes(None, lambda: (True, ""), lambda: (True, ""))}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
+        if probe in c:
+            assert c[probe]["httpGet"]["path"] in served
+    if kind == "Deployment":  # numba's first compile must not count against liveness
+        sp = c["startupProbe"]
+        assert sp["httpGet"]["path"] == "/healthz" and sp["periodSeconds"] * sp["failureThreshold"] >= 120
+
+
+def test_servicemonitor_and_podmonitor_select_what_serves_metrics() -> None:
+    docs = _manifests()
+    (svc,) = [d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "powerplane-controller-metrics"]
+    pod_labels = _workload("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert svc["spec"]["selector"].items() <= pod_labels.items()
+    (sp,) = svc["spec"]["ports"]
+    assert sp["targetPort"] == "metrics" and sp["port"] == int(option(_container("Deployment")["args"],
+                                                                     "--metrics").rsplit(":", 1)[1])
+    mons = {d["kind"]: d for d in (yaml.safe_load((DEPLOY / "prometheus" / f).read_text())
+                                   for f in ("servicemonitor.yaml", "podmonitor.yaml"))}
+    sm, pm = mons["ServiceMonitor"], mons["PodMonitor"]
+    assert sm["apiVersion"] == pm["apiVersion"] == "monitoring.coreos.com/v1"
+    assert sm["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+    assert sm["spec"]["namespaceSelector"]["matchNames"] == [svc["metadata"]["namespace"]]
+    assert [e["port"] for e in sm["spec"]["endpoints"]] == [sp["name"]]
+    agent_pod = _workload("DaemonSet")["spec"]["template"]["metadata"]["labels"]
+    assert pm["spec"]["selector"]["matchLabels"].items() <= agent_pod.items()
+    assert [e["port"] for e in pm["spec"]["podMetricsEndpoints"]] == ["metrics"]
+    for m in (sm, pm):
+        for e in m["spec"].get("endpoints", []) + m["spec"].get("podMetricsEndpoints", []):
+            assert e["path"] == "/metrics"
+
+
+def test_prometheus_scrape_config_targets_the_default_addresses() -> None:
+    from powerplane.exposition import AGENT_SUGGESTED, COLLECTOR_DEFAULT, CONTROLLER_DEFAULT
+
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    jobs = {j["job_name"]: j for j in doc["scrape_configs"]}
+    want = {"powerplane-controller": CONTROLLER_DEFAULT, "powerplane-collect": COLLECTOR_DEFAULT,
+            "powerplane-agent": AGENT_SUGGESTED}
+    for name, addr in want.items():
+        assert jobs[name]["metrics_path"] == "/metrics"
+        assert jobs[name]["static_configs"][0]["targets"] == [addr]
+    k8s = jobs["powerplane-k8s"]
+    keep = [r for r in k8s["relabel_configs"] if r.get("action") == "keep"]
+    assert {r["regex"] for r in keep} == {"powerplane", "metrics"}
+
+
+def test_k8s_jobs_rbac_is_read_only() -> None:
+    docs = list(yaml.safe_load_all((DEPLOY / "k8s" / "k8s-jobs" / "rbac.yaml").read_text()))
+    (role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    (sa,) = [d for d in docs if d["kind"] == "ServiceAccount"]
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"],
+                                    "namespace": sa["metadata"]["namespace"]}]
+    assert build_parser().parse_args(["controller", "--site", "s", "--mqtt", "mqtt://h:1", "--k8s-jobs",
+                                      "in-cluster"]).k8s_jobs == "in-cluster"

@@ -85,7 +85,11 @@ def test_jobs_and_priorities(demo_topo: Topology) -> None:
     assert t.job_ids == ("inference-prod", "pretrain-llm", "finetune", "eval-sweep")
     per_rack = t.gpu_priority[::576].tolist()
     assert per_rack == [1, 1, 1, 1, 2, 3, 0, 0]
-    assert (t.gpu_job >= 0).all()
+    # every GPU has a job but the second half of r06: the scheduler's (the demo's [[twin.jobs]])
+    r06 = slice(5 * 576, 6 * 576)
+    free = np.flatnonzero(t.gpu_job < 0)
+    assert free.tolist() == list(range(r06.start + 288, r06.stop))
+    assert (t.gpu_priority[free] == IDLE_PRIORITY).all()
     assert IDLE_PRIORITY > 15
 
 

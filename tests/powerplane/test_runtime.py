@@ -85,3 +85,44 @@ def test_a_plan_that_grants_over_a_limit_only_cuts(demo_site: SiteConfig, demo_t
     a, b = store.time_range()
     ev = store.events(a, b + 1)
     assert (ev["kind"] == "plan_violation").sum() == 1
+
+
+def test_live_jobs_are_planned_from_the_next_period_and_stored(demo_site: SiteConfig, demo_topo: Topology,
+                                                               tmp_path: Path) -> None:
+    """A job from the Slurm spool is in the next plan (caps, per-job readings, the job rows) and its end
+    frees its GPUs; the loop never fails over the swap."""
+    import json
+
+    from controllers.jobs.feed import JobFeed
+    from controllers.jobs.slurm import SpoolReader
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    clock = ManualClock()
+    sim = TwinSim(demo_site, demo_topo, start_ns=clock.now_ns(), seed=3)
+    feed = JobFeed(demo_site, demo_topo, clock, [SpoolReader(spool).scan])
+    store = EmbeddedStore(tmp_path / "data")
+    plane = ControlPlane(demo_site, demo_topo, clock, store, sources=[TwinFeed(sim, demo_site.site.name).batch],
+                         apply=lambda p: sim.set_caps(p.caps_w), jobs=feed)
+
+    def period() -> None:
+        clock.advance(1.0)
+        sim.advance_to(clock.now_ns())
+        feed.poll()
+        plane.step(clock.now_ns())
+
+    period()
+    spool.joinpath("4242.json").write_text(json.dumps({"v": 2, "event": "start", "job": "4242", "nodes":
+                                                        "r06-node-[072-143]", "partition": "gpu", "qos": "high"}))
+    period()
+    assert plane.last_plan is not None and plane.last_plan.problem.topo.job_ids[-1] == "4242"
+    rows = {r["id"]: r for r in plane.job_rows(plane.last_plan.summary())}
+    assert rows["4242"]["source"] == "slurm" and rows["4242"]["gpus"] == 288 and rows["4242"]["priority"] == 2
+    spool.joinpath("4242.json").unlink()
+    period()
+    period()
+    assert "4242" not in plane.last_plan.problem.topo.job_ids and plane.stats.control_errors == 0
+    assert plane.writer is not None and plane.writer.flush(30.0)
+    a, b = store.time_range()
+    caps = store.query("caps.cap_w", a, b + 1, level="job", id="4242")
+    assert len(caps) == 1  # planned in exactly the one period it was live
