@@ -14,14 +14,22 @@ Limits checked every step:
 
 During a DR event it also measures **stranded power**: target minus facility power, in the
 steps where the GPUs' demand alone would have drawn more than the target.
+
+It also keeps a **series**, one row per site second: the facility and IT energy since the
+start (Wh, the simulation's integrals at the end of the second) and the highest facility and
+IT power of the second's steps. A report over any window, with any gaps, is checked against
+the twin's energy over exactly the time the report covers (``energy_over``, ``peak_over``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from models.clock import NS_PER_S
 from models.physics import pue
 from models.topology import LEVELS
 from models.twin.sim import TwinSim
@@ -54,12 +62,25 @@ class Truth:
         self._start_t_s = sim.t_s
         self._e_fac0 = sim.facility_energy_wh
         self._e_it0 = sim.it_energy_wh
+        self._second = int(sim.now_ns // NS_PER_S)
+        self._sec_fac_max = 0.0
+        self._sec_it_max = 0.0
+        self.rows: list[tuple[int, float, float, float, float]] = [
+            (sim.now_ns, 0.0, 0.0, sim.facility_w, sim.it_w)]  # SERIES_COLUMNS, not yet taken
         sim.observers.append(self.observe)
 
     def observe(self, sim: TwinSim) -> None:
         """Record the state after one step."""
         dt = sim.step_s
         self.steps += 1
+        self._sec_fac_max = max(self._sec_fac_max, sim.facility_w)
+        self._sec_it_max = max(self._sec_it_max, sim.it_w)
+        second = int(sim.now_ns // NS_PER_S)
+        if second != self._second:
+            self._second = second
+            self.rows.append((sim.now_ns, sim.facility_energy_wh - self._e_fac0, sim.it_energy_wh - self._e_it0,
+                              self._sec_fac_max, self._sec_it_max))
+            self._sec_fac_max = self._sec_it_max = 0.0
         self.peak_facility_w = max(self.peak_facility_w, sim.facility_w)
         self.peak_it_w = max(self.peak_it_w, sim.it_w)
         excess = sim.node_power_w - self.limit_w
@@ -106,6 +127,11 @@ class Truth:
                         "worst_over_w": float(self.loop_worst_w[k])})
         return sorted(out, key=lambda d: -d["seconds"])
 
+    def take_rows(self) -> list[tuple[int, float, float, float, float]]:
+        """The series rows since the last call."""
+        rows, self.rows = self.rows, []
+        return rows
+
     def summary(self) -> dict[str, Any]:
         """The run's truth as data (the demo's summary carries it)."""
         sim = self.sim
@@ -126,3 +152,54 @@ class Truth:
                    "stranded_mean_share": stranded_mean / self.dr_target_w if self.dr_target_w else 0.0},
         }
 
+
+
+SERIES_COLUMNS = ("t_ns", "facility_wh", "it_wh", "facility_max_w", "it_max_w")
+
+
+def append_series(path: str | Path, rows: list[tuple[int, float, float, float, float]]) -> None:
+    """Append ``rows`` (``Truth.rows``) to a CSV file, with the header if the file is new."""
+    p = Path(path)
+    new = not p.exists()
+    with p.open("a", encoding="ascii") as f:
+        if new:
+            f.write(",".join(SERIES_COLUMNS) + "\n")
+        f.writelines(f"{t},{a!r},{b!r},{c!r},{d!r}\n" for t, a, b, c, d in rows)
+
+
+def read_series(path: str | Path) -> np.ndarray:
+    """The series file as a structured array (columns ``SERIES_COLUMNS``)."""
+    data = np.genfromtxt(path, delimiter=",", names=True, dtype=[(c, "i8" if c == "t_ns" else "f8")
+                                                                 for c in SERIES_COLUMNS])
+    return np.atleast_1d(data)
+
+
+def energy_over(series: np.ndarray, spans: Iterable[tuple[int, int]], column: str = "facility_wh") -> float:
+    """The twin's energy (kWh) over ``spans`` (``[start_ns, end_ns)`` pairs): the cumulative
+    integral, interpolated within its one-second rows, at each span's ends."""
+    t = series["t_ns"].astype(np.float64)
+    e = series[column]
+    total = 0.0
+    for a, b in spans:
+        total += float(np.interp(b, t, e) - np.interp(a, t, e))
+    return total / 1e3
+
+
+def peak_over(series: np.ndarray, spans: Iterable[tuple[int, int]], column: str = "facility_max_w") -> float:
+    """The highest power (W) of any twin step in the seconds that overlap ``spans``."""
+    t = series["t_ns"]
+    best = float("nan")
+    for a, b in spans:
+        # row k holds the maximum of the steps in (t[k-1], t[k]]
+        lo = int(np.searchsorted(t, a, side="right"))
+        hi = int(np.searchsorted(t, b, side="left")) + 1
+        sel = series[column][lo:hi]
+        if sel.size:
+            best = float(np.nanmax([best, float(sel.max())]))
+    return best
+
+
+def series_path(truth_path: str | Path) -> Path:
+    """Where the series of a ``--truth-out`` file goes: beside it, ``<name>.series.csv``."""
+    p = Path(truth_path)
+    return p.with_name(p.stem + ".series.csv")

@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     t.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=None,
                    help="stop after this many simulated s")
     t.add_argument("--endpoints-out", default=None, metavar="FILE", help="write the endpoints as JSON")
-    t.add_argument("--truth-out", default=None, metavar="FILE", help="keep the run's ground truth here (JSON)")
+    t.add_argument("--truth-out", default=None, metavar="FILE",
+                   help="keep the run's ground truth here (JSON; its per-second energy series beside it, "
+                        "<name>.series.csv)")
     t.add_argument("--start-capped", action="store_true",
                    help="GPUs start at the agents' safe cap, as on a site whose control plane is starting")
     t.add_argument("--clock", default=None, help=argparse.SUPPRESS)  # the demo's shared scaled clock
@@ -52,6 +54,7 @@ async def _twin(args: argparse.Namespace, console: Console) -> int:
     from models.clock import NS_PER_S, ScaledClock
     from models.files import write_json
     from models.site import load_site
+    from models.twin.truth import append_series, series_path
     from powerplane.broker import start_broker
     from twin.runner import Twin
 
@@ -65,11 +68,15 @@ async def _twin(args: argparse.Namespace, console: Console) -> int:
     twin = Twin(site, clock, host=args.host, mqtt=broker.addr if broker else None, seed=args.seed,
                 snmp_port=args.snmp_port, start_capped=args.start_capped)
     last_truth = [0.0]
+    if args.truth_out:
+        series_path(args.truth_out).unlink(missing_ok=True)  # this run's series only
 
     def keep_truth(final: bool = False) -> None:
         if args.truth_out and (final or time.monotonic() - last_truth[0] >= TRUTH_EVERY_WALL_S):
             last_truth[0] = time.monotonic()
-            write_json(args.truth_out, {**twin.truth.summary(), "final": final})
+            append_series(series_path(args.truth_out), twin.truth.take_rows())
+            write_json(args.truth_out, {**twin.truth.summary(), "series": series_path(args.truth_out).name,
+                                        "final": final})
 
     try:
         await twin.start()
