@@ -81,7 +81,8 @@ def series_id(registry: SeriesRegistry, device: DeviceConfig, target: PointTarge
 
 @dataclass
 class PollResult:
-    """What one poll produced: raw readings (``ts_ns`` = request sent) and partial failures."""
+    """What one poll produced: raw readings (``ts_ns`` = request sent; the runtime restamps them at
+    the middle of the exchange) and partial failures."""
 
     batch: ReadingBatch
     errors: list[DeviceError] = field(default_factory=list)  # parts that failed; empty when all fine
@@ -108,6 +109,11 @@ class Poller(Protocol):
     """Reads one device; built once from (device, profile), then polled by the runtime."""
 
     device: DeviceConfig
+
+    async def prepare(self) -> None:
+        """Connect and discover what to read (a SunSpec model walk, say), so that the readings of
+        the poll that follows are stamped when they are read; raise a ``DeviceError`` on failure."""
+        ...
 
     async def poll(self, ts_ns: int) -> PollResult:
         """Read the device once; raise a ``DeviceError`` subclass if nothing could be read."""

@@ -11,6 +11,7 @@ Partial results are kept. Every batch is validated (collectors/validate.py) befo
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -133,6 +134,8 @@ class CollectorSet:
         d = poller.device
         t0 = time.perf_counter()
         try:
+            await poller.prepare()
+            ts_ns = max(ts_ns, self.clock.now_ns())  # after connecting and discovering, not before
             result = await poller.poll(ts_ns)
         except DeviceError as exc:
             if self._stopping:  # the stop interrupted this request: not the device's fault
@@ -144,6 +147,14 @@ class CollectorSet:
             self._failed(d, ts_ns, time.perf_counter() - t0, "internal", f"{d.name}: {type(exc).__name__}: {exc}")
             return False
         latency_s = time.perf_counter() - t0
+        # Stamped at the middle of the exchange, not when it was sent: a first poll that opens
+        # the connection takes seconds of site time, and an energy register read then but
+        # stamped at the start would be off by that much energy.
+        mid_ns = ts_ns + max(0, self.clock.now_ns() - ts_ns) // 2
+        if mid_ns != ts_ns and len(result.batch):
+            b = result.batch
+            result.batch = dataclasses.replace(b, ts_ns=np.where(b.ts_ns == ts_ns, mid_ns, b.ts_ns))
+        ts_ns = mid_ns
         if not len(result.batch) and not result.rejected and not result.errors:
             # It answered, but with none of its profile's metrics (a Raritan PX1 polled as a
             # PDU2): not up, whatever the transport says.

@@ -20,8 +20,13 @@ window's edge by holding the nearest sample. A longer stretch is *missing*: it a
 energy, and ``Coverage`` reports it (covered and missing seconds, and each gap). Nothing
 is dropped silently and nothing is drawn across an outage.
 
-**PUE** over a window is facility energy / IT energy, both integrated over the same
-spans: those where both are known. **DR compliance** counts time with an event in force
+**Energy registers.** Where a meter reports its energy register (the site meter's
+``power.energy_wh``), energy is the register's difference, not an integral of sampled
+power: a meter polled every 2 s cannot integrate a load that swings at 0.5 Hz, but its
+register counts every joule. A register covers its own gaps (``counter_trace``).
+
+**PUE** over a window is facility energy / IT energy, both over the same spans: those
+where both are known. **DR compliance** counts time with an event in force
 as compliant (facility power known and at or under the target), over, or unknown
 (facility power or the target missing); there is no compliance figure without an event.
 """
@@ -252,6 +257,38 @@ def energy_kwh_by(frame: pd.DataFrame, start_ns: int | None = None, end_ns: int 
     return pd.Series(out, name="energy_kwh", dtype=np.float64)
 
 
+def counter_trace(data: pd.Series | pd.DataFrame, start_ns: int, end_ns: int, *,
+                  gap_factor: float = MAX_GAP_FACTOR) -> Trace:
+    """The ``Trace`` of an energy register (a counter, Wh) in ``[start_ns, end_ns)``.
+
+    A register covers its own gaps exactly — the energy between two readings is their
+    difference, however far apart they are — so between its first and last reading it is
+    known except where it went down (a reset or a wrap: that stretch is missing). The
+    window's edges follow the gap policy as for any series.
+    """
+    tr = trace(data, start_ns, end_ns, gap_factor=gap_factor)
+    if tr.t_s.size < 2:
+        return tr
+    t, v, w = tr.t_s, tr.v, tr.window_s
+    bounds = np.unique(np.concatenate([[0.0, w], t[(t > 0) & (t < w)]]))
+    mid = 0.5 * (bounds[:-1] + bounds[1:])
+    i = np.searchsorted(t, mid, side="right") - 1
+    between = (i >= 0) & (i < t.size - 1)
+    rising = np.diff(v) >= 0
+    known = between & rising[np.clip(i, 0, rising.size - 1)]
+    edges = tr.known.contains(mid) & ~between  # before the first and after the last reading
+    return Trace(t, v, w, tr.interval_s, Spans.from_pieces(bounds, known | edges), False)
+
+
+def counter_energy_kwh(register: Trace, over: Spans) -> float:
+    """kWh an energy register (Wh) counted over ``over`` ∩ where it is known (differences of
+    the register, linear between its readings)."""
+    sp = over & register.known
+    if not sp.start.size:
+        return 0.0
+    return float((register.raw(sp.end) - register.raw(sp.start)).sum()) / 1e3
+
+
 @dataclass(frozen=True, slots=True)
 class Pue:
     """PUE over the spans where facility and IT power are both known."""
@@ -262,8 +299,15 @@ class Pue:
     it_kwh: float
 
 
-def pue(facility: Trace, it: Trace) -> Pue:
-    """Facility energy / IT energy, both over the spans where both are known."""
+def pue(facility: Trace, it: Trace, facility_register: Trace | None = None) -> Pue:
+    """Facility energy / IT energy, both over the spans where both are known; facility energy
+    from its energy register where there is one (``facility`` is then not used)."""
+    if facility_register is not None:
+        both = facility_register.known & it.known
+        fac = counter_energy_kwh(facility_register, both)
+        itk = integral(it, both) / _WS_PER_KWH
+        p = physics.pue(fac, itk)
+        return Pue(float("nan") if p is None else p, both.total_s, fac, itk)
     both = facility.known & it.known
     fac = integral(facility, both) / _WS_PER_KWH
     itk = integral(it, both) / _WS_PER_KWH

@@ -74,6 +74,7 @@ class Report:
     end_ns: int
     gap_factor: float
     facility: analytics.Energy | None = None
+    facility_source: str = ""  # "energy register" (the site meter's) or "integrated power"
     it: analytics.Energy | None = None
     pue: analytics.Pue | None = None
     peak_facility_w: float = float("nan")
@@ -103,7 +104,8 @@ class Report:
         return {
             "site": self.site, "start": _iso(self.start_ns), "end": _iso(self.end_ns),
             "window_s": (self.end_ns - self.start_ns) / 1e9, "gap_factor": self.gap_factor,
-            "facility_energy_kwh": _num(self.facility_kwh), "it_energy_kwh": _num(self.it_kwh),
+            "facility_energy_kwh": _num(self.facility_kwh), "facility_energy_source": self.facility_source or None,
+            "it_energy_kwh": _num(self.it_kwh),
             "pue": _num(self.pue_value), "pue_basis_s": _num(self.pue.basis_s if self.pue else float("nan")),
             "peak_facility_kw": _num(self.peak_facility_w / 1e3),
             "grid_limit_min_kw": _num(self.limit_min_w / 1e3),
@@ -154,20 +156,32 @@ def pick_site(store: EmbeddedStore, site: str | None) -> str:
     return sites[0]
 
 
+def site_only(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of series tagged with the site alone (no level, id, device or loop)."""
+    for col in ("level", "id", "device", "loop"):
+        if col in frame.columns:
+            frame = frame[frame[col].isna()]
+    return frame
+
+
 def fetch(store: EmbeddedStore, metric: str, start_ns: int, end_ns: int, *,
-          gap_factor: float = analytics.MAX_GAP_FACTOR, **tags: str) -> pd.DataFrame:
-    """Entity-total readings of ``metric`` in the window plus the nearest one on either side.
+          gap_factor: float = analytics.MAX_GAP_FACTOR, site_level: bool = False, **tags: str) -> pd.DataFrame:
+    """Entity-total readings of ``metric`` in the window plus the nearest one on either side
+    (``site_level``: only the series tagged with the site alone).
 
     The neighbours (within ``gap_factor`` × the series' interval) let the window's edges be
     interpolated instead of held.
     """
-    frame = totals(store.query(metric, start_ns, end_ns, **tags))
+    def q(a: int, b: int) -> pd.DataFrame:
+        f = totals(store.query(metric, a, b, **tags))
+        return site_only(f) if site_level else f
+
+    frame = q(start_ns, end_ns)
     ns = np.unique(frame.index.asi8)
     if ns.size < 2:
         return frame
     pad = int(gap_factor * float(np.median(np.diff(ns)))) + 1
-    before = totals(store.query(metric, start_ns - pad, start_ns, **tags))
-    after = totals(store.query(metric, end_ns, end_ns + pad, **tags))
+    before, after = q(start_ns - pad, start_ns), q(end_ns, end_ns + pad)
     return pd.concat([f for f in (before.tail(1), frame, after.head(1)) if not f.empty])
 
 
@@ -180,14 +194,20 @@ def summarize(store: EmbeddedStore, site: str, start_ns: int, end_ns: int, *,
 
     r = Report(site, start_ns, end_ns, gap_factor)
     fac, it, lim = tr("site.facility_w"), tr("site.it_w"), tr("grid.limit_w", hold=True)
-    if fac is not None:
+    reg = site_register(store, site, start_ns, end_ns, gap_factor)
+    if reg is not None:
+        r.facility = analytics.Energy(analytics.counter_energy_kwh(reg, reg.known), analytics.coverage(reg))
+        r.facility_source = "energy register"
+    elif fac is not None:
         r.facility = analytics.Energy(analytics.integral(fac, fac.known) / 3.6e6, analytics.coverage(fac))
+        r.facility_source = "integrated power"
+    if fac is not None:
         inside = fac.samples_in_window()
         r.peak_facility_w = float(inside.max()) if inside.size else float("nan")
     if it is not None:
         r.it = analytics.Energy(analytics.integral(it, it.known) / 3.6e6, analytics.coverage(it))
-    if fac is not None and it is not None:
-        r.pue = analytics.pue(fac, it)
+    if (fac is not None or reg is not None) and it is not None:
+        r.pue = analytics.pue(fac if fac is not None else reg, it, reg)  # type: ignore[arg-type]
     if lim is not None:
         inside = lim.samples_in_window()
         r.limit_min_w = float(inside.min()) if inside.size else float("nan")
@@ -204,6 +224,16 @@ def summarize(store: EmbeddedStore, site: str, start_ns: int, end_ns: int, *,
         rows.append({"level": level, **analytics.level_summary(frame, limits).to_dict()})
     r.levels = pd.DataFrame(rows, columns=["level", "entities", "peak_w", "min_headroom_w", "tightest"])
     return r
+
+
+def site_register(store: EmbeddedStore, site: str, start_ns: int, end_ns: int,
+                  gap_factor: float = analytics.MAX_GAP_FACTOR) -> analytics.Trace | None:
+    """The site meter's energy register (``power.energy_wh`` tagged with the site only) as a
+    counter trace, or None without two readings of it."""
+    frame = fetch(store, "power.energy_wh", start_ns, end_ns, gap_factor=gap_factor, site_level=True, site=site)
+    if len(frame) < 2:
+        return None
+    return analytics.counter_trace(frame, start_ns, end_ns, gap_factor=gap_factor)
 
 
 def _entity_power(store: EmbeddedStore, site: str, level: str, start_ns: int, end_ns: int

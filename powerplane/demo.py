@@ -46,6 +46,8 @@ from models.files import read_json, write_json
 from models.histogram import Histogram
 from models.site import SiteConfig, load_site
 from models.topology import L_NODE, L_RACK, build_topology
+from models.twin.truth import series_path
+from powerplane import truthcheck
 from powerplane.broker import Broker, start_broker
 from powerplane.fleet import OutageDrill, Proc
 from powerplane.paths import DEMO_SITE
@@ -498,6 +500,9 @@ def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: Outa
     for name, code in codes.items():
         if code not in (0, None, -15):
             reasons.append(f"{name} exited with status {code}")
+    check = report_check(opts, plane)
+    if check is not None and not check["ok"]:
+        reasons.append("the report disagrees with the twin: " + truthcheck.describe(check))
     dr = truth.get("dr", {})
     rss_rows = []
     with contextlib.suppress(OSError, ValueError):
@@ -530,7 +535,21 @@ def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: Outa
                    "rejected": dict(sum((Counter(a.get("rejected", {})) for a in agents), Counter()))},
         "hooks": hook_summary(receiver, ctl["hooks_dead_lettered"]) if receiver is not None else None,
         "memory": memory_growth(rss_rows),
+        "report_check": check,
     }
+
+
+def report_check(opts: DemoOptions, plane: Plane) -> dict[str, Any] | None:
+    """``powerplane report`` on the embedded store, against the twin's truth (``powerplane.truthcheck``);
+    None with a server store (the demo does not query it)."""
+    series = series_path(plane.truth)
+    if opts.store.influx_url or not series.exists():
+        return None
+    try:
+        return truthcheck.check_run(Path(opts.store.data_dir), series)
+    except Exception as exc:  # a report that cannot be made is a failed check, with its reason
+        return {"ok": False, "checks": {}, "missing": list(truthcheck.TOLERANCE),
+                "error": f"{type(exc).__name__}: {exc}"}
 
 
 def hook_summary(receiver: WebhookReceiver, dead: int) -> dict[str, Any]:
@@ -557,6 +576,8 @@ def summary_table(s: dict[str, Any], site: SiteConfig) -> Table:
     row("simulated", f"{s['duration_s']:,.0f} s at x{s['speed']:g}; control plane up at t={num(s['plane_up_at_s'])} s")
     row("energy (twin)", f"facility {num(s['facility_energy_kwh'])} kWh, IT {num(s['it_energy_kwh'])} kWh, "
                          f"PUE {num(s['pue'], '.3f')}")
+    if s.get("report_check") is not None:
+        row("report vs twin", truthcheck.describe(s["report_check"]), "" if s["report_check"]["ok"] else "bold red")
     row("peak site power", f"{num(s['peak_facility_kw'], ',.0f')} kW (IT {num(s['peak_it_kw'], ',.0f')} kW)")
     for lid, c in s["max_return_c"].items():
         row(f"max return {lid}", f"{c:.1f} °C")
@@ -653,6 +674,16 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
     # The drill needs room after the restart: a lease to fall back, one to come back.
     drill = (OutageDrill(*opts.outage) if opts.outage and opts.control
              and sum(opts.outage) + 2 * site.actuation.lease_s <= opts.duration_s else None)
+    if opts.control:
+        # Compile the controller's kernels into numba's cache before the site clock starts: on a
+        # fresh clone that takes seconds (tens of them on a busy machine), which at x10 would be
+        # minutes of the scenario without control. The controller then loads them from the cache.
+        from powerplane.commands.controller import warm_up
+
+        compile_s = warm_up(site, topo)
+        if compile_s > 2.0:
+            console.print(f"controller kernels compiled in {compile_s:.1f} s (once; cached for the next runs)",
+                          highlight=False)
     clock = ScaledClock(opts.speed, start_ns)
     plane = Plane(opts, site, broker, clock, run_dir, key, receiver.url if receiver else None, secret_file)
     scheduler = SchedulerDrill(site, topo, plane.spool if opts.control else None)
@@ -667,8 +698,16 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         if not await _wait(lambda: plane.eps.exists() or not plane.twin or not plane.twin.alive, 30.0) \
                 or not plane.eps.exists():
             raise RuntimeError(f"the twin did not start: {plane.twin.tail() if plane.twin else ''}")
-        await plane.start_collect()
+        # The controller subscribes before the collector publishes (its first period's state is
+        # the sign): no reading is published to nobody.
         await plane.start_controller()
+
+        def controller_running() -> bool:
+            watcher.poll()
+            return watcher.controller is not None
+
+        await _wait(controller_running, START_TIMEOUT_WALL_S, dead=plane.dead)
+        await plane.start_collect()
         if opts.control:
             await plane.start_agents(topo.ids(L_RACK))
         console.print(f"[bold]powerplane demo[/bold] · site {site.site.name} ({opts.site}) · {topo.n_gpus:,} GPUs "

@@ -93,6 +93,11 @@ class ModbusPoller:
             self._decoder = PlanDecoder(self.plan)
         return self.plan
 
+    async def prepare(self) -> None:
+        """Connect and discover the layout (the first poll's SunSpec walk), before the stamp."""
+        await self.ensure_plan()
+        await self.client.connect()
+
     async def poll(self, ts_ns: int) -> PollResult:
         """Read every due block once; partial failures are reported in ``errors``."""
         plan = await self.ensure_plan()

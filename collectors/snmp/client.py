@@ -336,6 +336,10 @@ class SnmpPoller:
         return out
 
     # -- Poller --------------------------------------------------------------------------------
+    async def prepare(self) -> None:
+        """Open the session (engine, credentials) before the stamp."""
+        await self._open()
+
     async def poll(self, ts_ns: int) -> PollResult:
         """Read the device once; partial failures come back in ``errors``, total ones raise."""
         s = await self._open()

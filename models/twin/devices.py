@@ -156,7 +156,10 @@ def encode_sunspec_203(sim: TwinSim, dev: DeviceSpec, base: int = 40000) -> Imag
     m3 = _three_phase(sim, sim.facility_w, 1)
     power, v_ln, va, var = m3.power_w, m3.v_ln, m3.va, m3.var
     (pa, pb, pc), (ia, ib, ic) = m3.p, m3.i
-    a_sf, v_sf, hz_sf, w_sf, pf_sf, wh_sf = 0, -1, -2, 3, -1, 3
+    # Energy in Wh (acc32: it rolls over after 4.29 GWh, months at a few MW; a fall reads as a
+    # reset, which the report leaves out): a kWh register would quantise a minutes-long window by
+    # whole percents.
+    a_sf, v_sf, hz_sf, w_sf, pf_sf, wh_sf = 0, -1, -2, 3, -1, 0
     for off, val in ((0, ia + ib + ic), (1, ia), (2, ib), (3, ic)):
         img.put(p + off, _sf_value(val, a_sf), "int16")
     img.put(p + 4, a_sf, "int16")

@@ -57,13 +57,15 @@ def _print(r: Report, console: Console) -> None:
     table.add_column("value", justify="right")
     basis = f" over {r.pue.basis_s:,.0f} s" if r.pue is not None else ""
     rows: list[tuple[str, str]] = [
-        ("facility energy", _fmt(r.facility_kwh, 1, 2, " kWh")),
+        ("facility energy", _fmt(r.facility_kwh, 1, 2, " kWh") + (f" ({r.facility_source})" if r.facility_source
+                                                                   else "")),
         ("IT energy", _fmt(r.it_kwh, 1, 2, " kWh")),
         ("PUE (facility / IT energy)", _fmt(r.pue_value, 1, 3) + basis),
         ("peak facility power", _fmt(r.peak_facility_w, 1e3, 1, " kW")),
         ("grid limit (lowest)", _fmt(r.limit_min_w, 1e3, 1, " kW")),
         ("min site headroom", _fmt(r.min_site_headroom_w, 1e3, 1, " kW")),
-        ("facility power data", _coverage(r.facility)),
+        ("facility energy data" if r.facility_source == "energy register" else "facility power data",
+         _coverage(r.facility)),
         ("IT power data", _coverage(r.it)),
         *_dr(r),
     ]

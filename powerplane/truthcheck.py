@@ -1,0 +1,95 @@
+"""The demo's report checked against the twin: what an operator would read, against the truth.
+
+After a demo run the stored telemetry is summarised exactly as ``powerplane report`` does
+(default window: first to last stored reading), and each figure is compared with the
+twin's own integrals over **the same time**: facility energy over the seconds the site
+meter covers, IT energy over the seconds IT power covers, PUE over the seconds both cover,
+and the peak over the metered seconds (``models.twin.truth.energy_over`` / ``peak_over``).
+Gaps the report marks missing are left out of both sides; nothing is compared over time
+the report does not claim to know.
+
+Tolerances (``TOLERANCE``): energies 1 %, PUE 0.01 (absolute), peak 1 %.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dashboards import analytics
+from dashboards.report import Report, open_store, pick_site, summarize
+from models.twin.truth import energy_over, peak_over, read_series
+
+TOLERANCE = {"facility_energy": 0.01, "it_energy": 0.01, "pue": 0.01, "peak_facility": 0.01}
+
+
+def _spans_ns(report: Report, spans: analytics.Spans) -> list[tuple[int, int]]:
+    return [(report.start_ns + round(a * 1e9), report.start_ns + round(b * 1e9))
+            for a, b in zip(spans.start.tolist(), spans.end.tolist(), strict=True)]
+
+
+def _covered(report: Report, e: analytics.Energy) -> analytics.Spans:
+    return e.coverage.gaps.complement(0.0, e.coverage.window_s)
+
+
+def compare(report: Report, series: np.ndarray) -> dict[str, Any]:
+    """Each report figure beside the twin's over the same spans, its error and whether it is within tolerance."""
+    out: dict[str, Any] = {"window_s": (report.end_ns - report.start_ns) / 1e9, "tolerance": TOLERANCE, "checks": {}}
+    checks: dict[str, dict[str, Any]] = out["checks"]
+
+    def rel(name: str, ours: float, truth: float) -> None:
+        err = (ours - truth) / truth if truth else float("nan")
+        checks[name] = {"report": ours, "twin": truth, "error": err,
+                        "ok": bool(np.isfinite(err) and abs(err) <= TOLERANCE[name])}
+
+    if report.facility is not None:
+        fac_spans = _spans_ns(report, _covered(report, report.facility))
+        rel("facility_energy", report.facility.kwh, energy_over(series, fac_spans, "facility_wh"))
+        rel("peak_facility", report.peak_facility_w, peak_over(series, fac_spans, "facility_max_w"))
+        out["facility_covered_s"] = report.facility.coverage.covered_s
+    if report.it is not None:
+        it_spans = _spans_ns(report, _covered(report, report.it))
+        rel("it_energy", report.it.kwh, energy_over(series, it_spans, "it_wh"))
+        out["it_covered_s"] = report.it.coverage.covered_s
+    if report.pue is not None and report.facility is not None and report.it is not None:
+        both = _spans_ns(report, _covered(report, report.facility) & _covered(report, report.it))
+        fac, it = energy_over(series, both, "facility_wh"), energy_over(series, both, "it_wh")
+        truth = fac / it if it else float("nan")
+        err = report.pue.value - truth
+        checks["pue"] = {"report": report.pue.value, "twin": truth, "error": err,
+                         "ok": bool(np.isfinite(err) and abs(err) <= TOLERANCE["pue"])}
+    missing = [k for k in TOLERANCE if k not in checks]
+    out["missing"] = missing
+    out["ok"] = not missing and all(c["ok"] for c in checks.values())
+    return out
+
+
+def check_run(data_dir: Path, series_file: Path) -> dict[str, Any]:
+    """Summarise the store under ``data_dir`` as ``powerplane report`` would and compare it with the twin."""
+    store = open_store(data_dir)
+    try:
+        span = store.time_range()
+        if span is None:
+            return {"ok": False, "missing": list(TOLERANCE), "checks": {}, "error": "the store holds no readings"}
+        report = summarize(store, pick_site(store, None), span[0], span[1] + 1)
+    finally:
+        store.close()
+    return compare(report, read_series(series_file))
+
+
+def describe(check: dict[str, Any]) -> str:
+    """One line for a terminal."""
+    parts = []
+    for name, c in check.get("checks", {}).items():
+        label = name.replace("_", " ")
+        if name == "pue":
+            parts.append(f"{label} {c['report']:.3f} vs {c['twin']:.3f}")
+        else:
+            parts.append(f"{label} {100 * c['error']:+.2f}%")
+    if check.get("missing"):
+        parts.append("not in the store: " + ", ".join(check["missing"]))
+    if check.get("error"):
+        parts.append(str(check["error"]))
+    return ("within tolerance: " if check.get("ok") else "OUT OF TOLERANCE: ") + "; ".join(parts)
