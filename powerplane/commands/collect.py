@@ -41,6 +41,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds to collect (default 5; with --publish: until stopped)")
     c.add_argument("--interval", type=finite_number(float, gt=0, le=86_400), default=1.0,
                    help="poll interval for --endpoints devices (default 1)")
+    c.add_argument("--shard", default=None, metavar="I/N",
+                   help="poll only shard I of N (0-based): a stable hash of each device name picks its shard, so N "
+                        "collectors on any hosts split the devices without talking to each other")
+    c.add_argument("--device", action="append", default=[], metavar="PATTERN",
+                   help="poll only devices whose name matches (shell-style, repeatable): an explicit list per host")
     c.add_argument("--json", action="store_true", help="print one JSON document")
     c.add_argument("--publish", default=None, metavar="URL",
                    help="send reading batches to the controller over this broker (mqtt://[user@]host:port)")
@@ -90,6 +95,15 @@ def _devices(args: argparse.Namespace) -> tuple[str, list[Any], dict[str, int], 
               if d.protocol in protocols and (d.protocol == "mqtt" or d.protocol in POLLER_FACTORIES)]
     if not usable:
         raise ConfigError(args.config or args.endpoints, [("", "no device this build can collect")])
+    if args.shard or args.device:
+        from collectors.shard import parse_shard, select
+
+        shard = parse_shard(args.shard) if args.shard else None
+        usable = select(usable, shard, args.device)
+        if not usable:
+            where = args.config or args.endpoints
+            raise ConfigError("--shard/--device", [("", f"no device of {where} falls in shard {shard or 'any'} "
+                                                        f"matching {args.device or 'any name'}")])
     return site, usable, stuck, site_cfg
 
 
@@ -110,7 +124,8 @@ async def _publish(args: argparse.Namespace, console: Console) -> int:
                     "user %s write only %s", src, addr.username, addr.username,
                     readings_topic(prefix, site, addr.username))
     pub = BatchPublisher(devices, site=site, src=src, addr=addr, clock=clock, prefix=prefix, stuck_polls=stuck)
-    console.print(f"powerplane collect · {len(devices)} devices · publishing to {addr.url()} as {src}",
+    console.print(f"powerplane collect · {len(devices)} devices"
+                  + (f" (shard {args.shard})" if args.shard else "") + f" · publishing to {addr.url()} as {src}",
                   highlight=False, markup=False)
     try:
         await pub.start()
@@ -118,7 +133,7 @@ async def _publish(args: argparse.Namespace, console: Console) -> int:
     finally:
         await pub.stop()
         if args.summary_out:
-            write_json(args.summary_out, pub.summary())
+            write_json(args.summary_out, {**pub.summary(), "shard": args.shard, "device_patterns": args.device})
     s = pub.summary()
     up = sum(1 for d in s["devices"] if d["up"])
     console.print(f"collect: {s['readings']:,} readings in {s['messages']:,} messages; {up}/{len(devices)} devices up",
