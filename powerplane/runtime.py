@@ -484,6 +484,12 @@ class ControlPlane:
         caps = safety.gate(plan.caps_w, granted, self._applied)
         t3 = time.perf_counter()
         ms["solve"] = (t3 - t2) * 1e3
+        if not authoritative:
+            # A standby keeps its state, demand and ramp warm; what it would publish, store or tell the
+            # scheduler is the authority's job.
+            self._applied = caps if caps is not None else self._applied
+            ms["publish"] = (time.perf_counter() - t3) * 1e3
+            return plan
         if granted:
             st.plans_with_violations += 1
             st.violations.extend(granted[: max(0, 20 - len(st.violations))])

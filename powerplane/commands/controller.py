@@ -161,6 +161,8 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     site = _site_with_webhooks(site, args, state_dir)
     holder = args.controller_id or addr.username or f"{socket.gethostname()}-{os.getpid()}"
     authority = _authority(args, site, clock, holder, state_dir) if control and args.authority else None
+    if authority is not None:
+        devices = [_own_session(d, holder) for d in devices]
     epoch = (0 if authority is not None else next_epoch(state_dir)) if control else 0
     logging_off_the_loop()
     compile_s = warm_up(site, topo) if control else 0.0
@@ -239,6 +241,19 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
                   f"{st.control_errors} failed; {st.plans_with_violations} plans granted over a limit",
                   highlight=False, markup=False)
     return 1 if st.plans_with_violations else 0
+
+
+def _own_session(device: Any, holder: str) -> Any:
+    """An MQTT device this controller collects, under a session of its own: every controller of a site
+    takes in the same grid and BMS signals (a standby stays warm), and two clients with one client
+    id would throw each other off the broker. An explicit client id or user name is kept."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    if device.protocol != "mqtt" or device.option("client_id") or device.option("username"):
+        return device
+    return replace(device, options=MappingProxyType({**device.options,
+                                                     "client_id": f"powerplane-{device.name}-{holder}"[:128]}))
 
 
 def _authority(args: argparse.Namespace, site: Any, clock: Any, holder: str, state_dir: Path) -> Any:
