@@ -105,8 +105,10 @@ def snmp_part(pdus: int, rounds: int, work: Path) -> dict[str, Any]:
     readings = res[1][1] / pdus
     agree = all(r[2] == 0 and r[5] == 0 for r in res) and readings > 0
     cap = int(SNMP_INTERVAL_S * UTIL / (cpu_ms / 1e3))
-    print(f"SNMP: {pdus} PDUs polled concurrently: {cpu_ms:.2f} ms collector CPU per PDU poll, rounds of "
-          f"{round_s:.1f} s wall, {readings:.0f} readings per poll -> {cap:,} PDUs per process at "
+    # The round's wall time is bounded by snmpsim, which serves every PDU from one Python process on
+    # the same cores; a site's PDUs each answer for themselves. The collector's CPU is what sizes it.
+    print(f"SNMP: {pdus} PDUs polled concurrently: {cpu_ms:.2f} ms collector CPU per PDU poll (rounds of "
+          f"{round_s:.1f} s wall, snmpsim-bound), {readings:.0f} readings per poll -> {cap:,} PDUs per process at "
           f"{SNMP_INTERVAL_S:g} s ({UTIL:.0%} of a core)", flush=True)
     return {"cpu_ms_per_poll": cpu_ms, "round_s_worst": round_s, "readings_per_poll": readings,
             "devices_per_process": cap, "agree": agree, "pdus": pdus}
@@ -359,17 +361,23 @@ def _series(vm: VictoriaMetrics) -> dict[str, list[tuple[int, float]]]:
         m = dict(s["metric"])
         key = json.dumps(m, sort_keys=True)
         out.setdefault(key, []).extend(zip(s["timestamps"], s["values"], strict=True))
-    return {k: sorted(v) for k, v in out.items()}
+    # Each round writes the same points again; VictoriaMetrics may keep a rewritten sample twice
+    # until it merges: compare the distinct (time, value) pairs of every series.
+    return {k: sorted(set(v)) for k, v in out.items()}
 
 
-def writer_part(msgs: list[bytes], work: Path) -> dict[str, Any]:
+def writer_part(msgs: list[bytes], work: Path, repeat: int) -> dict[str, Any]:
     vm_ours, vm_peer = VictoriaMetrics(work / "vm-ours"), VictoriaMetrics(work / "vm-peer")
     mq = Mosquitto(work / "mq-writers")
     for s in (mq, vm_ours, vm_peer):
         s.start()
     try:
-        ours = ours_writer(mq.port, vm_ours, msgs, work)
-        peer = peer_writer(mq.port, vm_peer, msgs)
+        # Interleaved rounds, best of each: the machine is shared, so its load drifts during a run.
+        # A round writes the same points again (each sink overwrites them with themselves).
+        ours = peer = 0.0
+        for _ in range(repeat):
+            ours = max(ours, ours_writer(mq.port, vm_ours, msgs, work))
+            peer = max(peer, peer_writer(mq.port, vm_peer, msgs))
         a, b = _series(vm_ours), _series(vm_peer)
         agree = a == b and len(a) > 0
     finally:
@@ -419,6 +427,7 @@ def main() -> int:
     ap.add_argument("--pdus", type=int, default=200, help="simulated PDUs polled by one collector (default 200)")
     ap.add_argument("--rounds", type=int, default=3, help="SNMP rounds after the first (default 3)")
     ap.add_argument("--seconds", type=float, default=4.0, help="Modbus polling time (default 4)")
+    ap.add_argument("--repeat", type=int, default=3, help="store-writer rounds, best of each (default 3)")
     ap.add_argument("--batches", type=int, default=300,
                     help="batches (about 1,000 readings each) through the broker and the writers (default 300)")
     args = ap.parse_args()
@@ -433,7 +442,7 @@ def main() -> int:
             broker = broker_part(msgs, mq.port)
         finally:
             mq.stop()
-        writer = writer_part(msgs, work)
+        writer = writer_part(msgs, work, args.repeat)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = sizing(snmp, modbus, broker, writer["ours"])
