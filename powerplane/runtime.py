@@ -311,12 +311,18 @@ class ControlPlane:
         if self.actuator is not None:
             self.actuator.stop()
         now = self.clock.now_ns()
-        self._flush_pending(now)
-        self._write(self.health_batch(now))
+        if self._stores:
+            self._flush_pending(now)
+            self._write(self.health_batch(now))
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
         else:
             self.sink.flush()
+
+    @property
+    def _stores(self) -> bool:
+        """Whether this controller writes to the store now (a standby leaves it to the authority)."""
+        return self.authority is None or self.stats.epoch != 0
 
     @property
     def running(self) -> bool:
@@ -594,7 +600,8 @@ class ControlPlane:
         if now_ns >= self._next_health_ns:
             self._next_health_ns = now_ns + int(self.health_period_s * NS_PER_S)
             batch = ReadingBatch.concat([batch, self.health_batch(now_ns)])
-        self._write(batch)
+        if self._stores:
+            self._write(batch)
         if self.publish_state is not None and time.monotonic() - self._state_wall >= 0.2 \
                 and (self.authority is None or self.stats.epoch):
             self._state_wall = time.monotonic()

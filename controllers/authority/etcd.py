@@ -181,8 +181,10 @@ class EtcdAuthority:
             with self._lock:
                 self._status.holder = holder[0]
             if holder[0] == self.holder:
-                # Our own old lease (authority already given up here): end it now rather than
-                # waiting out its TTL, then campaign afresh with a new epoch.
+                # Our own old lease (authority already given up here, or this controller restarted
+                # under the same id): end it now rather than waiting out its TTL, then campaign
+                # afresh with a new epoch. Controller ids are unique per site (each is also its
+                # MQTT account), so the key cannot be another live controller's.
                 self._stale_leases.append(holder[2])
                 self._revoke_stale()
             else:
