@@ -19,6 +19,7 @@ but publishes no command, writes nothing to the store and tells the scheduler no
 it acquires authority its publisher starts a new epoch (every rack gets a command in the
 first period) and its ramp starts from the caps the agents report enforced; when it loses
 authority it stops publishing in the same period (and before each command it sends).
+
 A period that raises anything is counted, becomes a ``control_error`` event and the next
 period runs: nothing a message carries can end the loop (every message passed a typed edge
 before it got here). A period more than one period late skips the periods it missed and
