@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import os
 import threading
@@ -196,17 +197,84 @@ class Inbox:
         return self.dropped_oversize + self.dropped_overflow
 
 
+AckedMessage = tuple[str, bytes, int, int]  # topic, payload, mid, connection generation
+
+
+class AckInbox:
+    """Messages whose PUBACK the receiver sends itself, once it has made them safe (``MqttLink.ack``).
+
+    Nothing is dropped for space here: the broker sends at most the link's ``receive_maximum``
+    unacknowledged messages, so the inbox is bounded by the protocol. A payload over
+    ``max_bytes`` can never be stored: it is acknowledged at once (in the network thread) and
+    counted, or the broker would resend it forever. Each message carries the connection
+    generation it arrived on: after a reconnect the broker resends what was not acknowledged
+    (with the same packet ids), so a message of an older generation must never be acknowledged.
+    """
+
+    def __init__(self, max_bytes: int = 1 << 20) -> None:
+        self.max_bytes = max_bytes
+        self.received = 0
+        self.dropped_oversize = 0
+        self._q: collections.deque[AckedMessage] = collections.deque()
+        self._lock = threading.Lock()
+        self._waiter: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def put(self, message: AckedMessage) -> None:
+        """Called by paho's thread for every message of the subscription."""
+        with self._lock:
+            self.received += 1
+            was_empty = not self._q
+            self._q.append(message)
+        if was_empty and self._waiter is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._waiter.set)
+
+    def drain(self, limit: int | None = None) -> list[AckedMessage]:
+        """What is queued (at most ``limit``), oldest first; never blocks."""
+        with self._lock:
+            n = len(self._q) if limit is None else min(limit, len(self._q))
+            out = [self._q.popleft() for _ in range(n)]
+            if self._waiter is not None and not self._q:
+                self._waiter.clear()
+        return out
+
+    async def wait(self, timeout_s: float | None = None) -> None:
+        """Wait until something is queued (asyncio), at most ``timeout_s``."""
+        if self._waiter is None:
+            self._loop = asyncio.get_running_loop()
+            self._waiter = asyncio.Event()
+        with self._lock:
+            if self._q:
+                return
+            self._waiter.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._waiter.wait(), timeout_s)
+
+    def __len__(self) -> int:
+        return len(self._q)
+
+
 class MqttLink:
-    """A paho client: bounded inboxes per subscription, QoS 1 publishes whose PUBACK can be awaited."""
+    """A paho client: bounded inboxes per subscription, QoS 1 publishes whose PUBACK can be awaited.
+
+    ``receive_maximum`` switches to MQTT 5 with manual acknowledgement (``AckInbox``,
+    ``ack``): the broker keeps at most that many messages unacknowledged with this client, and
+    with ``clean_session=False`` the session (and its queued messages) outlives a crash for
+    ``session_expiry_s``.
+    """
 
     def __init__(self, addr: MqttAddress, client_id: str, *, clean_session: bool = True,
                  will: tuple[str, bytes] | None = None, max_queued: int = 200_000,
-                 max_inflight: int = 2_000, keepalive_s: int = 15) -> None:
+                 max_inflight: int = 2_000, keepalive_s: int = 15, receive_maximum: int | None = None,
+                 session_expiry_s: int = 7 * 86_400) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.addr = addr
         self.keepalive_s = keepalive_s
+        self.v5 = receive_maximum is not None
+        self._clean = clean_session
+        self._connect_props: Any = None
         self.connected = threading.Event()
         self.connects = 0
         self.disconnects = 0
@@ -214,15 +282,27 @@ class MqttLink:
         self.started = False
         self.acked = 0
         self.ack_listeners: list[Callable[[int], None]] = []
-        self._subs: dict[str, tuple[int, Inbox]] = {}
+        self._subs: dict[str, tuple[int, Inbox | AckInbox]] = {}
         # PUBACK futures by mid (publish_acked), and PUBACKs that came before their future was
         # registered. paho calls on_publish holding the mutex publish() needs, so publish() is
         # never called under this lock.
         self._lock = threading.Lock()
         self._acks: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = {}
         self._early: collections.OrderedDict[int, float] = collections.OrderedDict()
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=addr.client_id(client_id),
-                        clean_session=clean_session)
+        if self.v5:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=addr.client_id(client_id),
+                            protocol=mqtt.MQTTv5, manual_ack=True)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.ReceiveMaximum = int(receive_maximum or 1)
+            if not clean_session:
+                props.SessionExpiryInterval = int(session_expiry_s)
+            self._connect_props = props
+        else:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=addr.client_id(client_id),
+                            clean_session=clean_session)
         if addr.username:
             c.username_pw_set(addr.username, addr.password)
         if addr.tls:
@@ -247,7 +327,11 @@ class MqttLink:
             return
         self.started = True
         try:
-            self._client.connect_async(self.addr.host, self.addr.port, keepalive=self.keepalive_s)
+            if self.v5:
+                self._client.connect_async(self.addr.host, self.addr.port, keepalive=self.keepalive_s,
+                                           clean_start=self._clean, properties=self._connect_props)
+            else:
+                self._client.connect_async(self.addr.host, self.addr.port, keepalive=self.keepalive_s)
         except (OSError, ValueError) as exc:
             raise ConfigError("--mqtt", [("", f"{self.addr.url()}: {exc}")]) from exc
         self._client.loop_start()
@@ -275,10 +359,42 @@ class MqttLink:
         """Subscribe now (if connected) and after every reconnect; messages go to ``inbox``."""
         box = inbox if inbox is not None else Inbox()
         self._subs[topic] = (qos, box)
-        self._client.message_callback_add(topic, lambda c, u, msg: box.put(msg.topic, bytes(msg.payload)))
+        self._client.message_callback_add(_callback_filter(topic),
+                                          lambda c, u, msg: box.put(msg.topic, bytes(msg.payload)))
         if self.connected.is_set():
             self._client.subscribe(topic, qos=qos)
         return box
+
+    def subscribe_acked(self, topic: str, inbox: AckInbox, qos: int = 1) -> AckInbox:
+        """Subscribe (MQTT 5 links only) with acknowledgements left to ``ack``; see ``AckInbox``."""
+        if not self.v5:
+            raise ValueError("manual acknowledgement needs an MQTT 5 link (receive_maximum)")
+        self._subs[topic] = (qos, inbox)
+
+        def on_message(c: Any, u: Any, msg: Any) -> None:
+            payload = bytes(msg.payload)
+            if len(payload) > inbox.max_bytes:
+                inbox.dropped_oversize += 1
+                if msg.qos:
+                    c.ack(msg.mid, msg.qos)
+                return
+            inbox.put((msg.topic, payload, int(msg.mid) if msg.qos else 0, self.connects))
+
+        self._client.message_callback_add(_callback_filter(topic), on_message)
+        if self.connected.is_set():
+            self._client.subscribe(topic, qos=qos)
+        return inbox
+
+    def ack(self, messages: list[AckedMessage]) -> int:
+        """PUBACK ``messages`` in order, skipping those of an earlier connection (the broker resends
+        them); return how many were acknowledged."""
+        gen = self.connects
+        n = 0
+        for _topic, _payload, mid, g in messages:
+            if mid and g == gen:
+                self._client.ack(mid, 1)
+                n += 1
+        return n
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False) -> int:
         """Queue a message (paho keeps QoS 1 messages across reconnects); return its mid."""
@@ -349,6 +465,15 @@ class MqttLink:
                 return
         loop, fut = entry
         loop.call_soon_threadsafe(_resolve, fut)
+
+
+def _callback_filter(topic: str) -> str:
+    """The filter paho matches incoming messages against: a shared subscription's messages arrive on
+    their own topic, without ``$share/<group>/``."""
+    if topic.startswith("$share/"):
+        parts = topic.split("/", 2)
+        return parts[2] if len(parts) == 3 else topic
+    return topic
 
 
 def _resolve(fut: asyncio.Future[None]) -> None:

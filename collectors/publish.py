@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -51,8 +52,25 @@ class BatchPublisher:
         self.published_readings = 0
         self.published_messages = 0
         self.last_flush_wall = 0.0  # time.monotonic() of the last flush round (liveness)
+        # What the broker acknowledged (PUBACK): only these are the broker's to deliver.
+        self.acked_messages = 0
+        self.acked_readings = 0
+        self._unacked: dict[int, int] = {}
+        self._early: set[int] = set()
+        self._ack_lock = threading.Lock()
+        self.link.ack_listeners.append(self._acked)
         self._task: asyncio.Task[None] | None = None
         self._next_health_ns = 0
+
+    def _acked(self, mid: int) -> None:
+        # paho's network thread; a PUBACK can come before publish() returned its mid.
+        with self._ack_lock:
+            n = self._unacked.pop(mid, None)
+            if n is None:
+                self._early.add(mid)
+                return
+            self.acked_messages += 1
+            self.acked_readings += n
 
     def _batch(self, b: ReadingBatch) -> None:
         self._batches.append(b)
@@ -74,7 +92,12 @@ class BatchPublisher:
                 await self._task
         await self.collectors.stop()
         self.flush(health=True)
-        await asyncio.sleep(0.2)  # let paho send the last QoS 1 messages
+        # Let paho send the last QoS 1 messages and hear their PUBACKs (at most a few seconds).
+        for _ in range(50):
+            with self._ack_lock:
+                if not self._unacked:
+                    break
+            await asyncio.sleep(0.1)
         self.link.stop()
 
     def flush(self, health: bool = False) -> int:
@@ -89,8 +112,15 @@ class BatchPublisher:
         if not len(batch) and not events:
             return 0
         self.seq += 1
-        self.link.publish(self.topic, wire.encode(batch, site=self.site, src=self.src, seq=self.seq, events=events),
-                          qos=1)
+        mid = self.link.publish(self.topic, wire.encode(batch, site=self.site, src=self.src, seq=self.seq,
+                                                        events=events), qos=1)
+        with self._ack_lock:
+            if mid in self._early:
+                self._early.discard(mid)
+                self.acked_messages += 1
+                self.acked_readings += len(batch)
+            else:
+                self._unacked[mid] = len(batch)
         self.published_messages += 1
         self.published_readings += len(batch)
         return len(batch)
@@ -113,5 +143,5 @@ class BatchPublisher:
                             "consecutive_failures": h.consecutive_failures, "last_error": h.last_error,
                             "skipped_slots": h.skipped_slots})
         return {"src": self.src, "messages": self.published_messages, "readings": self.published_readings,
-                "devices": devices}
+                "acked_messages": self.acked_messages, "acked_readings": self.acked_readings, "devices": devices}
 

@@ -60,6 +60,16 @@ class ControlLoop:
         self.problem = problem
         self.topo = problem.topo
 
+    def follow(self, enforced_per_gpu_w: np.ndarray) -> None:
+        """Start the ramp from the caps the agents report enforcing (per GPU, NaN unknown), where they
+        are lower than this loop's own last plan: a warm standby that takes over raises no cap by
+        more than the ramp over what is really in force."""
+        e = np.asarray(enforced_per_gpu_w, np.float64)
+        first = self.topo.node_first_gpu.astype(np.intp)
+        per = np.minimum.reduceat(np.where(np.isnan(e), np.inf, e), first) if e.size else e
+        if per.shape == self.enforced_w.shape:
+            self.enforced_w = np.where(np.isfinite(per), np.fmin(self.enforced_w, per), self.enforced_w)
+
     def draw_per_gpu_w(self) -> np.ndarray:
         """Each server's measured draw per GPU, from the latest telemetry (NaN where none)."""
         return self.problem.per_gpu_draw_w(self.state.node_power_w[self.topo.level_slice(L_NODE)])

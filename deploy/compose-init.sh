@@ -13,6 +13,8 @@
 #   /broker            mosquitto's configuration: mosquitto.conf, acl, acl.twin, passwd (mosquitto's uid)
 #   /state             one 0700 directory per agent: its last applied (epoch, seq)
 #   /twin-run          the twin's endpoints.json; /controller-data the controller's state and spool
+#   /account-data      (profile scaleout) one 0700 directory per further controller and per store writer:
+#                      its state and spool, owned by its account's uid
 #
 # ACCOUNT_UIDS ("account=uid ...") names the uid that runs each account's service, so one
 # container can read only its own secrets. An account without one (operator) stays root's:
@@ -27,6 +29,7 @@ BROKER=${BROKER:-/broker}
 STATE=${STATE:-/state}
 TWIN_RUN=${TWIN_RUN:-/twin-run}
 CONTROLLER_DATA=${CONTROLLER_DATA:-/controller-data}
+ACCOUNT_DATA=${ACCOUNT_DATA:-/account-data}
 MOSQUITTO_UID=${MOSQUITTO_UID:-1883}
 INFLUXDB_UID=${INFLUXDB_UID:-1000}
 GRAFANA_UID=${GRAFANA_UID:-472}
@@ -56,7 +59,8 @@ uid_of() {
   echo 0
 }
 
-mkdir -p "$SECRETS/.master" "$SECRETS_INFLUXDB" "$SECRETS_GRAFANA" "$BROKER" "$STATE" "$TWIN_RUN" "$CONTROLLER_DATA"
+mkdir -p "$SECRETS/.master" "$SECRETS_INFLUXDB" "$SECRETS_GRAFANA" "$BROKER" "$STATE" "$TWIN_RUN" "$CONTROLLER_DATA" \
+  "$ACCOUNT_DATA"
 chmod 0755 "$SECRETS" "$STATE"
 chmod 0700 "$SECRETS/.master"
 M="$SECRETS/.master"
@@ -68,6 +72,9 @@ accounts=$(sed -n 's/^user //p' "$DEPLOY/acl")
 signers=$(awk '/^user /{u=$2} /^topic (read|write) .*\/caps\//{print u}' "$DEPLOY/acl" | sort -u)
 controllers=$(awk '/^user /{u=$2} /^topic write .*\/caps\/\+$/{print u}' "$DEPLOY/acl" | sort -u)
 agents=$(awk '/^user /{u=$2} /^topic read .*\/caps\/[^+]*$/{print u}' "$DEPLOY/acl" | sort -u)
+# Store writers read every collector's batches and write nothing; controllers read them too.
+writers=$(awk '/^user /{u=$2; w[u]=0} /^topic write /{w[u]=1} /^topic read .*\/readings\/\+$/{r[u]=1}
+               END {for (u in r) if (!w[u]) print u}' "$DEPLOY/acl" | sort -u)
 
 : > "$BROKER/passwd.new"
 for a in $accounts; do
@@ -77,7 +84,7 @@ for a in $accounts; do
   printf '%s:%s\n' "$a" "$(cat "$M/mqtt-$a.password")" >> "$BROKER/passwd.new"
 done
 for a in $signers; do place "$M/site.key" "$(uid_of "$a")" "$SECRETS/$a/site.key"; done
-for a in $controllers; do place "$M/influx-token" "$(uid_of "$a")" "$SECRETS/$a/influx-token"; done
+for a in $controllers $writers; do place "$M/influx-token" "$(uid_of "$a")" "$SECRETS/$a/influx-token"; done
 for a in $agents; do
   mkdir -p "$STATE/$a"
   chown "$(uid_of "$a"):$(uid_of "$a")" "$STATE/$a"
@@ -102,6 +109,15 @@ chmod 0600 "$BROKER/mosquitto.conf" "$BROKER/passwd" "$BROKER/acl" "$BROKER/acl.
 
 chown "$TWIN_UID:$TWIN_UID" "$TWIN_RUN"
 chmod 0755 "$TWIN_RUN"
-for a in $controllers; do chown "$(uid_of "$a"):$(uid_of "$a")" "$CONTROLLER_DATA"; done
+# /controller-data belongs to the single-box controller (account "controller"); the scaleout
+# profile's controllers and the store writers each get their own directory under /account-data.
+chown "$(uid_of controller):$(uid_of controller)" "$CONTROLLER_DATA"
 chmod 0700 "$CONTROLLER_DATA"
+chmod 0755 "$ACCOUNT_DATA"
+for a in $controllers $writers; do
+  [ "$a" = controller ] && continue
+  mkdir -p "$ACCOUNT_DATA/$a"
+  chown "$(uid_of "$a"):$(uid_of "$a")" "$ACCOUNT_DATA/$a"
+  chmod 0700 "$ACCOUNT_DATA/$a"
+done
 echo "init: $(echo "$accounts" | wc -w) MQTT accounts; secrets in place"

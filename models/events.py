@@ -40,10 +40,14 @@ class EventKind(enum.StrEnum):
     LIMIT_AT_RISK = "limit_at_risk"  # caps fit, but draws lagging their caps exceed a limit
     PLAN_VIOLATION = "plan_violation"  # a plan granted over a limit: only its cuts applied
     CONTROL_ERROR = "control_error"  # a control period raised; the next one runs
+    AUTHORITY_ACQUIRED = "authority_acquired"  # entity=<controller>: it commands the agents (fields epoch)
+    AUTHORITY_LOST = "authority_lost"  # entity=<controller>: it stopped commanding them (fields epoch)
     # devices and the store
     DEVICE_DOWN = "device_down"
     DEVICE_UP = "device_up"
     READING_SUSPECT = "reading_suspect"  # entity=<power node>: disagrees with its children (controllers/consistency)
+    COLLECTOR_DOWN = "collector_down"  # entity=<collector>: silent; its devices are down (fields devices)
+    COLLECTOR_UP = "collector_up"  # entity=<collector>: publishing again
     SPOOL_FULL = "spool_full"  # the store's durable spool hit its bound
     STORE_REJECTED = "store_rejected"  # the server refused points (4xx)
     # scheduler hooks (below): these names and the meaning of fields["value"] are the contract

@@ -195,6 +195,8 @@ for _m in (
     Metric("actuation", "nodes_fallback", "1", "gauge", 0.0, 1e8, None, "agents at their safe cap"),
     Metric("actuation", "nodes_unknown", "1", "gauge", 0.0, 1e8, None, "nodes no agent has reported"),
     Metric("actuation", "command_bytes", "B", "counter", 0.0, 1e18, None, "bytes of cap commands sent"),
+    Metric("actuation", "withheld", "1", "counter", 0.0, 1e18, None,
+           "commands not sent: authority ended while the period ran"),
     Metric("actuation", "statuses_dropped", "1", "counter", 0.0, 1e18, None,
            "agent statuses dropped unread (oversize or inbox overflow)"),
     # controller: the control loop's own health, every period (tags: site)
@@ -206,6 +208,7 @@ for _m in (
     Metric("controller", "publish_ms", "ms", "gauge", 0.0, 1e9, None, "stage: cap commands signed and sent"),
     Metric("controller", "store_ms", "ms", "gauge", 0.0, 1e9, None, "stage: hand-off to the store and hooks"),
     Metric("controller", "periods", "1", "counter", 0.0, 1e18, None, "periods since start"),
+    Metric("controller", "epoch", "1", "gauge", 0.0, 2.0**22, None, "authority epoch the controller commands under"),
     Metric("controller", "plans", "1", "counter", 0.0, 1e18, None, "plans made"),
     Metric("controller", "missed_periods", "1", "counter", 0.0, 1e18, None, "periods skipped because late"),
     Metric("controller", "errors", "1", "counter", 0.0, 1e18, None, "periods that raised"),

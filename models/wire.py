@@ -154,8 +154,10 @@ class SeriesCache:
 
 
 def decode(payload: bytes, cache: SeriesCache, *, site: str, now_ns: int,
-           window_s: float = TIMESTAMP_WINDOW_S) -> Decoded:
-    """Open one message (see the module docstring); never raises."""
+           window_s: float = TIMESTAMP_WINDOW_S, max_age_s: float | None = None) -> Decoded:
+    """Open one message (see the module docstring); never raises. Readings may lie ``window_s`` ahead
+    of ``now_ns`` and ``max_age_s`` (default ``window_s``) behind it: a store writer working off a
+    backlog accepts older readings than the controller plans on."""
     reg = cache.registry
     empty = ReadingBatch.empty(reg)
     if len(payload) > MAX_BATCH_BYTES:
@@ -182,7 +184,8 @@ def decode(payload: bytes, cache: SeriesCache, *, site: str, now_ns: int,
         rejected["unknown_metric"] += int((per == -1).sum())
         rejected["registry_full"] += int((per == -2).sum())
     win = int(window_s * 1e9)
-    in_window = (ts >= now_ns - win) & (ts <= now_ns + win)
+    age = int((window_s if max_age_s is None else max_age_s) * 1e9)
+    in_window = (ts >= now_ns - age) & (ts <= now_ns + win)
     rejected[Reason.TIMESTAMP.name.lower()] += int((ok & ~in_window).sum())
     ok &= in_window
     bad_q = (q & ~np.uint8(_QUALITY_BITS)) != 0
@@ -197,7 +200,7 @@ def decode(payload: bytes, cache: SeriesCache, *, site: str, now_ns: int,
         batch = batch.select(reasons == 0)
     events = [Event(e.ts_ns, e.kind, e.severity, e.source, e.message, e.entity,
                     {k: v for k, v in e.fields.items() if np.isfinite(v)})
-              for e in m.events if abs(e.ts_ns - now_ns) <= win]
+              for e in m.events if -age <= e.ts_ns - now_ns <= win]
     if len(events) < len(m.events):
         rejected["event_timestamp"] += len(m.events) - len(events)
     return Decoded(batch, events, m.src, m.seq, None, +rejected)

@@ -55,12 +55,13 @@ def command_registrars() -> tuple[Registrar, ...]:
         profiles,
         report,
         site,
+        store_writer,
         twin,
     )
 
-    return (demo.register, site.register, twin.register, profiles.register, collect.register, report.register,
-            plan.register, controller.register, agent.register, jobs.register, acl.register, advise.register,
-            hooks.register, dashboards.register)
+    return (demo.register, site.register, twin.register, profiles.register, collect.register,
+            store_writer.register, report.register, plan.register, controller.register, agent.register,
+            jobs.register, acl.register, advise.register, hooks.register, dashboards.register)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -10,6 +10,10 @@ Processes (all on loopback, sharing one scaled clock):
     this one    live view (from the twin's and the controller's state topics), webhook receiver,
                 the outage drill (SIGKILL of the controller), the summary
 
+With ``--controllers 2`` a private etcd holds the controllers' authority and two controllers
+run (one commands, one is a warm standby); the drill then kills the one holding authority and
+the summary shows the takeover: no agent may fall back.
+
 The summary is built from what each process recorded — the twin's truth (every limit, at
 every simulation step), the controller's run(s), the collector's device health, the agents'
 mode transitions and the webhook receiver — and, with ``--summary-json``, written as data.
@@ -22,6 +26,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import sys
@@ -49,12 +54,13 @@ from models.topology import L_NODE, L_RACK, build_topology
 from models.twin.truth import series_path
 from powerplane import truthcheck
 from powerplane.broker import Broker, start_broker
-from powerplane.fleet import OutageDrill, Proc
+from powerplane.fleet import OutageDrill, Proc, TakeoverDrill
 from powerplane.paths import DEMO_SITE
 from store.config import StoreConfig
 from twin.runner import view_topic
 
 VIEW_PERIOD_WALL_S = 0.25
+HA_TTL_S = 1  # the controllers' authority lease (wall s) with --controllers 2: the private etcd allows 1 s
 START_TIMEOUT_WALL_S = 90.0
 RSS_EVERY_WALL_S = 10.0
 MIN_PLAN_SHARE = 0.98  # below this share of periods planned, the controller did not keep up
@@ -75,6 +81,7 @@ class DemoOptions:
     collect_interval_s: float = 2.0  # site seconds between polls of every device
     store: StoreConfig = field(default_factory=StoreConfig)
     agent_procs: int = 2  # agent processes (caps reach the GPUs only through them)
+    controllers: int = 1  # 2+: etcd authority, one commands, the others are warm standbys
     outage: tuple[float, float] | None = (730.0, 20.0)  # controller killed at (t, for s), None: no drill
     summary_json: Path | None = None
 
@@ -100,6 +107,8 @@ class Plane:
         self.collect: Proc | None = None
         self.killed: list[Proc] = []  # by the drill
         self.t_wall0 = time.monotonic()
+        self.authority: str | None = None  # etcd://... with several controllers
+        self.site_file = opts.site  # what controllers and agents read (with several controllers, a copy)
 
     def _common(self) -> list[str]:
         return ["--mqtt", self.url, "--clock", self.anchor]
@@ -123,13 +132,17 @@ class Plane:
             self.env)
         await self.collect.start()
 
-    async def start_controller(self) -> Proc:
+    async def start_controller(self, name: str | None = None) -> Proc:
         k = len(self.controllers) + 1
+        name = name or f"controller-{k}"
         cfg = self.opts.store
-        args = ["controller", "--site", str(self.opts.site), *self._common(), "--endpoints", str(self.eps),
-                "--protocols", "mqtt", "--readings", "--state-dir", str(self.dir / "controller-state"),
+        state = "controller-state" if self.authority is None else f"{name}-state"
+        args = ["controller", "--site", str(self.site_file), *self._common(), "--endpoints", str(self.eps),
+                "--protocols", "mqtt", "--readings", "--state-dir", str(self.dir / state),
                 "--summary-out", str(self.dir / f"controller-{k}.json"), "--data-dir", str(cfg.data_dir),
                 "--metrics", "127.0.0.1:0"]
+        if self.authority is not None:
+            args += ["--authority", self.authority, "--authority-ttl", str(HA_TTL_S), "--controller-id", name]
         if self.opts.control:
             args += ["--jobs-spool", str(self.spool)]
         if cfg.influx_url:
@@ -142,7 +155,7 @@ class Plane:
         env = dict(self.env)
         if cfg.influx_token:
             env["POWERPLANE_INFLUX_TOKEN"] = cfg.influx_token  # never argv
-        p = Proc(f"controller-{k}", args, self.dir / f"controller-{k}.log", env)
+        p = Proc(name, args, self.dir / f"controller-{k}.log", env)
         await p.start()
         self.controllers.append(p)
         return p
@@ -150,7 +163,7 @@ class Plane:
     async def start_agents(self, racks: list[str]) -> None:
         n = max(1, min(self.opts.agent_procs, len(racks)))
         for i in range(n):
-            args = ["agent", "--site", str(self.opts.site), "--backend", "sim", *self._common(),
+            args = ["agent", "--site", str(self.site_file), "--backend", "sim", *self._common(),
                     "--summary-out", str(self.dir / f"agent-{i}.json")]
             for r in racks[i::n]:
                 args += ["--rack", r]
@@ -175,15 +188,16 @@ class Plane:
 
     def dead(self) -> list[Proc]:
         """Children that ended on their own (the drill's killed controller is not one of them)."""
-        procs = [p for p in (self.twin, self.collect, *self.agents, self.controller)
+        procs = [p for p in (self.twin, self.collect, *self.agents, *self.controllers)
                  if p is not None and p not in self.killed]
         return [p for p in procs if p.proc is not None and p.proc.returncode is not None]
 
     async def stop(self) -> dict[str, int | None]:
-        """Collector and agents first (the GPUs keep their caps), then the controller, and the twin
+        """Collector and agents first (the GPUs keep their caps), then the controllers, and the twin
         last (its truth covers everything)."""
         codes: dict[str, int | None] = {}
-        for p in [self.collect, *self.agents, *self.controllers[-1:], self.twin]:
+        live = [c for c in self.controllers if c not in self.killed]
+        for p in [self.collect, *self.agents, *live, self.twin]:
             if p is not None:
                 codes[p.name] = await p.stop()
         return codes
@@ -460,7 +474,7 @@ def stored_points(cfg: StoreConfig) -> int | None:
         con.close()
 
 
-def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: OutageDrill | None,
+def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: OutageDrill | TakeoverDrill | None,
                   receiver: WebhookReceiver | None, codes: dict[str, int | None], started_t_s: float | None
                   ) -> dict[str, Any]:
     """Everything the run showed, as data, and the exit status with its reasons."""
@@ -496,7 +510,8 @@ def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: Outa
         down = [d["device"] for d in devices if d not in up]
         reasons.append(f"{len(devices) - len(up)} device(s) gave no data: {', '.join(down[:5])}")
     if drill is not None and drill.result is not None and not drill.result.ok:
-        reasons.append("outage drill: " + drill.result.describe())
+        kind = "takeover drill" if isinstance(drill, TakeoverDrill) else "outage drill"
+        reasons.append(f"{kind}: " + drill.result.describe())
     for name, code in codes.items():
         if code not in (0, None, -15):
             reasons.append(f"{name} exited with status {code}")
@@ -517,7 +532,10 @@ def build_summary(opts: DemoOptions, site: SiteConfig, plane: Plane, drill: Outa
         "settle_p50_s": ctl["settle_p50_s"], "settle_p95_s": ctl["settle_p95_s"], "settle_max_s": ctl["settle_max_s"],
         "settled": ctl["settled"], "commands": ctl["commands"], "statuses": ctl["statuses"],
         "noncompliant_episodes": ctl["noncompliant_episodes"], "lease_fallbacks": ctl["lease_fallbacks"],
-        "drill": drill.result.to_json() if drill is not None and drill.result is not None else None,
+        "drill": drill.result.to_json() if isinstance(drill, OutageDrill) and drill.result is not None else None,
+        "controllers": opts.controllers,
+        "takeover": (drill.result.to_json() if isinstance(drill, TakeoverDrill) and drill.result is not None
+                     else None),
         "limits_exceeded": truth.get("limits_exceeded", []),
         "devices_up": len(up), "devices_total": len(devices),
         "devices_down": [d["device"] for d in devices if d not in up],
@@ -632,6 +650,16 @@ def summary_table(s: dict[str, Any], site: SiteConfig) -> Table:
                 + (f"; ended t={j['end_s']:.0f} s" + (f", out of the table at t={j['gone_s']:.0f} s"
                                                      if j["gone_s"] is not None else "") if j["ended"] else ""),
                 "green" if j["in_plan_s"] is not None else "yellow")
+        if s.get("takeover") is not None:
+            d = s["takeover"]
+            line = (f"{d['killed']} (the authority, epoch {d['killed_epoch']}) killed (SIGKILL) at "
+                    f"t={d['at_s']:.0f} s: {d['successor']} took over as epoch {d['epoch']} "
+                    f"{num(d['acquired_after_s'])} s later and "
+                    f"planned within {num(d['first_plan_periods'], '.0f')} period(s); {d['fell_back']}/{d['nodes']} "
+                    f"nodes fell back; {d['held']} racks held the lower of both epochs' caps while the old lease "
+                    f"ran; {d['killed']} " + ("rejoined as a standby" if d["rejoined"] else "did not rejoin")
+                    if d["successor"] else f"{d['killed']} killed at t={d['at_s']:.0f} s: no controller took over")
+            row("takeover drill", line, "green" if d["ok"] else "red")
         h = s["hooks"]
         if h is not None:
             row("scheduler hooks", f"{h['verified']:,} signed webhooks verified by the receiver ("
@@ -671,13 +699,20 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         with os.fdopen(fd, "w") as f:
             f.write(secret)
         receiver = WebhookReceiver(secret.encode()).start()
-    # The drill needs room after the restart: a lease to fall back, one to come back.
-    drill = (OutageDrill(*opts.outage) if opts.outage and opts.control
-             and sum(opts.outage) + 2 * site.actuation.lease_s <= opts.duration_s else None)
+    ha = opts.control and opts.controllers > 1
+    drill: OutageDrill | TakeoverDrill | None
+    if ha:
+        # The standby must take over well inside the agents' lease: no restart to wait for.
+        drill = (TakeoverDrill(*opts.outage) if opts.outage and sum(opts.outage) + 10 <= opts.duration_s
+                 else None)
+    else:
+        # The drill needs room after the restart: a lease to fall back, one to come back.
+        drill = (OutageDrill(*opts.outage) if opts.outage and opts.control
+                 and sum(opts.outage) + 2 * site.actuation.lease_s <= opts.duration_s else None)
     if opts.control:
         # Compile the controller's kernels into numba's cache before the site clock starts: on a
         # fresh clone that takes seconds (tens of them on a busy machine), which at x10 would be
-        # minutes of the scenario without control. The controller then loads them from the cache.
+        # minutes of the scenario without control. The controllers then load them from the cache.
         from powerplane.commands.controller import warm_up
 
         compile_s = warm_up(site, topo)
@@ -687,20 +722,28 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
     clock = ScaledClock(opts.speed, start_ns)
     plane = Plane(opts, site, broker, clock, run_dir, key, receiver.url if receiver else None, secret_file)
     scheduler = SchedulerDrill(site, topo, plane.spool if opts.control else None)
+    etcd = None
     watcher = Watcher(broker, site)
     live_view = sys.stdout.isatty() if opts.live is None else opts.live
     codes: dict[str, int | None] = {}
     started_t_s: float | None = None
     failure: str | None = None
     try:
+        if ha:
+            from powerplane.coordinator import start_etcd
+
+            etcd = await start_etcd()
+            plane.authority = etcd.url
+            plane.site_file = ha_site_file(opts, site, run_dir)
         watcher.start()
         await plane.start_twin()
         if not await _wait(lambda: plane.eps.exists() or not plane.twin or not plane.twin.alive, 30.0) \
                 or not plane.eps.exists():
             raise RuntimeError(f"the twin did not start: {plane.twin.tail() if plane.twin else ''}")
-        # The controller subscribes before the collector publishes (its first period's state is
+        # The controllers subscribe before the collector publishes (the first period's state is
         # the sign): no reading is published to nobody.
-        await plane.start_controller()
+        for i in range(opts.controllers if ha else 1):
+            await plane.start_controller(f"controller-{i + 1}" if ha else None)
 
         def controller_running() -> bool:
             watcher.poll()
@@ -712,7 +755,8 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
             await plane.start_agents(topo.ids(L_RACK))
         console.print(f"[bold]powerplane demo[/bold] · site {site.site.name} ({opts.site}) · {topo.n_gpus:,} GPUs "
                       f"in {topo.count(L_RACK)} racks · x{opts.speed:g} · MQTT via {broker.describe()} · "
-                      "processes: twin, collect, controller"
+                      + ("processes: twin, collect, controller" if not ha else
+                         f"processes: etcd, twin, collect, {opts.controllers} controllers")
                       + (f", {len(plane.agents)} agents" if opts.control else "")
                       + f" · records in {run_dir}", highlight=False)
 
@@ -744,9 +788,19 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         if receiver is not None:
             receiver.stop()
         await broker.stop()
+        if etcd is not None:
+            await etcd.stop()
     if drill is not None and drill.kill_ns >= 0:
         agents = [d for d in (read_json(run_dir / f"agent-{i}.json") for i in range(len(plane.agents))) if d]
-        drill.evaluate(agents, site.actuation.lease_s, opts.speed)
+        if isinstance(drill, TakeoverDrill):
+            docs: dict[str, dict[str, Any]] = {}
+            for k in range(len(plane.controllers)):  # in start order: a restarted controller's record wins
+                d = read_json(run_dir / f"controller-{k + 1}.json")
+                if d and d.get("authority"):
+                    docs[str(d["authority"]["holder"])] = d
+            drill.evaluate(agents, docs, site.controller.period_s)
+        else:
+            drill.evaluate(agents, site.actuation.lease_s, opts.speed)
     summary = build_summary(opts, site, plane, drill, receiver, codes, started_t_s)
     summary["scheduler_jobs"] = scheduler.result()
     for why in scheduler.failures():
@@ -764,6 +818,31 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
     return int(summary["exit_status"])
 
 
+def ha_site_file(opts: DemoOptions, site: SiteConfig, run_dir: Path) -> Path:
+    """The site file with an agents' lease long enough for a takeover at this speed.
+
+    etcd leases are whole seconds of wall time, and the demo runs ``speed`` times faster than the
+    wall clock: at x10 the controllers' 1 s authority lease is 10 s of site time, while an agent
+    may have only ``lease_s - renew_s`` left of its lease when the authority dies. The lease is
+    raised to three takeovers (and renewed six times per lease) so no agent falls back; the
+    controllers check the same arithmetic at start."""
+    period = site.controller.period_s
+    takeover_s = (HA_TTL_S + min(0.25, HA_TTL_S / 8)) * opts.speed + 2 * period
+    lease = max(site.actuation.lease_s, math.ceil(3 * takeover_s))
+    if lease > 600:
+        raise RuntimeError(f"--controllers {opts.controllers} at x{opts.speed:g}: a takeover takes {takeover_s:.0f} s "
+                           "of site time, more than an agent's lease can cover (600 s): lower --speed")
+    text = opts.site.read_text()
+    text = re.sub(r"(?m)^\s*(lease_s|renew_s)\s*=.*$", "", text)
+    line = f"lease_s = {lease:g}\nrenew_s = {lease / 6:g}\n"
+    text = text.replace("\n[actuation]\n", f"\n[actuation]\n{line}", 1) if "\n[actuation]\n" in text else \
+        text + f"\n[actuation]\n{line}"
+    out = run_dir / "site-ha.toml"
+    out.write_text(text)
+    load_site(out)  # still a valid site
+    return out
+
+
 async def _wait(cond: Any, timeout_wall_s: float, dead: Any = None) -> bool:
     end = time.monotonic() + timeout_wall_s
     while time.monotonic() < end:
@@ -775,8 +854,9 @@ async def _wait(cond: Any, timeout_wall_s: float, dead: Any = None) -> bool:
     return bool(cond())
 
 
-async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watcher, drill: OutageDrill | None,
-               clock: ScaledClock, console: Console, live_view: bool, scheduler: SchedulerDrill) -> str | None:
+async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watcher,
+               drill: OutageDrill | TakeoverDrill | None, clock: ScaledClock, console: Console, live_view: bool,
+               scheduler: SchedulerDrill) -> str | None:
     """Until the run's duration: the view, the drill, and the processes' health; return a failure."""
     t0 = clock.start_ns
     last_line = -math.inf
@@ -798,7 +878,7 @@ async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watch
             if time.monotonic() >= next_rss:
                 next_rss = time.monotonic() + RSS_EVERY_WALL_S
                 plane.sample_rss(t)
-            note = await _drill(drill, plane, clock, t, t0)
+            note = await _drill(drill, plane, clock, t, t0, watcher)
             if note:
                 console.print(note, highlight=False, markup=False)
             for note in scheduler.advance(t, watcher.controller):
@@ -824,7 +904,8 @@ async def _run(opts: DemoOptions, site: SiteConfig, plane: Plane, watcher: Watch
             live.stop()
 
 
-def _behind(watcher: Watcher, opts: DemoOptions, console: Console, warned: float, drill: OutageDrill | None,
+def _behind(watcher: Watcher, opts: DemoOptions, console: Console, warned: float,
+            drill: OutageDrill | TakeoverDrill | None,
             period_s: float) -> float:
     """Say so at once when the controller falls behind (late periods, missed periods, no state)."""
     c = watcher.controller
@@ -847,10 +928,13 @@ def _behind(watcher: Watcher, opts: DemoOptions, console: Console, warned: float
     return warned
 
 
-async def _drill(drill: OutageDrill | None, plane: Plane, clock: ScaledClock, t: float, t0: int) -> str:
+async def _drill(drill: OutageDrill | TakeoverDrill | None, plane: Plane, clock: ScaledClock, t: float, t0: int,
+                 watcher: Watcher | None = None) -> str:
     """Advance the controller-outage drill; return a line to print when something happened."""
     if drill is None:
         return ""
+    if isinstance(drill, TakeoverDrill):
+        return await _takeover(drill, plane, clock, t, watcher)
     if drill.kill_ns < 0 and t >= drill.at_s and plane.controller is not None:
         plane.controller.kill()
         plane.killed.append(plane.controller)
@@ -860,4 +944,25 @@ async def _drill(drill: OutageDrill | None, plane: Plane, clock: ScaledClock, t:
         await plane.start_controller()
         drill.restart_ns = clock.now_ns()
         return f"t={t:.0f}s controller restarted (drill)"
+    return ""
+
+
+async def _takeover(drill: TakeoverDrill, plane: Plane, clock: ScaledClock, t: float, watcher: Watcher | None) -> str:
+    """Kill the controller that holds authority (as its state topic says), restart it later as a standby."""
+    if drill.kill_ns < 0 and t >= drill.at_s:
+        auth = ((watcher.controller if watcher is not None else None) or {}).get("authority") or {}
+        holder = str(auth.get("holder", ""))
+        proc = next((c for c in plane.controllers if c.name == holder and c not in plane.killed and c.alive), None)
+        if proc is None:
+            return ""  # no authority seen yet: try again next time round
+        proc.kill()
+        plane.killed.append(proc)
+        drill.kill_ns = clock.now_ns()
+        drill.killed, drill.killed_epoch = holder, int(auth.get("epoch", 0))
+        return (f"t={t:.0f}s {holder} (the authority, epoch {drill.killed_epoch}) killed (SIGKILL, drill): the "
+                "standby takes over when its lease runs out")
+    if drill.kill_ns >= 0 and drill.restart_ns < 0 and t >= drill.at_s + drill.down_s:
+        await plane.start_controller(drill.killed)
+        drill.restart_ns = clock.now_ns()
+        return f"t={t:.0f}s {drill.killed} restarted (drill): it rejoins as a standby"
     return ""

@@ -4,7 +4,9 @@
 ``OutageDrill`` kills the controller process with SIGKILL mid-run (a crash: no goodbye, no
 last command), starts a new one later, and judges from what every agent unit recorded
 (its mode transitions, in its summary file) whether every node fell back to its safe cap
-within one lease and came back under control after the restart.
+within one lease and came back under control after the restart. ``TakeoverDrill`` (two
+controllers) kills the one that holds authority instead: the standby must take over before
+any agent's lease runs out, so no node falls back at all.
 """
 
 from __future__ import annotations
@@ -159,4 +161,92 @@ class OutageDrill:
                         worst_back = b if worst_back != worst_back else max(worst_back, b)
         self.result = DrillResult(self.at_s, self.down_s, lease_s, nodes, fell, in_time, worst_fb, back, worst_back,
                                   slack)
+        return self.result
+
+
+@dataclass
+class TakeoverResult:
+    """What the takeover drill showed (``powerplane demo --controllers 2``)."""
+
+    at_s: float
+    killed: str  # the controller that held authority
+    killed_epoch: int
+    successor: str  # who took over
+    epoch: int  # under which epoch
+    nodes: int
+    fell_back: int  # nodes that fell back to their safe cap after the kill: must be none
+    held: int  # agent units that enforced the minimum of both epochs while the old lease ran
+    acquired_after_s: float  # site s from the kill to the successor holding authority
+    first_plan_periods: float  # periods from holding authority to its first published plan
+    rejoined: bool  # the killed controller, restarted, came back as a standby
+
+    @property
+    def ok(self) -> bool:
+        """Someone took over, planned within 2 periods, and no node fell back."""
+        return bool(self.successor) and self.fell_back == 0 and 0 <= self.first_plan_periods <= 2
+
+    def describe(self) -> str:
+        """One line for the summary."""
+        if not self.successor:
+            return f"{self.killed} (the authority) killed at t={self.at_s:.0f} s: no controller took over"
+        return (f"{self.killed} (the authority, epoch {self.killed_epoch}) killed (SIGKILL) at t={self.at_s:.0f} s: "
+                f"{self.successor} took over as epoch {self.epoch} {self.acquired_after_s:.1f} s later (its "
+                f"authority lease ran out) and planned within {self.first_plan_periods:.0f} period(s); "
+                f"{self.fell_back}/{self.nodes} nodes fell back; {self.held} rack units enforced the lower of both "
+                f"epochs' caps until the old lease ended; {self.killed} "
+                + ("rejoined as a standby" if self.rejoined else "did not rejoin"))
+
+    def to_json(self) -> dict[str, Any]:
+        """The drill as data."""
+        return {"at_s": self.at_s, "killed": self.killed, "killed_epoch": self.killed_epoch,
+                "successor": self.successor, "epoch": self.epoch, "nodes": self.nodes, "fell_back": self.fell_back,
+                "held": self.held, "acquired_after_s": self.acquired_after_s,
+                "first_plan_periods": self.first_plan_periods, "rejoined": self.rejoined, "ok": self.ok}
+
+
+class TakeoverDrill:
+    """With several controllers: kill the one that holds authority at ``at_s`` of site time, restart it
+    ``down_s`` later (it must come back as a standby); judged from the agents' and controllers' records."""
+
+    def __init__(self, at_s: float, down_s: float) -> None:
+        self.at_s = at_s
+        self.down_s = down_s
+        self.kill_ns = -1
+        self.restart_ns = -1
+        self.killed = ""
+        self.killed_epoch = 0
+        self.result: TakeoverResult | None = None
+
+    @property
+    def down(self) -> bool:
+        """Never: the standby keeps the plane up."""
+        return False
+
+    def evaluate(self, agent_summaries: Sequence[dict[str, Any]], controllers: dict[str, dict[str, Any]],
+                 period_s: float) -> TakeoverResult:
+        """Judge the drill: agents' mode transitions, and the successor's record of its takeover."""
+        nodes = fell = held = 0
+        for s in agent_summaries:
+            held += int(s.get("held", 0))
+            for u in s.get("units", []):
+                n = int(u.get("nodes", 0))
+                nodes += n
+                if any(str(m) == "fallback" and int(t) >= self.kill_ns for m, t in u.get("transitions", [])):
+                    fell += n
+        successor, epoch, acquired_s, periods = "", 0, float("nan"), float("nan")
+        for name, doc in controllers.items():
+            if name == self.killed:
+                continue
+            for t in (doc.get("authority") or {}).get("takeovers", []):
+                if int(t["epoch"]) > self.killed_epoch and int(t["acquired_ns"]) >= self.kill_ns:
+                    successor, epoch = name, int(t["epoch"])
+                    acquired_s = (int(t["acquired_ns"]) - self.kill_ns) / NS_PER_S
+                    first = int(t["first_plan_ns"])
+                    periods = (first - int(t["acquired_ns"])) / NS_PER_S / period_s if first >= 0 else float("nan")
+                    break
+        # The restarted controller's record: it planned as a standby (the successor held authority).
+        again = controllers.get(self.killed, {}).get("authority") or {}
+        rejoined = self.restart_ns >= 0 and int(again.get("standby_plans", 0)) > 0
+        self.result = TakeoverResult(self.at_s, self.killed, self.killed_epoch, successor, epoch, nodes, fell, held,
+                                     acquired_s, periods, rejoined)
         return self.result

@@ -13,6 +13,15 @@ table itself is built on the feed's thread, ``controllers.jobs.feed``)
              thread and the hook dispatcher (bounded queues: never a blocking write here)
 
 and it records how late the period started and what each stage took (``controller.*``).
+
+With an ``authority`` (several controllers, ``controllers.authority``) every period first asks
+whether this controller holds authority, and under which epoch. A **standby** runs the whole
+period on the same readings and statuses — its state, demand estimates and ramp stay warm —
+but publishes no command, writes nothing to the store and tells the scheduler nothing. When
+it acquires authority its publisher starts a new epoch (every rack gets a command in the
+first period) and its ramp starts from the caps the agents report enforced; when it loses
+authority it stops publishing in the same period (and before each command it sends).
+
 A period that raises anything is counted, becomes a ``control_error`` event and the next
 period runs: nothing a message carries can end the loop (every message passed a typed edge
 before it got here). A period more than one period late skips the periods it missed and
@@ -37,9 +46,11 @@ from numpy.typing import NDArray
 
 from bus.mqtt import Inbox
 from collectors.base import DeviceConfig
+from collectors.liveness import SourceWatch
 from collectors.runtime import CollectorSet
 from controllers import safety
 from controllers.actuation.actuator import Actuator
+from controllers.authority import Authority
 from controllers.consistency import TreeCheck
 from controllers.jobs.feed import JobFeed
 from controllers.loop import ControlLoop
@@ -193,6 +204,9 @@ class PlaneStats:
     dr_stranded_max_w: float = 0.0
     suspect_readings: int = 0  # parents found disagreeing with their children
     dr_target_w: float = 0.0
+    standby_plans: int = 0  # plans made without authority (warm, never published)
+    epoch: int = 0  # the epoch this controller publishes under now (0: standby)
+    takeovers: list[dict[str, Any]] = field(default_factory=list)  # each acquisition and its first plan
 
 
 class ControlPlane:
@@ -205,7 +219,8 @@ class ControlPlane:
                  actuator: Actuator | None = None, hooks: HookSink | None = None,
                  advisors: Sequence[Advisor] = (), readings: Inbox | None = None,
                  threaded_store: bool = True, publish_state: Callable[[dict[str, Any]], None] | None = None,
-                 jobs: JobFeed | None = None) -> None:
+                 jobs: JobFeed | None = None, authority: Authority | None = None, holder: str = "controller",
+                 store_readings: bool = True, source_timeout_s: float = 25.0) -> None:
         self.site = site
         self.site_id = site.site.name
         self.topo = topo
@@ -214,7 +229,7 @@ class ControlPlane:
         self.writer = StoreWriter(sink) if threaded_store else None
         self.registry = registry
         self.state = SiteState(topo, registry)
-        self.sources = list(sources)
+        self.feeds = list(sources)
         self.apply = apply
         self.actuator = actuator
         self.hooks = hooks
@@ -228,6 +243,13 @@ class ControlPlane:
         self.collectors = CollectorSet(devices, clock=clock, registry=registry, on_batch=self._collected,
                                        on_event=self.event, on_dr_event=self.state.add_dr_event)
         self.readings = readings
+        self.store_readings = store_readings  # False: store writers store the collectors' batches
+        self.sources = SourceWatch(registry, self.site_id, source_timeout_s)
+        self.authority = authority
+        self.holder = holder
+        self.max_epoch_seen = 0  # the newest epoch any agent reported applying
+        if authority is None and actuator is not None:
+            self.stats.epoch = actuator.publisher.epoch
         self._series = wire.SeriesCache(registry)
         self.loop = ControlLoop(site, topo, self.state, registry=registry) if control else None
         self.jobs = jobs
@@ -311,12 +333,18 @@ class ControlPlane:
         if self.actuator is not None:
             self.actuator.stop()
         now = self.clock.now_ns()
-        self._flush_pending(now)
-        self._write(self.health_batch(now))
+        if self._stores:
+            self._flush_pending(now)
+            self._write(self.health_batch(now))
         if self.writer is not None:
             await asyncio.to_thread(self.writer.close)
         else:
             self.sink.flush()
+
+    @property
+    def _stores(self) -> bool:
+        """Whether this controller writes to the store now (a standby leaves it to the authority)."""
+        return self.authority is None or self.stats.epoch != 0
 
     @property
     def running(self) -> bool:
@@ -324,13 +352,11 @@ class ControlPlane:
         return any(not t.done() for t in self._tasks)
 
     # ---- the period --------------------------------------------------------------------------
-    def _ingest(self, now_ns: int, events: list[HookEvent]) -> list[ReadingBatch]:
-        """Everything that arrived since the last period, into the state; returns what to store."""
-        batches = self._pending
-        self._pending = []
-        for ev in self._pending_events:
-            events.append((ev, None))
-        self._pending_events = []
+    def _ingest(self, now_ns: int, events: list[HookEvent], wire_events: list[Event]) -> tuple[list[ReadingBatch],
+                                                                                              int]:
+        """Everything that arrived since the last period, into the state; returns what to store and how
+        many of those batches came over the wire from collector processes (first in the list)."""
+        batches: list[ReadingBatch] = []
         if self.readings is not None:
             for _topic, payload in self.readings.drain():
                 d = wire.decode(payload, self._series, site=self.site_id, now_ns=now_ns)
@@ -339,16 +365,25 @@ class ControlPlane:
                     if self.stats.batches_rejected[str(d.refused)] == 1:
                         log.warning("reading batch on %s refused: %s", _topic[:200], d.refused)
                     continue
+                self.sources.seen(d.src, d.seq, now_ns, d.batch)
                 self.stats.readings_rejected.update(d.rejected)
                 if len(d.batch):
                     batches.append(d.batch)
-                events += [(e, None) for e in d.events]
-        batches += [src() for src in self.sources]
+                wire_events += d.events
+        n_wire = len(batches)
+        batches += self._pending
+        self._pending = []
+        for ev in self._pending_events:
+            events.append((ev, None))
+        self._pending_events = []
+        events += [(e, None) for e in self.sources.check(now_ns)]
+        batches += [src() for src in self.feeds]
         node_power = None
         if self.actuator is not None:
             events += self.actuator.statuses(now_ns)
             node_power = self.actuator.power_batch()
             batches.append(node_power)
+            self.max_epoch_seen = max(self.max_epoch_seen, int(self.actuator.verifier.ack_order.max()) >> 40)
         for b in batches:
             self.state.ingest(b)
             self.stats.readings += len(b)
@@ -358,7 +393,7 @@ class ControlPlane:
         self._tree_check(now_ns, events)
         batches.append(self.derived(now_ns))
         self.state.ingest(batches[-1])
-        return batches
+        return batches, n_wire
 
     def _node_power_stored(self, now_ns: int, batch: ReadingBatch) -> list[ReadingBatch]:
         """What is stored of the agents' server power: every rack's servers summed, every period
@@ -459,16 +494,28 @@ class ControlPlane:
         t0 = time.perf_counter()
         events: list[HookEvent] = []
         self._take_jobs()
-        batches = self._ingest(now_ns, events)
+        wire_events: list[Event] = []
+        batches, n_wire = self._ingest(now_ns, events, wire_events)
+        authoritative = self._authority(now_ns)
         t1 = time.perf_counter()
         ms["ingest"] = (t1 - t0) * 1e3
         plan: CapPlan | None = None
         try:
             if self.loop is not None:
-                plan = self._control_step(now_ns, events, batches, ms)
+                plan = self._control_step(now_ns, events, batches, ms, authoritative)
         finally:
             t4 = time.perf_counter()
-            self._handoff(now_ns, batches, events)
+            if self.store_readings:
+                events += [(e, None) for e in wire_events]
+            else:
+                del batches[:n_wire]  # the store writers keep what the collectors published, events too
+                for ev in wire_events:
+                    self._noted(ev)
+            if authoritative:
+                self._handoff(now_ns, batches, events)
+            else:
+                for ev, _ in events:
+                    self._noted(ev)
             ms["store"] = (time.perf_counter() - t4) * 1e3
             total = (time.perf_counter() - t0) * 1e3
             st.stage_ms = ms
@@ -488,8 +535,42 @@ class ControlPlane:
         p95 = self.actuator.verifier.stats.settle.percentile(95)
         return float(p95) if math.isfinite(p95) else self.site.actuation.settle_s
 
+    def _authority(self, now_ns: int) -> bool:
+        """Whether this controller commands the agents this period; handles acquiring and losing it."""
+        if self.authority is None:
+            return True
+        ep = self.authority.current() or 0
+        st = self.stats
+        if ep == st.epoch:
+            return ep != 0
+        pub = self.actuator.publisher if self.actuator is not None else None
+        if st.epoch:
+            log.error("%s: authority of epoch %d lost: standby from now on", self.holder, st.epoch)
+            self._authority_event(now_ns, EventKind.AUTHORITY_LOST, st.epoch, "lost authority: standby, publishing "
+                                  "nothing")
+        if ep:
+            if pub is not None:
+                pub.take_over(ep)
+                if self.loop is not None:
+                    # Warm: the ramp continues from what the agents enforce now, not from zero.
+                    self.loop.follow(self.actuator.verifier.enforced_w)  # type: ignore[union-attr]
+            st.takeovers.append({"epoch": ep, "acquired_ns": now_ns, "first_plan_ns": -1, "wall_ns": time.time_ns(),
+                                 "plans_before": st.plans})
+            log.warning("%s: authority of epoch %d: commanding the agents", self.holder, ep)
+            self._authority_event(now_ns, EventKind.AUTHORITY_ACQUIRED, ep, "holds authority: commanding the agents")
+        elif pub is not None:
+            pub.enabled = False
+        st.epoch = ep
+        return ep != 0
+
+    def _authority_event(self, now_ns: int, kind: EventKind, epoch: int, what: str) -> None:
+        ev = Event(now_ns, kind, "warning", "controller", f"{self.holder} {what} (epoch {epoch})", self.holder,
+                   {"epoch": float(epoch)})
+        self._write_events([ev])  # stored whichever role this controller has now
+        self._noted(ev)
+
     def _control_step(self, now_ns: int, events: list[HookEvent], batches: list[ReadingBatch],
-                      ms: dict[str, float]) -> CapPlan:
+                      ms: dict[str, float], authoritative: bool = True) -> CapPlan:
         assert self.loop is not None
         st = self.stats
         t1 = time.perf_counter()
@@ -502,11 +583,22 @@ class ControlPlane:
         plan = self.loop.step(now_ns, pinned, self.actuation_lag_s())
         self.last_plan = plan
         st.plans += 1
+        if not authoritative:
+            st.standby_plans += 1
+        elif st.takeovers and st.takeovers[-1]["first_plan_ns"] < 0:
+            st.takeovers[-1]["first_plan_ns"] = now_ns
+            st.takeovers[-1]["first_plan_wall_ns"] = time.time_ns()
         st.worst_solve_ms = max(st.worst_solve_ms, plan.solve_ms)
         granted = plan.violations(self.topo, of="caps")
         caps = safety.gate(plan.caps_w, granted, self._applied)
         t3 = time.perf_counter()
         ms["solve"] = (t3 - t2) * 1e3
+        if not authoritative:
+            # A standby keeps its state, demand and ramp warm; what it would publish, store or tell the
+            # scheduler is the authority's job.
+            self._applied = caps if caps is not None else self._applied
+            ms["publish"] = (time.perf_counter() - t3) * 1e3
+            return plan
         if granted:
             st.plans_with_violations += 1
             st.violations.extend(granted[: max(0, 20 - len(st.violations))])
@@ -586,7 +678,8 @@ class ControlPlane:
         """``controller.*`` values of the last period."""
         st = self.stats
         vals = {f"{k}_ms": v for k, v in st.stage_ms.items()}
-        vals.update(periods=st.periods, plans=st.plans, missed_periods=st.missed_periods, errors=st.control_errors,
+        vals.update(periods=st.periods, epoch=st.epoch, plans=st.plans, missed_periods=st.missed_periods,
+                    errors=st.control_errors,
                     readings_in=st.readings, batches_rejected=sum(st.batches_rejected.values()),
                     store_queue=self.writer.depth if self.writer else 0,
                     store_dropped=self.writer.dropped_points if self.writer else 0)
@@ -610,8 +703,10 @@ class ControlPlane:
         if now_ns >= self._next_health_ns:
             self._next_health_ns = now_ns + int(self.health_period_s * NS_PER_S)
             batch = ReadingBatch.concat([batch, self.health_batch(now_ns)])
-        self._write(batch)
-        if self.publish_state is not None and time.monotonic() - self._state_wall >= 0.2:
+        if self._stores:
+            self._write(batch)
+        if self.publish_state is not None and time.monotonic() - self._state_wall >= 0.2 \
+                and (self.authority is None or self.stats.epoch):
             self._state_wall = time.monotonic()
             try:
                 self.publish_state(self.snapshot(now_ns))
@@ -630,6 +725,11 @@ class ControlPlane:
             "plans_with_violations": st.plans_with_violations, "dr_stranded_w": st.dr_stranded_w,
             "store": asdict(self.store_stats()),
         }
+        if self.authority is not None:
+            out["authority"] = {"holder": self.holder, "epoch": st.epoch, "takeovers": st.takeovers[-4:]}
+        down = self.sources.down_devices()
+        if down:
+            out["devices_down"] = down[:64]
         summary = self.last_plan.summary() if self.last_plan is not None else None
         if summary is not None:
             out["plan"] = summary.to_json(max_racks=64, max_jobs=64)

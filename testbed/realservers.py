@@ -429,3 +429,35 @@ class ShippedMosquitto(Server):
     def twin_url(self) -> str:
         """``mqtt://127.0.0.1:twin_port``: the demo-only anonymous listener."""
         return f"mqtt://127.0.0.1:{self.twin_port}"
+
+
+class Etcd(Server):
+    """etcd 3.4 (Debian's ``etcd-server``), one member on loopback, with its v3 HTTP gateway.
+
+    A short heartbeat lowers etcd's smallest lease TTL (1.5 election ticks) below one second,
+    so tests and the demo can hold authority with a 1-2 s lease.
+    """
+
+    name = "etcd"
+
+    def __init__(self, workdir: Path) -> None:
+        super().__init__(workdir)
+        self.exe = require("etcd")
+        self.port = free_port()
+        self.peer_port = free_port()
+
+    def command(self) -> list[str]:
+        peer = f"http://127.0.0.1:{self.peer_port}"
+        return [self.exe, "--name", "pp", "--data-dir", str(self.workdir / "data"),
+                "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", f"pp={peer}", "--heartbeat-interval", "50", "--election-timeout", "500",
+                "--logger", "zap", "--log-level", "warn"]
+
+    def ready(self) -> bool:
+        return wait_http(f"{self.url}/health")
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:port``: the client URL (gRPC and the v3 HTTP gateway)."""
+        return f"http://127.0.0.1:{self.port}"

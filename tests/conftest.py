@@ -10,7 +10,7 @@ import pytest
 from models.clock import ManualClock
 from models.site import SiteConfig, load_site
 from models.topology import Topology, build_topology
-from testbed.realservers import InfluxDB1, Mosquitto, Snmpd, Snmpsim, VictoriaMetrics
+from testbed.realservers import Etcd, InfluxDB1, Mosquitto, Snmpd, Snmpsim, VictoriaMetrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_SITE = ROOT / "deploy" / "sites" / "demo.toml"
@@ -81,3 +81,12 @@ def snmpsim() -> Iterator[Snmpsim]:
     finally:
         srv.stop()
         srv.cleanup()
+
+
+@pytest.fixture
+def etcd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Etcd]:
+    """A private one-member etcd 3.4 (the v3 HTTP gateway on its client port)."""
+    srv = Etcd(tmp_path_factory.mktemp("etcd"))
+    srv.start()
+    yield srv
+    srv.stop()

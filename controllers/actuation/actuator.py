@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -36,7 +37,8 @@ class Actuator:
 
     def __init__(self, site: SiteConfig, topo: Topology, key: SiteKey, addr: MqttAddress | None, *,
                  epoch: int = 0, client_id: str | None = None, registry: SeriesRegistry = REGISTRY,
-                 layouts: Layouts | None = None, status_inbox: int = 100_000, link: MqttLink | None = None) -> None:
+                 layouts: Layouts | None = None, status_inbox: int = 100_000, link: MqttLink | None = None,
+                 gate: Callable[[int], bool] | None = None) -> None:
         self.site_id = site.site.name
         self.topo = topo
         self.registry = registry
@@ -48,7 +50,7 @@ class Actuator:
         self.client_id = client_id or f"powerplane-controller-{self.site_id}"
         self.link: MqttLink | None = link  # shared with the rest of the process when given
         self._own_link = link is None
-        self.publisher = CapPublisher(site, topo, key, self._send, epoch=epoch, layouts=self.layouts)
+        self.publisher = CapPublisher(site, topo, key, self._send, epoch=epoch, layouts=self.layouts, gate=gate)
         self.verifier = Verifier(self.publisher)
         self.status_topic = f"{self.prefix}/{self.site_id}/status/+"
         self.inbox = Inbox(maxlen=status_inbox, max_bytes=MAX_STATUS_BYTES)
@@ -126,7 +128,8 @@ class Actuator:
         p, v = self.publisher.stats, self.verifier.stats
         p50, p95, worst = v.settle_percentiles()
         vals = {"commands": p.commands, "lowered": p.lowered, "raised": p.raised, "renewed": p.renewed,
-                "command_bytes": p.bytes, "statuses": v.statuses, "bad_statuses": sum(self.rejected.values()),
+                "command_bytes": p.bytes, "withheld": p.withheld,
+                "statuses": v.statuses, "bad_statuses": sum(self.rejected.values()),
                 "statuses_dropped": self.inbox.dropped(), "settled": v.settled,
                 "settle_p50_s": p50, "settle_p95_s": p95, "settle_max_s": worst,
                 "noncompliant_nodes": v.noncompliant_now, "noncompliant_episodes": v.noncompliant_episodes,

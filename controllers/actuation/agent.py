@@ -14,8 +14,18 @@ Modes::
     fallback    -> the lease ran out (controller, broker or network gone): safe cap applied;
                    the next valid command returns the unit to ``controlled``
 
-The fallback never raises a cap: it applies ``min(current cap, safe cap)`` per GPU. The
-lease watch runs on its own task, apart from message handling: commands arrive through a
+The fallback never raises a cap: it applies ``min(current cap, safe cap)`` per GPU.
+
+**Two live epochs.** A command of a newer epoch (another controller took authority) is
+obeyed at once, but while the lease of the older epoch's last command is still live, that
+command's caps keep bounding what the unit enforces: the minimum of the two per GPU. The
+old controller may still be running on a stale view (partitioned from etcd, or not yet
+aware that it lost authority), and the site's limits were checked against *its* plan for
+every rack that still follows it; so until that lease ends no cap rises above either plan,
+and none above the new authority's. When the old lease ends the new caps apply alone.
+Commands of an older epoch than the newest applied are refused (``stale_seq``), as ever.
+
+The lease watch runs on its own task, apart from message handling: commands arrive through a
 bounded inbox that drops oversized payloads in the network thread, and the handler yields
 after every message, so no flood delays a fallback by more than one message's work.
 """
@@ -71,6 +81,7 @@ class AgentStats:
     fallbacks: int = 0
     resumed: int = 0
     apply_errors: int = 0
+    held: int = 0  # newer-epoch commands applied under an older epoch's live lease (the minimum of both)
     rejected: Counter[str] = field(default_factory=Counter)
     apply_ms: list[float] = field(default_factory=list)  # last 1000
     apply_hist: Histogram = field(default_factory=lambda: Histogram(1.0, 60_000.0))  # ms, whole run
@@ -102,7 +113,10 @@ class CapUnit:
         self.epoch = 0
         self.seq = 0
         self.plan_id = 0
-        self.requested = np.zeros(0)
+        self.requested = np.zeros(0)  # what was last asked of the boards (the bound below, applied)
+        self.commanded = np.zeros(0)  # the newest valid command's caps for this unit
+        # Older epochs whose leases are still live: (epoch, caps, lease end). See the module doc.
+        self.held: list[tuple[int, np.ndarray, int]] = []
         self.enforced = np.zeros(0)
         self.lease_expires_ns = 0
         self.last_command_ns = 0  # site time of the last valid command (the lease's age is from it)
@@ -166,17 +180,26 @@ class CapUnit:
             self.stale_streak = 0
             self._rejects_logged.clear()
             caps = res.caps_w[self.sel]
-            changed = (self.mode != "controlled" or self.enforced.shape != caps.shape
-                       or not np.array_equal(caps, self.requested))
-            cut = self.enforced.shape == caps.shape and bool((caps < self.enforced - 1e-9).any())
+            if res.epoch > self.epoch and self.mode == "controlled" and now < self.lease_expires_ns \
+                    and self.commanded.shape == caps.shape:
+                self.held.append((self.epoch, self.commanded.copy(), self.lease_expires_ns))
+                self.stats.held += 1
+                log.warning("%s: epoch %d took over while epoch %d's lease runs %.1f s more: enforcing the lower "
+                            "of both plans until it ends", self.name, res.epoch, self.epoch,
+                            (self.lease_expires_ns - now) / NS_PER_S)
+            bound = self._bounded(caps, now)
+            changed = (self.mode != "controlled" or self.enforced.shape != bound.shape
+                       or not np.array_equal(bound, self.requested))
+            cut = self.enforced.shape == bound.shape and bool((bound < self.enforced - 1e-9).any())
             was = self.mode
+            self.commanded = caps
             self.last_order, self.epoch, self.seq = res.order, res.epoch, res.seq
             self.plan_id = res.plan_id
             self.lease_expires_ns = res.expires_ns
             self.last_command_ns = now
             if changed:
                 try:
-                    await self._enforce(caps, f"plan {res.plan_id}")
+                    await self._enforce(bound, f"plan {res.plan_id}")
                 except PowerplaneError as exc:
                     self.stats.apply_errors += 1
                     log.error("%s: could not apply plan %d: %s", self.name, res.plan_id, exc)
@@ -184,7 +207,7 @@ class CapUnit:
                     return res
                 # Only caps that took count as requested: after a failed apply the next command
                 # with the same caps (a renewal) must try again, not count as already in force.
-                self.requested = caps
+                self.requested = bound
                 self.stats.applied += 1
             else:
                 self.stats.renewed += 1
@@ -222,12 +245,52 @@ class CapUnit:
         log.log(level, "%s: rejected command: %s: %s", self.name, res.reason, short(res.detail))
         self.publish_status()
 
+    def _bounded(self, caps: np.ndarray, now_ns: int) -> np.ndarray:
+        """``caps`` bounded by every older epoch whose lease is still live (dropping the ended ones)."""
+        self.held = [h for h in self.held if h[2] > now_ns and h[1].shape == caps.shape]
+        for _epoch, older, _end in self.held:
+            caps = np.minimum(caps, older)
+        return caps
+
+    @property
+    def held_epoch(self) -> int:
+        """The newest older epoch still bounding the caps (0: none)."""
+        return max((h[0] for h in self.held), default=0)
+
+    def held_until_ns(self) -> int | None:
+        """When the next older epoch's lease ends (None: nothing held)."""
+        return min((h[2] for h in self.held), default=None)
+
+    def lease_due(self, now_ns: int) -> bool:
+        """Whether the watch must look at this unit now: its lease ran out, or an older one it held did."""
+        held = self.held_until_ns()
+        return (self.mode == "controlled" and now_ns >= self.lease_expires_ns) or (held is not None
+                                                                                     and now_ns >= held)
+
+    async def _release_held(self, now: int) -> None:
+        # An older epoch's lease ended: the newest command's caps apply alone (this may raise caps
+        # to the plan of the authority that sent them, never above it).
+        bound = self._bounded(self.commanded, now)
+        if self.mode != "controlled" or now >= self.lease_expires_ns or np.array_equal(bound, self.requested):
+            return
+        try:
+            await self._enforce(bound, f"epoch {self.epoch} alone (an older lease ended)")
+            self.requested = bound
+        except PowerplaneError as exc:
+            self.stats.apply_errors += 1
+            log.error("%s: could not apply plan %d: %s", self.name, self.plan_id, exc)
+        self.publish_status()
+
     async def check_lease(self) -> bool:
         """Fall back to the safe cap if the lease ran out; True if it just did."""
         async with self._lock:
             now = self.clock.now_ns()
+            held = self.held_until_ns()
+            if held is not None and now >= held:
+                await self._release_held(now)
             if self.mode != "controlled" or now < self.lease_expires_ns:
                 return False
+            self.held = []
             base = self.enforced if self.enforced.shape == self.safe_caps.shape else self.safe_caps
             caps = np.minimum(base, self.safe_caps)
             self._transition("fallback", now)
@@ -273,7 +336,7 @@ class CapUnit:
             power_w=arr(power_w, np.full(n, np.nan)), apply_ms=self.last_apply_ms,
             safe_cap_w=float(self.safe_caps.max()) if self.safe_caps.size else 0.0, backend=self.backend.name,
             rejected=dict(self.stats.rejected), last_reject=self.last_reject, stale_streak=self.stale_streak,
-            power_ts_ns=power_ts_ns or 0)
+            power_ts_ns=power_ts_ns or 0, held_epoch=self.held_epoch)
 
     def publish_status(self, power_w: Sequence[float | None] = (),
                        enforced_w: Sequence[float | None] = (), power_ts_ns: int | None = None) -> None:
@@ -287,7 +350,8 @@ class CapUnit:
             due = min(due, self._probes[0])
         if self.mode == "controlled":
             due = min(due, self.lease_expires_ns)
-        return due
+        held = self.held_until_ns()
+        return due if held is None else min(due, held)
 
     def status_due(self, now_ns: int) -> bool:
         """Whether a heartbeat or a probe after a cut is due at ``now_ns``."""
@@ -413,8 +477,7 @@ class AgentHost:
             try:
                 now = self.clock.now_ns()
                 # Concurrently: one unit's fallback must not wait for another's board to answer.
-                await asyncio.gather(*(u.check_lease() for u in self.units
-                                       if u.mode == "controlled" and now >= u.lease_expires_ns))
+                await asyncio.gather(*(u.check_lease() for u in self.units if u.lease_due(now)))
                 await asyncio.gather(*(u.heartbeat() for u in self.units if u.status_due(now)))
             except Exception:  # the watch must outlive any bug in a backend
                 log.exception("agent: lease watch failed; retrying")
@@ -439,6 +502,7 @@ class AgentHost:
             "renewed": sum(u.stats.renewed for u in self.units),
             "fallbacks": sum(u.stats.fallbacks for u in self.units),
             "apply_errors": sum(u.stats.apply_errors for u in self.units),
+            "held": sum(u.stats.held for u in self.units),
             "rejected": dict(sum((u.stats.rejected for u in self.units), Counter())),
             "units": [{"sender": u.sender, "nodes": len(u.nodes), "transitions": u.stats.transitions}
                       for u in self.units],

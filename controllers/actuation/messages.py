@@ -19,7 +19,8 @@ key), so nobody re-serialises JSON to check a signature::
             "bind": "<base64 of int16 per node: index into why, -1 none>", "why": ["row-a1", ...]}
 
 ``(epoch, seq)`` orders commands: ``epoch`` is the controller's authority epoch (persisted
-and raised at every start, so it survives restarts and clock steps), ``seq`` counts within
+and raised at every start, so it survives restarts and clock steps; with several controllers,
+raised in etcd at every change of authority: ``controllers.authority``), ``seq`` counts within
 it. An agent applies a command only if its ``(epoch, seq)`` is newer than the last it
 applied, it is for its site, rack and layout, it was not issued in the future (beyond
 ``SKEW_S``), its lease is no longer than the site's ``lease_s`` (+ skew) and has not run out,
@@ -34,7 +35,8 @@ nodes of that rack, a node topic only for that node::
      "enforced_mw": "<base64 uint32 per GPU of the listed nodes; 4294967295 = unknown>",
      "power_mw": "<same>", "apply_ms", "safe_cap_w", "backend",
      "rejected": {"bad_signature": 0, ...}, "last_reject": "...", "stale_streak": 0,
-     "power_ts_ns": <when the power was measured>}
+     "power_ts_ns": <when the power was measured>,
+     "held_epoch": <an older epoch whose live lease still bounds the caps, 0 none>}
 
 Both directions pass one typed, bounded model (msgspec) at the edge: sizes, string lengths,
 integer ranges, finite numbers. Anything else is a counted rejection, never an exception.
@@ -230,6 +232,7 @@ class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
     last_reject: Annotated[str, Meta(max_length=4 * MAX_DETAIL)] = ""
     stale_streak: Annotated[int, Meta(ge=0, le=2**53)] = 0
     power_ts_ns: Int63 = 0  # when the power was measured (0: at ts_ns)
+    held_epoch: Epoch = 0  # an older epoch whose live lease still bounds the caps (0: none)
 
 
 _ENV_DEC = msgspec.json.Decoder(Envelope)
@@ -393,6 +396,7 @@ class AgentStatus:
     last_reject: str = ""
     stale_streak: int = 0
     power_ts_ns: int = 0
+    held_epoch: int = 0  # an older authority's epoch whose live lease still bounds the caps (0: none)
 
     @property
     def order(self) -> int:
@@ -406,7 +410,7 @@ class AgentStatus:
             self.since_ns, self.epoch, self.seq, self.plan_id, self.lease_expires_ns,
             b64(_to_mw(self.enforced_w)), b64(_to_mw(self.power_w)), round(float(self.apply_ms), 3),
             float(self.safe_cap_w), self.backend, dict(self.rejected), short(self.last_reject),
-            self.stale_streak, self.power_ts_ns))
+            self.stale_streak, self.power_ts_ns, self.held_epoch))
 
 
 def _to_mw(w: NDArray[np.float64]) -> NDArray[np.uint32]:
@@ -465,4 +469,4 @@ def open_status(topic: str, payload: bytes, layouts: Layouts, *, site: str) -> A
     return AgentStatus(d.site, d.rack, d.nodes, d.ts_ns, d.mode, d.since_ns, d.epoch, d.seq, d.plan_id,
                        d.lease_expires_ns, _from_mw(enf), _from_mw(pw), d.apply_ms, d.safe_cap_w, d.backend,
                        d.rejected, d.last_reject, d.stale_streak,
-                       d.power_ts_ns if 0 < d.power_ts_ns <= d.ts_ns else d.ts_ns)
+                       d.power_ts_ns if 0 < d.power_ts_ns <= d.ts_ns else d.ts_ns, d.held_epoch)

@@ -43,13 +43,14 @@ class PublishStats:
     raised: int = 0
     renewed: int = 0
     bytes: int = 0
+    withheld: int = 0  # commands not sent because authority ended while the period ran
 
 
 class CapPublisher:
     """Decides which racks get a command each period, signs and sends them."""
 
     def __init__(self, site: SiteConfig, topo: Topology, key: SiteKey, send: Send, *, epoch: int = 0,
-                 layouts: Layouts | None = None) -> None:
+                 layouts: Layouts | None = None, gate: Callable[[int], bool] | None = None) -> None:
         self.site_id = site.site.name
         self.cfg = site.actuation
         self.topo = topo
@@ -72,6 +73,19 @@ class CapPublisher:
         self.lowered_ns = np.full(n_nodes, -1, np.int64)  # per node: when a cap last went down
         self.lowered_order = np.zeros(n_nodes, np.int64)  # ... by which command
         self.stats = PublishStats()
+        self.enabled = True
+        # Asked before every command with its epoch: whether this controller still holds that
+        # epoch's authority (controllers.authority); None: a single controller, always.
+        self.gate = gate
+
+    def take_over(self, epoch: int) -> None:
+        """Publish under a new authority ``epoch`` from now on: seq restarts at 1 and every rack gets a
+        command in the next period (as if none had been sent)."""
+        self.epoch = int(epoch)
+        self._seq = 0
+        self.sent_w[:] = np.nan
+        self.sent_ns[:] = -1
+        self.expires_ns[:] = 0
         self.enabled = True
 
     def quantize(self, caps_w: F64) -> F64:
@@ -146,9 +160,16 @@ class CapPublisher:
         if not self.enabled:
             return 0
         cmds = self.commands(plan, now_ns)
+        sent = 0
         for r, cmd in cmds:
+            if self.gate is not None and not self.gate(self.epoch):
+                # Authority ended while this period ran: not one more command under this epoch.
+                self.stats.withheld += len(cmds) - sent
+                self.enabled = False
+                break
             msg = cmd.envelope(self.key)
             self.stats.bytes += len(msg)
             self._send(self.topics[r], msg)
-        self.stats.commands += len(cmds)
-        return len(cmds)
+            sent += 1
+        self.stats.commands += sent
+        return sent

@@ -13,6 +13,8 @@ account         reads                                              writes
 controller      ``P/S/status/+``, ``P/S/readings/+``, grid, BMS    ``P/S/caps/+``, ``P/S/events/+``,
                                                                    ``P/S/controller/state``
 collector ``c`` grid and BMS, if it collects MQTT devices          ``P/S/readings/c``
+store writer    ``P/S/readings/+`` (as the shared subscription     nothing
+                ``$share/<group>/P/S/readings/+``)
 operator        everything (``#``)                                 nothing
 rack ``r``      ``P/S/caps/r``                                     ``P/S/status/r``
 node ``r@n``    ``P/S/caps/r`` (its rack's command)                ``P/S/status/r@n``
@@ -50,6 +52,7 @@ class Accounts:
     collectors: tuple[str, ...] = ("collector-0",)
     mqtt_collectors: tuple[str, ...] = ()  # accounts that collect MQTT devices: they read grid and BMS
     operators: tuple[str, ...] = ("operator",)
+    writers: tuple[str, ...] = ()  # store writers: they read every collector's batches (shared subscription)
 
 
 def agent_accounts(site: SiteConfig, mode: AgentMode) -> list[tuple[str, str]]:
@@ -79,6 +82,7 @@ def acl_text(site: SiteConfig, accounts: Accounts = Accounts(), *, agents: Agent
     cmd = (f"powerplane acl --site SITE --agents {agents} --controllers {','.join(accounts.controllers)} "
            f"--collectors {','.join(accounts.collectors)} --operators {','.join(accounts.operators)}"
            + (f" --mqtt-collectors {','.join(accounts.mqtt_collectors)}" if accounts.mqtt_collectors else "")
+           + (f" --writers {','.join(accounts.writers)}" if accounts.writers else "")
            + (" --twin" if twin else ""))
     out = [f"# Topic ACL of the authenticated listener for site {sid} (mosquitto acl_file).",
            f"# Generated from the site file by: {cmd}",
@@ -105,6 +109,12 @@ def acl_text(site: SiteConfig, accounts: Accounts = Accounts(), *, agents: Agent
     for c in collectors:
         block(c, [grid, BMS] if c in accounts.mqtt_collectors else [],
               [f"{base}/readings/{c}"] if c in accounts.collectors else [])
+    if accounts.writers:
+        out.append("# Store writers: each reads the collectors' reading batches (its share of them, through the shared")
+        out.append("# subscription $share/<group>/...; mosquitto checks the topic without the $share prefix) and")
+        out.append("# writes nothing.")
+    for w in accounts.writers:
+        block(w, [f"{base}/readings/+"], [])
     if accounts.operators:
         out.append("# Operators: read everything, write nothing.")
     for o in accounts.operators:
@@ -124,7 +134,7 @@ def _check_names(accounts: Accounts, agents: set[str]) -> None:
     seen: dict[str, str] = {a: "an agent (rack or node) of the site" for a in agents}
     problems: list[tuple[str, str]] = []
     for role, names in (("--controllers", accounts.controllers), ("--collectors", accounts.collectors),
-                        ("--operators", accounts.operators)):
+                        ("--operators", accounts.operators), ("--writers", accounts.writers)):
         for n in names:
             if not ACCOUNT_RE.match(n):
                 problems.append((role, f"{n[:80]!r} is not an account name (letters, digits, '.', '_', '-'; "
@@ -158,6 +168,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     a.add_argument("--mqtt-collectors", default="", metavar="NAMES",
                    help="accounts that collect MQTT devices: they read the grid and BMS topics (comma list)")
     a.add_argument("--operators", default="operator", metavar="NAMES", help="read-only accounts (comma list)")
+    a.add_argument("--writers", default="", metavar="NAMES",
+                   help="store writer accounts: each reads every collector's batches (comma list)")
     a.add_argument("--twin", action="store_true",
                    help="demo only: agents may drive the twin's simulated GPU boards (twin/<site>/gpu/...)")
     a.add_argument("--out", default=None, metavar="FILE", help="write here (default: standard output)")
@@ -170,7 +182,7 @@ def cmd_acl(args: argparse.Namespace, console: Console) -> int:
 
     site = load_site(args.site)
     text = acl_text(site, Accounts(_names(args.controllers), _names(args.collectors), _names(args.mqtt_collectors),
-                                   _names(args.operators)), agents=args.agents, twin=args.twin)
+                                   _names(args.operators), _names(args.writers)), agents=args.agents, twin=args.twin)
     if args.out is None:
         print(text, end="")
         return 0

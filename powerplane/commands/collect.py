@@ -42,6 +42,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="seconds to collect (default 5; with --publish: until stopped)")
     c.add_argument("--interval", type=finite_number(float, gt=0, le=86_400), default=1.0,
                    help="poll interval for --endpoints devices (default 1)")
+    c.add_argument("--shard", default=None, metavar="I/N",
+                   help="poll only shard I of N (0-based): a stable hash of each device name picks its shard, so N "
+                        "collectors on any hosts split the devices without talking to each other")
+    c.add_argument("--device", action="append", default=[], metavar="PATTERN",
+                   help="poll only devices whose name matches (shell-style, repeatable): an explicit list per host")
     c.add_argument("--json", action="store_true", help="print one JSON document")
     c.add_argument("--publish", default=None, metavar="URL",
                    help="send reading batches to the controller over this broker (mqtt://[user@]host:port)")
@@ -92,6 +97,15 @@ def _devices(args: argparse.Namespace) -> tuple[str, list[Any], dict[str, int], 
               if d.protocol in protocols and (d.protocol == "mqtt" or d.protocol in POLLER_FACTORIES)]
     if not usable:
         raise ConfigError(args.config or args.endpoints, [("", "no device this build can collect")])
+    if args.shard or args.device:
+        from collectors.shard import parse_shard, select
+
+        shard = parse_shard(args.shard) if args.shard else None
+        usable = select(usable, shard, args.device)
+        if not usable:
+            where = args.config or args.endpoints
+            raise ConfigError("--shard/--device", [("", f"no device of {where} falls in shard {shard or 'any'} "
+                                                        f"matching {args.device or 'any name'}")])
     return site, usable, stuck, site_cfg
 
 
@@ -117,7 +131,8 @@ async def _publish(args: argparse.Namespace, console: Console) -> int:
 
     live, ready = collector_checks(pub)
     metrics = serve(args, collector_registry(pub), live, ready, "collect")
-    console.print(f"powerplane collect · {len(devices)} devices · publishing to {addr.url()} as {src}"
+    console.print(f"powerplane collect · {len(devices)} devices"
+                  + (f" (shard {args.shard})" if args.shard else "") + f" · publishing to {addr.url()} as {src}"
                   + (f" · metrics {metrics.url}/metrics" if metrics is not None else ""),
                   highlight=False, markup=False)
     try:
@@ -126,7 +141,8 @@ async def _publish(args: argparse.Namespace, console: Console) -> int:
     finally:
         await pub.stop()
         if args.summary_out:
-            write_json(args.summary_out, {**pub.summary(), "metrics": metrics.url if metrics is not None else None})
+            write_json(args.summary_out, {**pub.summary(), "metrics": metrics.url if metrics is not None else None,
+                                          "shard": args.shard, "device_patterns": args.device})
         if metrics is not None:
             metrics.stop()
     s = pub.summary()

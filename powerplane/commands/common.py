@@ -90,16 +90,27 @@ def _both(a: asyncio.Event, b: asyncio.Event) -> None:
     b.set()
 
 
-def next_epoch(state_dir: Path) -> int:
-    """Read, raise and persist (fsync) this controller's authority epoch: commands of a restarted
-    controller always order after the old one's, whatever the clock did."""
+def read_epoch(state_dir: Path) -> int:
+    """The authority epoch last persisted in ``state_dir`` (0 if none)."""
     p = state_dir / "epoch"
     try:
-        old = int(p.read_text().strip()) if p.exists() else 0
+        return int(p.read_text().strip()) if p.exists() else 0
     except (OSError, ValueError) as exc:
         raise ConfigError(str(p), [("", f"unreadable epoch file ({exc}); an operator must check it: agents "
                                         "refuse commands from an older epoch")]) from None
-    new = old + 1
+
+
+def next_epoch(state_dir: Path) -> int:
+    """Read, raise and persist (fsync) this controller's authority epoch: commands of a restarted
+    controller always order after the old one's, whatever the clock did."""
+    new = read_epoch(state_dir) + 1
+    write_epoch(state_dir, new)
+    return new
+
+
+def write_epoch(state_dir: Path, new: int) -> None:
+    """Persist (fsync) ``new`` as this controller's authority epoch."""
+    p = state_dir / "epoch"
     tmp = p.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -107,5 +118,4 @@ def next_epoch(state_dir: Path) -> int:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, p)
-    return new
 

@@ -3,7 +3,9 @@
 It takes readings in (from collector processes over MQTT with ``--readings``, or from
 devices it collects itself), plans caps every period, publishes signed per-rack commands,
 verifies the agents, and hands everything to the store and the scheduler hooks off the
-loop. numba compiles (or loads its cache) before the first period. With ``$NOTIFY_SOCKET``
+loop. With ``--authority etcd://...`` two or more controllers run and the one holding the
+site's authority in etcd commands the agents; the others are warm standbys
+(``controllers.authority``). numba compiles (or loads its cache) before the first period. With ``$NOTIFY_SOCKET``
 (systemd ``Type=notify``) it reports READY and pets the watchdog after every period.
 """
 
@@ -13,6 +15,8 @@ import argparse
 import asyncio
 import json
 import logging
+import os
+import socket
 import threading
 import time
 from pathlib import Path
@@ -29,7 +33,9 @@ from powerplane.commands.common import (
     logging_off_the_loop,
     mqtt_address,
     next_epoch,
+    read_epoch,
     run_until,
+    write_epoch,
 )
 from powerplane.exposition import CONTROLLER_DEFAULT, add_metrics_argument
 
@@ -58,6 +64,25 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("--state-dir", default="powerplane-state", type=Path,
                    help="the authority epoch, kept across restarts (default: %(default)s)")
     c.add_argument("--no-control", action="store_true", help="collect and store only: no plans, no caps")
+    ha = c.add_argument_group("several controllers (one holds authority, the others are warm standbys)")
+    ha.add_argument("--authority", default=None, metavar="URL",
+                    help="etcd endpoints, etcd://host:2379[,host:2379...] (https:// for TLS): this controller "
+                         "commands the agents only while it holds the site's authority lease there, under the "
+                         "epoch etcd raised for it")
+    ha.add_argument("--authority-ttl", type=finite_number(int, ge=1, le=60), default=3, metavar="S",
+                    help="the authority lease, whole seconds of wall time (default 3): a standby takes over this "
+                         "long after the holder died; must leave the agents' lease room to spare")
+    ha.add_argument("--controller-id", default=None, metavar="NAME",
+                    help="this controller's name in etcd and events (default: the MQTT user, else host-pid)")
+    ha.add_argument("--etcd-ca", default=None, metavar="FILE", help="CA bundle for https:// etcd endpoints")
+    ha.add_argument("--etcd-cert", default=None, metavar="FILE", help="client certificate for etcd")
+    ha.add_argument("--etcd-key", default=None, metavar="FILE", help="client certificate key for etcd")
+    c.add_argument("--no-store-readings", action="store_true",
+                   help="leave the collectors' reading batches to `powerplane store-writer`; keep writing plans, "
+                        "events, derived totals and the agents' server power")
+    c.add_argument("--collector-timeout", type=finite_number(float, gt=0, le=3600), default=25.0, metavar="S",
+                   help="a collector process silent this long (site s) is down, and so are its devices "
+                        "(default 25: collectors report their health every 10 s)")
     c.add_argument("--webhook", action="append", default=[], metavar="URL",
                    help="also send hook events to this URL (with --webhook-secret-file)")
     c.add_argument("--webhook-secret-file", default=None, metavar="FILE", help="HMAC secret of --webhook URLs")
@@ -149,7 +174,11 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     devices = [d for d in devices if d.protocol in protocols]
     state_dir = private_dir(args.state_dir)
     site = _site_with_webhooks(site, args, state_dir)
-    epoch = next_epoch(state_dir) if control else 0
+    holder = args.controller_id or addr.username or f"{socket.gethostname()}-{os.getpid()}"
+    authority = _authority(args, site, clock, holder, state_dir) if control and args.authority else None
+    if authority is not None:
+        devices = [_own_session(d, holder) for d in devices]
+    epoch = (0 if authority is not None else next_epoch(state_dir)) if control else 0
     logging_off_the_loop()
     compile_s = warm_up(site, topo) if control else 0.0
 
@@ -157,9 +186,17 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     planes: list[Any] = []  # the sink's own alerts (spool filling, writes refused) become the plane's events
     sink = open_sink(store_cfg, clock=clock, on_event=lambda ev: planes[0].event(ev) if planes else None)
     prefix = site.actuation.topic_prefix
-    # One connection for everything (with authentication the client id is the user name).
-    link = MqttLink(addr, f"powerplane-controller-{site.site.name}", clean_session=True)
-    actuator = Actuator(site, topo, key, addr, epoch=epoch, link=link) if key is not None else None
+    # One connection for everything (with authentication the client id is the user name, so
+    # every controller of a site has its own account).
+    link = MqttLink(addr, f"powerplane-controller-{site.site.name}" + (f"-{holder}" if authority else ""),
+                    clean_session=True)
+    gate = None
+    if authority is not None:
+        auth = authority
+
+        def gate(ep: int) -> bool:
+            return bool(auth.current() == ep)
+    actuator = Actuator(site, topo, key, addr, epoch=epoch, link=link, gate=gate) if key is not None else None
     hooks = build_hooks(site, addr, topo, link=link) if control else None
     readings = None
     if args.readings:
@@ -173,8 +210,13 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     feed, job_servers = job_feed(args, site, topo, clock) if control else (None, [])
     plane = ControlPlane(site, topo, clock, sink, devices=devices, actuator=actuator, hooks=hooks,
                          advisors=[MoveAdvisor(topo, site.site.name)] if control else [], readings=readings,
-                         control=control, publish_state=publish_state, jobs=feed)
+                         control=control, publish_state=publish_state, jobs=feed, authority=authority,
+                         holder=holder, store_readings=not args.no_store_readings,
+                         source_timeout_s=args.collector_timeout)
     planes.append(plane)
+    if authority is not None:
+        # Never campaign for an epoch the agents would refuse: above what they report applying.
+        authority.floor = lambda: max(read_epoch(state_dir), plane.max_epoch_seen)
     notifier = Notifier()
     period_wall_s = site.controller.period_s / clock.speed
     live, ready = controller_checks(plane, epoch=epoch, period_wall_s=period_wall_s, control=control)
@@ -183,7 +225,9 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     console.print(f"powerplane controller · site {site.site.name} · {topo.count(L_RACK):,} racks, "
                   f"{topo.count(L_NODE):,} nodes, {topo.n_gpus:,} GPUs · {len(devices)} devices here"
                   f"{' + reading batches' if readings is not None else ''} · MQTT {addr.url()} · "
-                  + (f"epoch {epoch} · key {key.kid} · lease {site.actuation.lease_s:g} s · kernels ready in "
+                  + ((f"authority {args.authority} as {holder} (lease {args.authority_ttl} s)" if authority
+                      else f"epoch {epoch}")
+                     + f" · key {key.kid} · lease {site.actuation.lease_s:g} s · kernels ready in "
                      f"{compile_s:.1f} s" if key is not None else "control off"), highlight=False, markup=False)
     if metrics is not None or job_servers:
         console.print(" · ".join([*([f"metrics {metrics.url}/metrics"] if metrics is not None else []),
@@ -200,11 +244,16 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
         if hooks is not None:
             hooks.start()
         await plane.start()
-        notifier.ready(f"epoch {epoch}")
+        if authority is not None:
+            authority.start()
+        notifier.ready(f"epoch {epoch}" if authority is None else f"authority via {args.authority}")
         watchdog.start()
         why = await run_until(args.duration, clock, tick, every_s=SUMMARY_EVERY_WALL_S)
         log.info("controller stopping (%s)", why)
     finally:
+        if authority is not None:
+            # Stop publishing, then give the lease back: a standby takes over at once.
+            await asyncio.to_thread(authority.stop, True)
         watchdog.stop()
         for srv in job_servers:
             srv.stop()
@@ -281,6 +330,49 @@ class _Stoppable:
 
     def stop(self) -> None:
         self.watch.stop()
+
+
+def _own_session(device: Any, holder: str) -> Any:
+    """An MQTT device this controller collects, under a session of its own: every controller of a site
+    takes in the same grid and BMS signals (a standby stays warm), and two clients with one client
+    id would throw each other off the broker. An explicit client id or user name is kept."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    if device.protocol != "mqtt" or device.option("client_id") or device.option("username"):
+        return device
+    return replace(device, options=MappingProxyType({**device.options,
+                                                     "client_id": f"powerplane-{device.name}-{holder}"[:128]}))
+
+
+def _authority(args: argparse.Namespace, site: Any, clock: Any, holder: str, state_dir: Path) -> Any:
+    """The etcd campaign of ``--authority``, after checking that a takeover fits inside the agents' lease."""
+    from controllers.authority.etcd import EtcdAuthority, EtcdTls, parse_endpoints
+
+    endpoints = parse_endpoints(args.authority)
+    act, period = site.actuation, site.controller.period_s
+    # A takeover takes at most the authority lease (wall s: site s at the clock's speed), a poll and
+    # two periods; the agents' lease has at least lease - renew left when the holder dies.
+    poll_s = min(0.25, args.authority_ttl / 8)
+    takeover_s = (args.authority_ttl + poll_s) * clock.speed + 2 * period
+    room_s = act.lease_s - act.renew_every_s
+    if takeover_s >= room_s:
+        raise ConfigError("--authority-ttl", [("", f"a takeover can take {takeover_s:.1f} s of site time (lease "
+                                                   f"{args.authority_ttl} s x speed {clock.speed:g} + poll + 2 "
+                                                   f"periods) but the agents' lease leaves only {room_s:g} s "
+                                                   f"(lease_s {act.lease_s:g} - renew {act.renew_every_s:g}): "
+                                                   "they would fall back first; shorten --authority-ttl or "
+                                                   "lengthen [actuation].lease_s")])
+    tls = EtcdTls(args.etcd_ca, args.etcd_cert, args.etcd_key)
+
+    def persist(epoch: int) -> None:
+        try:
+            write_epoch(state_dir, epoch)
+        except OSError as exc:
+            log.error("cannot keep epoch %d in %s: %s", epoch, state_dir, exc)
+
+    return EtcdAuthority(endpoints, site.site.name, holder, ttl_s=args.authority_ttl,
+                         prefix=site.actuation.topic_prefix, on_epoch=persist, poll_s=poll_s, tls=tls)
 
 
 class _Watchdog:
@@ -362,6 +454,25 @@ class _Summary:
                                "started": dict(fs.started), "ended": dict(fs.ended),
                                "rejected": {f"{src}/{why}": n for (src, why), n in fs.rejected.items()},
                                "nodes_taken": fs.nodes_taken, "sources": p.jobs.health()}
+        if p.authority is not None:
+            a = p.authority.status()
+            out["epoch"] = st.epoch
+            out["authority"] = {
+                "holder": p.holder, "role": a.role, "epoch": a.epoch, "seen_holder": a.holder,
+                "acquisitions": a.acquisitions, "losses": a.losses, "errors": a.errors, "last_error": a.last_error,
+                "transitions": [{"kind": t.kind, "epoch": t.epoch, "wall_ns": t.wall_ns, "reason": t.reason}
+                                for t in a.transitions[-50:]],
+                "takeovers": st.takeovers[-50:], "standby_plans": st.standby_plans}
+        out["collectors"] = p.sources.summary()
+        out["devices_down"] = p.sources.down_devices()
+        plan = p.last_plan
+        if plan is not None:
+            # What the last plan relied on for cooling, and which of it is stale (planned at worst case).
+            out["plan"] = {"plan_id": plan.plan_id, "ts_ns": plan.ts_ns, "stale_loops": list(plan.stale_loops),
+                           "stale_gpus": plan.stale_gpus,
+                           "loop_capacity_w": {lid: float(w) for lid, w in zip(p.topo.loop_ids,
+                                                                               plan.loop_capacity_w.tolist(),
+                                                                               strict=True)}}
         if self.link is not None:
             # A session taken over by another client (same client id) shows as a disconnect here.
             out["mqtt"] = {"connected": self.link.connected.is_set(), "connects": self.link.connects,

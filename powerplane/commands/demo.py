@@ -17,11 +17,14 @@ def cmd_demo(args: argparse.Namespace, console: Console) -> int:
     from powerplane.demo import DemoOptions, run_demo
     from store.config import store_config_from_args
 
-    opts = DemoOptions(site=Path(args.site), duration_s=args.duration, speed=args.speed, seed=args.seed,
+    # Every controller plans every period (a standby stays warm): two of them at x10 are more than a
+    # shared 2-core machine keeps up with, beside the twin, the collector and the agents.
+    speed = args.speed if args.speed is not None else (10.0 if args.controllers == 1 else 5.0)
+    opts = DemoOptions(site=Path(args.site), duration_s=args.duration, speed=speed, seed=args.seed,
                        mqtt_url=args.mqtt, mqtt_password_file=args.mqtt_password_file,
                        live=False if args.no_live else None, control=not args.no_control,
                        collect_interval_s=args.collect_interval, store=store_config_from_args(args),
-                       agent_procs=args.agent_procs, outage=args.outage,
+                       agent_procs=args.agent_procs, outage=args.outage, controllers=args.controllers,
                        summary_json=Path(args.summary_json) if args.summary_json else None)
     return asyncio.run(run_demo(opts, console))
 
@@ -49,8 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     d.add_argument("--site", default=str(DEMO_SITE), help="site file (default: the demo hall)")
     d.add_argument("--duration", type=finite_number(float, gt=0, le=MAX_RUN_S), default=780.0,
                    help="simulated seconds (default 780)")
-    d.add_argument("--speed", type=finite_number(float, gt=0, le=MAX_SPEED), default=10.0,
-                   help="simulated seconds per second (default 10)")
+    d.add_argument("--speed", type=finite_number(float, gt=0, le=MAX_SPEED), default=None,
+                   help="simulated seconds per second (default 10; 5 with --controllers 2 or 3)")
     d.add_argument("--seed", type=SEED, default=None, help="twin seed (default: the site's)")
     d.add_argument("--mqtt", default=None, metavar="URL",
                    help="use this MQTT broker (mqtt://[user@]host:port; password: --mqtt-password-file or "
@@ -64,6 +67,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="simulated seconds between polls of each device (default 2)")
     d.add_argument("--agent-procs", type=finite_number(int, ge=1, le=256), default=2, metavar="N",
                    help="node agent processes the twin's nodes are split over (default 2)")
+    d.add_argument("--controllers", type=finite_number(int, ge=1, le=3), default=1, metavar="N",
+                   help="controller processes (default 1); 2 or 3: they hold authority through a private etcd, one "
+                        "commands and the others are warm standbys, and the drill kills the one in authority: the "
+                        "summary shows the takeover, and no agent may fall back")
     d.add_argument("--outage", type=_outage, default=(730.0, 20.0), metavar="AT:DOWN",
                    help="kill the controller at AT for DOWN simulated seconds and check that every agent "
                         "falls back within one lease (default 730:20, after the last scenario event; off: no drill; "

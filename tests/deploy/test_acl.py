@@ -87,6 +87,20 @@ def test_operators_and_collectors_write_nothing_but_their_batches(demo_site: Sit
     assert reads(b["noc"]) == ["#"]
 
 
+def test_scaled_out_accounts_controllers_and_writers(demo_site: SiteConfig) -> None:
+    b = blocks(acl_text(demo_site, Accounts(controllers=("controller-a", "controller-b"),
+                                            collectors=("collector-0", "collector-1", "collector-2"),
+                                            writers=("writer-0", "writer-1"))))
+    # Every controller has its own account (the client id is the user name: one account, one connection).
+    assert b["controller-a"] == b["controller-b"] and f"topic write {BASE}/caps/+" in b["controller-a"]
+    for w in ("writer-0", "writer-1"):
+        assert b[w] == [f"topic read {BASE}/readings/+"]  # through $share/<group>/...; writes nothing
+    for c in ("collector-0", "collector-1", "collector-2"):
+        assert writes(b[c]) == [f"{BASE}/readings/{c}"]
+    with pytest.raises(ConfigError, match="already --collectors"):
+        acl_text(demo_site, Accounts(writers=("collector-0",)))
+
+
 @pytest.mark.parametrize("accounts, problem", [
     (Accounts(controllers=("r01",)), "already an agent"),
     (Accounts(collectors=("controller",)), "already --controllers"),

@@ -34,11 +34,17 @@ from models.errors import ConfigError
 from models.site import load_site
 from models.wire import MAX_BATCH_BYTES
 from powerplane.cli import build_parser
-from powerplane.commands.acl import acl_text
+from powerplane.commands.acl import Accounts, acl_text
 from testbed.realservers import ShippedMosquitto, require
 from tests.conftest import DEMO_SITE, ROOT
 
 DEPLOY = ROOT / "deploy"
+# The shipped ACL's accounts: the single box's, and the scaleout profile's (compose.yaml).
+SHIPPED_ACCOUNTS = Accounts(controllers=("controller", "controller-a", "controller-b"),
+                            collectors=("collector-0", "collector-1", "collector-2"), writers=("writer-0", "writer-1"))
+SHIPPED_ACL_COMMAND = ("powerplane acl --site deploy/sites/demo.toml --twin --controllers controller,controller-a,"
+                       "controller-b --collectors collector-0,collector-1,collector-2 --writers writer-0,writer-1 "
+                       "--out deploy/mosquitto/acl")
 PP_IMAGE = "powerplane:local"
 BIND = "${POWERPLANE_BIND:-127.0.0.1}"
 
@@ -89,10 +95,9 @@ def shipped_accounts() -> list[str]:
 # ---- the ACL and the broker configuration ------------------------------------------------------
 
 def test_shipped_acl_is_the_generators_output() -> None:
-    """deploy/mosquitto/acl is `powerplane acl --site deploy/sites/demo.toml --twin`, byte for byte."""
-    want = acl_text(load_site(DEMO_SITE), twin=True)
-    assert (DEPLOY / "mosquitto" / "acl").read_text() == want, \
-        "stale: run `powerplane acl --site deploy/sites/demo.toml --twin --out deploy/mosquitto/acl`"
+    """deploy/mosquitto/acl is ``SHIPPED_ACL_COMMAND``'s output, byte for byte."""
+    want = acl_text(load_site(DEMO_SITE), SHIPPED_ACCOUNTS, twin=True)
+    assert (DEPLOY / "mosquitto" / "acl").read_text() == want, f"stale: run `{SHIPPED_ACL_COMMAND}`"
     assert "\npattern " not in want and not want.startswith("pattern")
 
 
@@ -281,7 +286,8 @@ def compose_init(tmp_path: Path) -> Iterator[dict[str, Path]]:
     dirs = {dst: tmp_path / vol.replace("-", "_") for dst, vol in volume_mounts(svc).items()}
     env = {**os.environ, **svc["environment"], "DEPLOY": str(bind_mounts(svc)["/deploy"])}
     names = {"/secrets": "SECRETS", "/secrets-influxdb": "SECRETS_INFLUXDB", "/secrets-grafana": "SECRETS_GRAFANA",
-             "/broker": "BROKER", "/state": "STATE", "/twin-run": "TWIN_RUN", "/controller-data": "CONTROLLER_DATA"}
+             "/broker": "BROKER", "/state": "STATE", "/twin-run": "TWIN_RUN", "/controller-data": "CONTROLLER_DATA",
+             "/account-data": "ACCOUNT_DATA"}
     assert set(names) == set(dirs), "compose-init.sh's directories and the init service's volumes differ"
     env.update({names[dst]: str(p) for dst, p in dirs.items()})
     path_dir = tmp_path / "bin"
@@ -307,12 +313,13 @@ def test_compose_init_generates_the_secrets(compose_init: dict[str, Path]) -> No
     uids = account_uids()
     accounts = shipped_accounts()
     racks = [r.id for r in load_site(DEMO_SITE).racks]
+    controllers, writers = SHIPPED_ACCOUNTS.controllers, SHIPPED_ACCOUNTS.writers
     for a in accounts:
         d = secrets / a
         assert _mode(d) == 0o500, a
         files = {p.name for p in d.iterdir()}
-        want = {"mqtt.password"} | ({"site.key"} if a == "controller" or a in racks else set()) | \
-            ({"influx-token"} if a == "controller" else set())
+        want = {"mqtt.password"} | ({"site.key"} if a in controllers or a in racks else set()) | \
+            ({"influx-token"} if a in controllers or a in writers else set())
         assert files == want, a
         for f in d.iterdir():
             assert _mode(f) == 0o400, f
@@ -331,6 +338,14 @@ def test_compose_init_generates_the_secrets(compose_init: dict[str, Path]) -> No
     assert all(_mode(p) == 0o600 for p in broker.iterdir())
     for a in racks:
         assert _mode(compose_init["/state"] / a) == 0o700
+    # The scaleout profile's controllers and writers: a private directory each; the single box's
+    # controller keeps /controller-data.
+    own = sorted(p.name for p in compose_init["/account-data"].iterdir())
+    assert own == sorted([*controllers[1:], *writers])
+    for a in own:
+        d = compose_init["/account-data"] / a
+        assert _mode(d) == 0o700 and (os.geteuid() != 0 or d.stat().st_uid == uids[a]), a
+    assert os.geteuid() != 0 or compose_init["/controller-data"].stat().st_uid == uids["controller"]
 
 
 @pytest.mark.servers

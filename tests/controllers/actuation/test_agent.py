@@ -612,3 +612,91 @@ async def until(pred: Any, what: str, timeout_s: float = 30.0) -> None:
         if loop.time() - t0 > timeout_s:
             pytest.fail(f"{what}: not within {timeout_s:g} s", pytrace=False)
         await asyncio.sleep(0.02)
+
+
+# ---- two live epochs: the minimum per GPU until the older lease ends ----------------------------------
+def test_a_new_epoch_under_a_live_older_lease_enforces_the_minimum_of_both(clock: ManualClock, r01: RackLayout,
+                                                                         layouts: Layouts) -> None:
+    async def go() -> None:
+        h = Harness(clock, r01, layouts)
+        await h.unit.open()
+        await h.send(h.command([500.0, 700.0, 600.0, 880.0], epoch=1, lease_s=10))
+        clock.advance(4)  # epoch 1's lease runs 6 s more
+        # Epoch 2 lowers GPU 0 and raises the others: the lowering applies at once, the raises wait.
+        res = await h.send(h.command([400.0, 800.0, 880.0, 880.0], epoch=2, seq=1, lease_s=10))
+        assert isinstance(res, CapCommand)
+        assert h.caps == [400.0, 700.0, 600.0, 880.0]
+        st_ = h.last()
+        assert (st_.epoch, st_.held_epoch, st_.mode) == (2, 1, "controlled")
+        assert h.unit.stats.held == 1
+        # A renewal of epoch 2 inside epoch 1's lease keeps the bound.
+        clock.advance(3)
+        await h.send(h.command([400.0, 800.0, 880.0, 880.0], epoch=2, lease_s=10))
+        assert h.caps == [400.0, 700.0, 600.0, 880.0]
+        # Epoch 1's command, replayed or still sent by the old controller, is refused by epoch.
+        old = await h.send(h.command([880.0] * 4, epoch=1, seq=10**6, lease_s=10))
+        assert isinstance(old, Rejected) and old.reason == "stale_seq"
+        # Epoch 1's lease ends: epoch 2's caps alone, raised to its plan and never above it.
+        clock.advance(2.9)
+        assert h.unit.next_due_ns() <= clock.now_ns() + int(0.1 * NS_PER_S)
+        assert not await h.unit.check_lease()
+        assert h.caps == [400.0, 700.0, 600.0, 880.0]
+        clock.advance(0.1)
+        assert h.unit.lease_due(clock.now_ns())
+        assert not await h.unit.check_lease()  # not a fallback: epoch 2's lease is live
+        assert h.caps == [400.0, 800.0, 880.0, 880.0] and h.unit.mode == "controlled"
+        assert h.last().held_epoch == 0
+    run(go())
+
+
+def test_no_bound_after_the_older_lease_ended_or_within_one_epoch(clock: ManualClock, r01: RackLayout,
+                                                                    layouts: Layouts) -> None:
+    async def go() -> None:
+        h = Harness(clock, r01, layouts)
+        await h.unit.open()
+        await h.send(h.command([500.0] * 4, epoch=1, lease_s=5))
+        await h.send(h.command([700.0] * 4, epoch=1, lease_s=5))  # the same epoch: the newer command alone
+        assert h.caps == [700.0] * 4
+        clock.advance(5)
+        assert await h.unit.check_lease() and h.caps == [400.0] * 4  # fell back
+        await h.send(h.command([800.0] * 4, epoch=2, seq=1))  # a new epoch after the fallback: no bound
+        assert h.caps == [800.0] * 4 and h.unit.stats.held == 0 and h.last().held_epoch == 0
+    run(go())
+
+
+def test_the_fallback_clears_what_was_held(clock: ManualClock, r01: RackLayout, layouts: Layouts) -> None:
+    async def go() -> None:
+        h = Harness(clock, r01, layouts)
+        await h.unit.open()
+        await h.send(h.command([600.0] * 4, epoch=1, lease_s=10))
+        clock.advance(1)
+        await h.send(h.command([800.0] * 4, epoch=2, seq=1, lease_s=2))  # a short new lease
+        assert h.caps == [600.0] * 4
+        clock.advance(2)
+        assert await h.unit.check_lease()  # epoch 2's lease ran out first: fall back, never a raise
+        assert h.caps == [400.0] * 4 and h.unit.held == []
+    run(go())
+
+
+@settings(max_examples=40, deadline=None)
+@given(old=st.lists(st.floats(MIN_W, MAX_W), min_size=4, max_size=4),
+       new=st.lists(st.floats(MIN_W, MAX_W), min_size=4, max_size=4), gap_s=st.floats(0.0, 20.0))
+def test_no_cap_ever_exceeds_the_newest_authoritys_plan(r01: RackLayout, layouts: Layouts, old: list[float],
+                                                         new: list[float], gap_s: float) -> None:
+    async def go() -> None:
+        clock = ManualClock()
+        h = Harness(clock, r01, layouts)
+        await h.unit.open()
+        old_ends = clock.now_ns() + int(10 * NS_PER_S)
+        await h.send(h.command(old, epoch=1, lease_s=10))
+        clock.advance(gap_s)
+        await h.unit.check_lease()
+        await h.send(h.command(new, epoch=2, seq=1, lease_s=15))
+        for _ in range(8):
+            planned = np.array(new) + 1e-6
+            assert (h.gpus.caps <= planned).all()
+            if clock.now_ns() < old_ends and gap_s < 10:  # the old lease is live: below both plans
+                assert (h.gpus.caps <= np.array(old) + 1e-6).all()
+            clock.advance(1.5)
+            await h.unit.check_lease()
+    run(go())
