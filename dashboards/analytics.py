@@ -289,6 +289,27 @@ def counter_energy_kwh(register: Trace, over: Spans) -> float:
     return float((register.raw(sp.end) - register.raw(sp.start)).sum()) / 1e3
 
 
+def peak_demand_kw(register: Trace, interval_s: float, offset_s: float = 0.0) -> tuple[float, float]:
+    """The highest average power (kW) over one demand interval, as utilities bill it: intervals
+    ``[offset + k*interval, offset + (k+1)*interval)`` (``offset_s`` aligns them to the clock),
+    only those the register covers whole; ``(nan, nan)`` without one. Returns ``(kW, start_s)``."""
+    w = register.window_s
+    if interval_s <= 0 or not register.known.start.size:
+        return float("nan"), float("nan")
+    k0 = np.ceil((0.0 - offset_s) / interval_s)
+    starts = offset_s + interval_s * np.arange(k0, np.floor((w - offset_s) / interval_s))
+    best, at = float("nan"), float("nan")
+    for a in starts.tolist():
+        b = a + interval_s
+        i = np.searchsorted(register.known.start, a, side="right") - 1
+        if i < 0 or register.known.end[i] < b:
+            continue  # not covered whole
+        kw = float(register.raw(np.array([b]))[0] - register.raw(np.array([a]))[0]) * 3.6 / interval_s
+        if not kw <= best:
+            best, at = kw, a
+    return best, at
+
+
 @dataclass(frozen=True, slots=True)
 class Pue:
     """PUE over the spans where facility and IT power are both known."""

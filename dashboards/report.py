@@ -77,7 +77,10 @@ class Report:
     facility_source: str = ""  # "energy register" (the site meter's) or "integrated power"
     it: analytics.Energy | None = None
     pue: analytics.Pue | None = None
-    peak_facility_w: float = float("nan")
+    peak_facility_w: float = float("nan")  # the highest reading of the site meter
+    demand_interval_s: float = 900.0
+    peak_demand_w: float = float("nan")  # the highest average over one demand interval (energy register)
+    peak_demand_start_ns: int | None = None
     limit_min_w: float = float("nan")
     min_site_headroom_w: float = float("nan")
     dr: analytics.DrCompliance | None = None
@@ -108,6 +111,8 @@ class Report:
             "it_energy_kwh": _num(self.it_kwh),
             "pue": _num(self.pue_value), "pue_basis_s": _num(self.pue.basis_s if self.pue else float("nan")),
             "peak_facility_kw": _num(self.peak_facility_w / 1e3),
+            "peak_demand_kw": _num(self.peak_demand_w / 1e3), "demand_interval_s": self.demand_interval_s,
+            "peak_demand_start": _iso(self.peak_demand_start_ns) if self.peak_demand_start_ns is not None else None,
             "grid_limit_min_kw": _num(self.limit_min_w / 1e3),
             "min_site_headroom_kw": _num(self.min_site_headroom_w / 1e3),
             "coverage": {"facility": self._coverage(self.facility), "it": self._coverage(self.it)},
@@ -186,18 +191,22 @@ def fetch(store: EmbeddedStore, metric: str, start_ns: int, end_ns: int, *,
 
 
 def summarize(store: EmbeddedStore, site: str, start_ns: int, end_ns: int, *,
-              gap_factor: float = analytics.MAX_GAP_FACTOR) -> Report:
+              gap_factor: float = analytics.MAX_GAP_FACTOR, demand_interval_s: float = 900.0) -> Report:
     """Energy, PUE, peak, headroom per level and DR compliance of ``site`` in ``[start_ns, end_ns)``."""
     def tr(metric: str, hold: bool = False) -> analytics.Trace | None:
         frame = fetch(store, metric, start_ns, end_ns, gap_factor=gap_factor, site=site)
         return None if frame.empty else analytics.trace(frame, start_ns, end_ns, hold=hold, gap_factor=gap_factor)
 
-    r = Report(site, start_ns, end_ns, gap_factor)
+    r = Report(site, start_ns, end_ns, gap_factor, demand_interval_s=demand_interval_s)
     fac, it, lim = tr("site.facility_w"), tr("site.it_w"), tr("grid.limit_w", hold=True)
     reg = site_register(store, site, start_ns, end_ns, gap_factor)
     if reg is not None:
         r.facility = analytics.Energy(analytics.counter_energy_kwh(reg, reg.known), analytics.coverage(reg))
         r.facility_source = "energy register"
+        step = int(demand_interval_s * 1e9)
+        kw, at = analytics.peak_demand_kw(reg, demand_interval_s, ((-start_ns) % step) / 1e9 if step else 0.0)
+        if math.isfinite(kw):
+            r.peak_demand_w, r.peak_demand_start_ns = kw * 1e3, start_ns + round(at * 1e9)
     elif fac is not None:
         r.facility = analytics.Energy(analytics.integral(fac, fac.known) / 3.6e6, analytics.coverage(fac))
         r.facility_source = "integrated power"

@@ -20,6 +20,7 @@ from typing import Any
 
 from bus.mqtt import MqttAddress
 from models.errors import PowerplaneError
+from powerplane.proc import dies_with_parent
 
 
 def free_port(kind: int = socket.SOCK_STREAM, host: str = "127.0.0.1") -> int:
@@ -115,7 +116,8 @@ async def _start_mosquitto(exe: str) -> Broker:
     b._tmp = tempfile.TemporaryDirectory(prefix="powerplane-mqtt-")
     conf = Path(b._tmp.name) / "mosquitto.conf"
     conf.write_text(mosquitto_config(port))
-    b._proc = subprocess.Popen([exe, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    b._proc = subprocess.Popen(dies_with_parent([exe, "-c", str(conf)]), stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE)
     if not await asyncio.to_thread(wait_port, "127.0.0.1", port, 10.0):
         err = b._proc.stderr.read().decode(errors="replace") if b._proc.poll() is not None and b._proc.stderr else ""
         await b.stop()

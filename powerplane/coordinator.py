@@ -18,6 +18,7 @@ from pathlib import Path
 
 from models.errors import PowerplaneError
 from powerplane.broker import free_port
+from powerplane.proc import dies_with_parent
 
 
 class PrivateEtcd:
@@ -58,11 +59,11 @@ async def start_etcd(timeout_s: float = 20.0) -> PrivateEtcd:
     port, peer = free_port(), free_port()
     tmp = tempfile.TemporaryDirectory(prefix="powerplane-etcd-")
     peer_url, client_url = f"http://127.0.0.1:{peer}", f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([exe, "--name", "demo", "--data-dir", str(Path(tmp.name) / "data"),
-                             "--listen-client-urls", client_url, "--advertise-client-urls", client_url,
-                             "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls", peer_url,
-                             "--initial-cluster", f"demo={peer_url}", "--heartbeat-interval", "10",
-                             "--election-timeout", "100", "--logger", "zap", "--log-level", "error"],
+    proc = subprocess.Popen(dies_with_parent([
+        exe, "--name", "demo", "--data-dir", str(Path(tmp.name) / "data"), "--listen-client-urls", client_url,
+        "--advertise-client-urls", client_url, "--listen-peer-urls", peer_url, "--initial-advertise-peer-urls",
+        peer_url, "--initial-cluster", f"demo={peer_url}", "--heartbeat-interval", "10", "--election-timeout", "100",
+        "--logger", "zap", "--log-level", "error"]),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     etcd = PrivateEtcd(port, proc, tmp)
     loop = asyncio.get_running_loop()

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from models.clock import NS_PER_S
+from powerplane.proc import dies_with_parent
 
 FALLBACK_SLACK_S = 1.0  # the agent checks its lease every 0.25 s of site time
 FALLBACK_SLACK_WALL_S = 0.3  # ... and a loaded agent process takes this long to get to every unit
@@ -43,8 +44,8 @@ class Proc:
         fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         with os.fdopen(fd, "ab") as out:
             self.proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "powerplane", *self.args, stdout=out, stderr=asyncio.subprocess.STDOUT,
-                stdin=asyncio.subprocess.DEVNULL, env=self.env)
+                *dies_with_parent([sys.executable, "-m", "powerplane", *self.args]), stdout=out,
+                stderr=asyncio.subprocess.STDOUT, stdin=asyncio.subprocess.DEVNULL, env=self.env)
 
     @property
     def alive(self) -> bool:

@@ -27,6 +27,8 @@ from typing import Any
 
 import pytest
 
+from powerplane.proc import dies_with_parent
+
 SBIN = "/usr/sbin:/usr/local/sbin:/sbin"
 
 
@@ -104,7 +106,7 @@ class Server:
             return
         self.prepare()
         with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen(dies_with_parent(self.command()), stdout=log, stderr=subprocess.STDOUT,
                                          env=self.env(), start_new_session=True)
         if not self.ready():
             tail = self.log.read_text(errors="replace")[-2000:]

@@ -57,11 +57,12 @@ def _print(r: Report, console: Console) -> None:
     table.add_column("value", justify="right")
     basis = f" over {r.pue.basis_s:,.0f} s" if r.pue is not None else ""
     rows: list[tuple[str, str]] = [
-        ("facility energy", _fmt(r.facility_kwh, 1, 2, " kWh") + (f" ({r.facility_source})" if r.facility_source
-                                                                   else "")),
+        ("facility energy", _fmt(r.facility_kwh, 1, 2, " kWh")),
+        ("  from", r.facility_source or "—"),
         ("IT energy", _fmt(r.it_kwh, 1, 2, " kWh")),
         ("PUE (facility / IT energy)", _fmt(r.pue_value, 1, 3) + basis),
         ("peak facility power", _fmt(r.peak_facility_w, 1e3, 1, " kW")),
+        (f"peak demand ({r.demand_interval_s:g} s)", _fmt(r.peak_demand_w, 1e3, 1, " kW")),
         ("grid limit (lowest)", _fmt(r.limit_min_w, 1e3, 1, " kW")),
         ("min site headroom", _fmt(r.min_site_headroom_w, 1e3, 1, " kW")),
         ("facility energy data" if r.facility_source == "energy register" else "facility power data",
@@ -100,7 +101,7 @@ def cmd_report(args: argparse.Namespace, console: Console) -> int:
         if end <= start:
             raise ConfigError("command line", [("--since/--until", "the window is empty (until <= since)")])
         site = pick_site(store, args.site)
-        r = summarize(store, site, start, end, gap_factor=args.gap_factor)
+        r = summarize(store, site, start, end, gap_factor=args.gap_factor, demand_interval_s=args.demand_interval)
         if args.json:
             print(json.dumps(r.to_json(), indent=2 if args.pretty else None, allow_nan=False))
         else:
@@ -131,4 +132,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--gap-factor", type=finite_number(float, ge=1.0, le=100.0), default=GAP_FACTOR, metavar="K",
                    help="bridge a stretch without samples up to K x the series' own interval; longer "
                         "stretches are missing and reported (default: %(default)s)")
+    p.add_argument("--demand-interval", type=finite_number(float, ge=1.0, le=86400.0), default=900.0, metavar="S",
+                   help="peak demand is the highest average power over S seconds, intervals aligned to the "
+                        "clock, from the site meter's energy register (default: %(default)s, the usual billing "
+                        "interval)")
     p.set_defaults(handler=cmd_report)

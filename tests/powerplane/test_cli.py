@@ -110,11 +110,11 @@ def _intersect(x: list[tuple[int, int]], y: list[tuple[int, int]]) -> list[tuple
 def _report_matches_the_twin(data: Path, summary: dict[str, object]) -> None:
     """Ground truth: `powerplane report --json` against the twin's own integrals over exactly the
     time the report covers (its gaps left out of both sides): energies within 1 %, PUE within
-    0.01, peak within 1 %. Computed here from the report's JSON and the twin's series file,
+    0.01, the peak minute's demand within 1 %. Computed here from the report's JSON and the twin's series file,
     independently of the demo's own check (which must agree)."""
     from models.twin.truth import energy_over, peak_over, read_series
 
-    r = pp("report", "--data-dir", str(data), "--json")
+    r = pp("report", "--data-dir", str(data), "--json", "--demand-interval", "60")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     series = read_series(data / "run" / "truth.series.csv")
@@ -127,20 +127,27 @@ def _report_matches_the_twin(data: Path, summary: dict[str, object]) -> None:
     twin_it = energy_over(series, it_spans, "it_wh")
     both = _intersect(fac_spans, it_spans)
     twin_pue = energy_over(series, both, "facility_wh") / energy_over(series, both, "it_wh")
-    twin_peak_kw = peak_over(series, fac_spans, "facility_max_w") / 1e3
-    got = (rep["facility_energy_kwh"], rep["it_energy_kwh"], rep["pue"], rep["peak_facility_kw"])
-    want = (twin_fac, twin_it, twin_pue, twin_peak_kw)
+    a = _iso_ns(rep["peak_demand_start"])
+    twin_demand_kw = energy_over(series, [(a, a + 60 * 10**9)], "facility_wh") * 60  # kWh in a minute -> kW
+    got = (rep["facility_energy_kwh"], rep["it_energy_kwh"], rep["pue"], rep["peak_demand_kw"])
+    want = (twin_fac, twin_it, twin_pue, twin_demand_kw)
     assert abs(got[0] / want[0] - 1) <= 0.01, (got, want)
     assert abs(got[1] / want[1] - 1) <= 0.01, (got, want)
     assert abs(got[2] - want[2]) <= 0.01, (got, want)
     assert abs(got[3] / want[3] - 1) <= 0.01, (got, want)
+    # the highest reading may miss a sub-second peak between readings, never invent one
+    assert rep["peak_facility_kw"] <= 1.01 * peak_over(series, fac_spans, "facility_max_w") / 1e3
     assert rep["facility_energy_source"] == "energy register"
-    # the windows cover most of the run (the store starts when the first readings do)
-    assert cov["facility"]["covered_s"] >= 0.9 * rep["window_s"] and cov["it"]["covered_s"] >= 0.8 * rep["window_s"]
+    # Nothing was lost mid-run: the only uncovered time is at the window's edges (the window
+    # runs from the first stored reading of any series to the last; the meter starts later and
+    # stops earlier than the controller's own inputs).
+    for c in cov.values():
+        assert all(g["start"] == rep["start"] or g["end"] == rep["end"] for g in c["gaps"]), c["gaps"]
+        assert c["covered_s"] >= 0.5 * rep["window_s"]
     check = summary["report_check"]
     assert isinstance(check, dict) and check["ok"], check
     print(f"report vs twin: facility {got[0] / want[0] - 1:+.2%}, IT {got[1] / want[1] - 1:+.2%}, "
-          f"PUE {got[2] - want[2]:+.4f}, peak {got[3] / want[3] - 1:+.2%}")
+          f"PUE {got[2] - want[2]:+.4f}, peak demand {got[3] / want[3] - 1:+.2%}")
 
 
 def test_demo_with_two_controllers_shows_a_takeover(tmp_path: Path) -> None:
