@@ -7,8 +7,10 @@ IT load itself causes: ``OverheadModel.it_budget_w`` inverts ``IT + overhead(IT)
 
 Loop capacity is read from the CDU (``cooling.capacity_w``) or, failing that, computed from
 flow and supply temperature; stale or missing, the last known value (the design capacity
-before anything is known). A falling capacity is extrapolated over the look-ahead, because
-a pump failure takes seconds to show fully while the caps must hold until the next period.
+before anything is known). A falling capacity is extrapolated over the look-ahead (the
+period plus the measured actuation lag), because a pump failure takes seconds to show fully
+while the caps must hold until they have taken: linearly over one period, beyond that as a
+first-order decay (``FALL_TAU_S``), so a long lag does not project every loop to zero.
 """
 
 from __future__ import annotations
@@ -64,11 +66,15 @@ def site_budget(site: SiteConfig, state: SiteState, overhead: OverheadModel, now
     return Budget(facility, overhead.it_budget_w(facility * (1.0 - margin)), reason, dr)
 
 
+FALL_TAU_S = 3.0  # a failing pump's flow settles over seconds (the twin's spin-down, real pumps alike)
+
+
 class LoopCapacity:
     """Loop heat capacity from telemetry, with trend look-ahead."""
 
-    def __init__(self, topo: Topology) -> None:
+    def __init__(self, topo: Topology, period_s: float = 1.0) -> None:
         self.topo = topo
+        self.period_s = period_s
         t = topo
         self.design_w = loop_capacity_w_array(t.loop_flow_lpm, t.loop_supply_c, t.loop_max_return_c,
                                           t.loop_cp_j_per_kg_k, t.loop_density_kg_per_l, t.loop_hx_rated_w)
@@ -108,6 +114,10 @@ class LoopCapacity:
         if self._prev_ns and now_ns > self._prev_ns:
             dt = (now_ns - self._prev_ns) / NS_PER_S
             slope = (cap - self._prev_w) / dt
-            out = np.where(slope < 0, np.maximum(cap + slope * lookahead_s, 0.0), cap)
+            # A fall (a pump spinning down) slows as it settles: over a look-ahead longer than a
+            # period it is projected as a first-order decay with time constant FALL_TAU_S, never
+            # less than one period of the current slope.
+            span = max(min(lookahead_s, self.period_s), FALL_TAU_S * (1.0 - math.exp(-lookahead_s / FALL_TAU_S)))
+            out = np.where(slope < 0, np.maximum(cap + slope * span, 0.0), cap)
         self._prev_w, self._prev_ns = cap, now_ns
         return np.asarray(out, np.float64)

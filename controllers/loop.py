@@ -44,7 +44,7 @@ class ControlLoop:
                                       period_s=cfg.period_s, stale_after_s=cfg.stale_after_s)
         self.hysteresis = safety.Hysteresis(p.n_constraints, cfg.cap_threshold, cfg.target_threshold,
                                             cfg.release_threshold)
-        self.loops = LoopCapacity(topo)
+        self.loops = LoopCapacity(topo, cfg.period_s)
         self.overhead = overhead_model(site, topo)
         self.enforced_w = np.full(n, np.nan)  # per GPU of each consumer: the last planned cap
         self.plan_id = 0

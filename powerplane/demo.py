@@ -614,8 +614,12 @@ def summary_table(s: dict[str, Any], site: SiteConfig) -> Table:
                      f"devices with data (Modbus, SNMP, MQTT)"
         + (f"; down: {', '.join(s['devices_down'][:4])}" if s["devices_down"] else ""),
         "" if not s["devices_down"] else "red")
-    row("stored", f"{s['points_stored']:,} points in the store ({s['points_claimed']:,} written, "
-                  f"{s['points_overwritten']:,} overwritten), {s['events_stored']:,} events; dropped {s['dropped']:,}")
+    killed = s.get("drill") is not None or s.get("takeover") is not None
+    claim = (f"the controllers recorded {s['points_claimed']:,} written (a killed one's last second is not in "
+             "its record)" if killed and s["points_claimed"] != s["points_stored"]
+             else f"{s['points_claimed']:,} written")
+    row("stored", f"{s['points_stored']:,} points in the store ({claim}, {s['points_overwritten']:,} overwritten), "
+                  f"{s['events_stored']:,} events; dropped {s['dropped']:,}")
     if s["control"]:
         share = s["plans"] / s["periods"] if s["periods"] else 0.0
         row("control loop", f"{s['plans']:,} plans in {s['periods']:,} periods ({share:.1%}), {s['missed_periods']} "

@@ -589,7 +589,10 @@ class ControlPlane:
             st.takeovers[-1]["first_plan_ns"] = now_ns
             st.takeovers[-1]["first_plan_wall_ns"] = time.time_ns()
         st.worst_solve_ms = max(st.worst_solve_ms, plan.solve_ms)
-        granted = plan.violations(self.topo, of="caps")
+        # A constraint whose floors alone exceed it is infeasible (an event names the jobs to
+        # move); the floors it is planned at are not a plan granting over a limit.
+        infeasible = {x.constraint for x in plan.infeasible}
+        granted = [v for v in plan.violations(self.topo, of="caps") if v.split(":", 1)[0] not in infeasible]
         caps = safety.gate(plan.caps_w, granted, self._applied)
         t3 = time.perf_counter()
         ms["solve"] = (t3 - t2) * 1e3

@@ -187,9 +187,12 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
     sink = open_sink(store_cfg, clock=clock, on_event=lambda ev: planes[0].event(ev) if planes else None)
     prefix = site.actuation.topic_prefix
     # One connection for everything (with authentication the client id is the user name, so
-    # every controller of a site has its own account).
+    # every controller of a site has its own account). Storing the collectors' readings itself,
+    # its session is persistent: while it restarts the broker queues their batches (QoS 1,
+    # up to mosquitto's max_queued_messages) and none is lost.
+    stores_readings = bool(args.readings) and not args.no_store_readings
     link = MqttLink(addr, f"powerplane-controller-{site.site.name}" + (f"-{holder}" if authority else ""),
-                    clean_session=True)
+                    clean_session=not stores_readings)
     gate = None
     if authority is not None:
         auth = authority
