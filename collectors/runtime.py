@@ -155,7 +155,8 @@ class CollectorSet:
             b = result.batch
             result.batch = dataclasses.replace(b, ts_ns=np.where(b.ts_ns == ts_ns, mid_ns, b.ts_ns))
         ts_ns = mid_ns
-        if not len(result.batch) and not result.rejected and not result.errors:
+        if not len(result.batch) and not result.errors and set(result.rejected) <= {Reason.ABSENT}:
+            self.tracker.by_name[d.name].rejected.update(result.rejected)
             # It answered, but with none of its profile's metrics (a Raritan PX1 polled as a
             # PDU2): not up, whatever the transport says.
             self._failed(d, ts_ns, latency_s, "no_data",

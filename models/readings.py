@@ -46,6 +46,7 @@ class Reason(enum.IntEnum):
     DECODE = 7  # the raw bytes / payload could not be decoded
     NOT_IMPLEMENTED = 8  # the device's "not implemented" sentinel (e.g. SunSpec 0x8000)
     TIMESTAMP = 9  # the reading's own timestamp lies outside the accepted window around now
+    ABSENT = 10  # the profile asks for it, the device has no such object (a column it lacks)
 
 
 Kind = Literal["gauge", "counter", "state"]

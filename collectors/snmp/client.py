@@ -40,7 +40,7 @@ from models.errors import (
     DeviceUnreachable,
     ProfileError,
 )
-from models.readings import SeriesRegistry
+from models.readings import Reason, SeriesRegistry
 
 log = logging.getLogger("powerplane.collectors.snmp")
 
@@ -359,6 +359,12 @@ class SnmpPoller:
                 self.decoder.set_digits(c, rows[c])
             self._digits_ts_ns = ts_ns
         batch, rejected = self.decoder.decode(ts_ns, scalars, rows)
+        if not errors:
+            # A complete poll in which a column of the profile has no row at all: the device
+            # lacks it (a PX1 polled as a PX2). Counted per point, every poll, per device.
+            absent = sum(len(pts) for c, pts in plan.points.items() if not rows.get(c))
+            if absent:
+                rejected[Reason.ABSENT] += absent
         if self.decoder.rows_without_digits:
             self._digits_ts_ns = None  # new sensor rows (or the digits walk failed): read digits next poll
         return PollResult(batch, errors, rejected)

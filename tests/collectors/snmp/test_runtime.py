@@ -11,7 +11,7 @@ import pytest
 from collectors.base import DeviceConfig
 from collectors.config import devices_from_twin
 from collectors.runtime import CollectorSet
-from models.readings import ReadingBatch, SeriesRegistry
+from models.readings import ReadingBatch, Reason, SeriesRegistry
 from models.retry import Backoff
 from models.site import SiteConfig
 from models.topology import Topology
@@ -82,6 +82,7 @@ def test_a_device_that_answers_with_none_of_its_profiles_metrics_is_not_up(demo_
             await cs.stop()
             bad = health["wrong-profile"]
             assert not bad.up and bad.last_error_kind == "no_data" and "raritan-pdu2" in bad.last_error
+            assert bad.rejected[Reason.ABSENT] > 0, bad.rejected  # the columns it lacks, counted
             assert health[apc.name].up and health[apc.name].readings > 0
             assert [(e.kind, e.entity) for e in events] == [("device_down", "wrong-profile")]  # type: ignore[attr-defined]
         finally:
