@@ -12,9 +12,11 @@ bounded ``Inbox`` per subscription (and PUBACK bookkeeping), so that
 
 Credentials never come from argv: ``mqtt://user@host:port`` names the user, and the
 password comes from a file (``--mqtt-password-file``) or ``$POWERPLANE_MQTT_PASSWORD``.
-A URL that carries a password is refused, because every local user can read argv. With a
-user name the client id *is* the user name (brokers run with
-``use_username_as_clientid true``), so one account cannot take over another's session.
+A URL that carries a password is refused, because every local user can read argv. The site
+broker runs with ``use_username_as_clientid true`` (``deploy/mosquitto``), so there the
+client id *is* the user name whatever a client asks for, and one account cannot take over
+another's session; on a broker without it (a shared demo account) each process keeps its own
+client id, so that processes on one account do not throw each other off.
 """
 
 from __future__ import annotations
@@ -95,10 +97,6 @@ class MqttAddress:
     def with_user(self, username: str | None, password: str | None) -> MqttAddress:
         """The same broker with other credentials."""
         return replace(self, username=username, password=password)
-
-    def client_id(self, fallback: str) -> str:
-        """The client id to connect with: the user name when there is one (see module doc)."""
-        return self.username or fallback
 
 
 def _redact(url: str) -> str:
@@ -278,6 +276,7 @@ class MqttLink:
         self.connected = threading.Event()
         self.connects = 0
         self.disconnects = 0
+        self.refused: str | None = None  # the broker's reason when it last refused the connection
         self.on_state: Callable[[bool, str], None] | None = None
         self.started = False
         self.acked = 0
@@ -293,7 +292,7 @@ class MqttLink:
             from paho.mqtt.packettypes import PacketTypes
             from paho.mqtt.properties import Properties
 
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=addr.client_id(client_id),
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                             protocol=mqtt.MQTTv5, manual_ack=True)
             props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             props.ReceiveMaximum = int(receive_maximum or 1)
@@ -301,7 +300,7 @@ class MqttLink:
                 props.SessionExpiryInterval = int(session_expiry_s)
             self._connect_props = props
         else:
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=addr.client_id(client_id),
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                             clean_session=clean_session)
         if addr.username:
             c.username_pw_set(addr.username, addr.password)
@@ -429,12 +428,14 @@ class MqttLink:
     def _on_connect(self, client: Any, userdata: Any, flags: Any, reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             log.error("MQTT %s refused the connection: %s", self.addr.url(), reason_code)
+            self.refused = str(reason_code)
             if self.on_state is not None:
                 self.on_state(False, str(reason_code))
             return
         for topic, (qos, _box) in list(self._subs.items()):
             client.subscribe(topic, qos=qos)
         self.connects += 1
+        self.refused = None
         self.connected.set()
         if self.on_state is not None:
             self.on_state(True, "connected")

@@ -229,6 +229,8 @@ def devices_from_twin(endpoints: Sequence[Endpoint], site: str, *, topo: Topolog
         else:
             profile = TWIN_PROFILES.get(ep.model, ep.model)
             options["topic"] = ep.topic
+            if ep.username:  # its password comes from $POWERPLANE_MQTT_PASSWORD, as for the bus
+                options["username"] = ep.username
         iv, to = interval_s, timeout_s
         if period_s is not None:
             if ep.level == "loop":

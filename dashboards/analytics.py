@@ -263,8 +263,8 @@ def counter_trace(data: pd.Series | pd.DataFrame, start_ns: int, end_ns: int, *,
 
     A register covers its own gaps exactly — the energy between two readings is their
     difference, however far apart they are — so between its first and last reading it is
-    known except where it went down (a reset or a wrap: that stretch is missing). The
-    window's edges follow the gap policy as for any series.
+    known except where it went down (a reset or a wrap: that stretch is missing), and
+    nowhere else.
     """
     tr = trace(data, start_ns, end_ns, gap_factor=gap_factor)
     if tr.t_s.size < 2:
@@ -275,9 +275,11 @@ def counter_trace(data: pd.Series | pd.DataFrame, start_ns: int, end_ns: int, *,
     i = np.searchsorted(t, mid, side="right") - 1
     between = (i >= 0) & (i < t.size - 1)
     rising = np.diff(v) >= 0
+    # Before its first and after its last reading a register says nothing: holding its value
+    # there would count those seconds as covered at zero power. (``fetch`` adds the readings
+    # just outside the window, so a window's edges are between two readings when the data is.)
     known = between & rising[np.clip(i, 0, rising.size - 1)]
-    edges = tr.known.contains(mid) & ~between  # before the first and after the last reading
-    return Trace(t, v, w, tr.interval_s, Spans.from_pieces(bounds, known | edges), False)
+    return Trace(t, v, w, tr.interval_s, Spans.from_pieces(bounds, known), False)
 
 
 def counter_energy_kwh(register: Trace, over: Spans) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -18,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bus.mqtt import MqttAddress
+from bus.mqtt import MqttAddress, MqttLink
 from models.errors import PowerplaneError
 from powerplane.proc import dies_with_parent
 
@@ -103,11 +104,33 @@ async def start_broker(url: str | None = None, prefer: str = "auto", *,
     mosquitto if found, else an embedded amqtt."""
     if url:
         addr = MqttAddress.parse(url, password_file=password_file)
+        await check_broker(addr)
         return Broker("external", addr.host, addr.port, addr)
     exe = shutil.which("mosquitto") or (shutil.which("mosquitto", path="/usr/sbin:/usr/local/sbin"))
     if exe and prefer in ("auto", "mosquitto"):
         return await _start_mosquitto(exe)
     return await _start_amqtt()
+
+
+async def check_broker(addr: MqttAddress, timeout_s: float = 10.0) -> None:
+    """Connect once to an operator's broker before anything starts: a refused account (wrong
+    password, unknown user) or no broker at all is one clear error now, not every process of
+    the plane retrying for minutes."""
+    link = MqttLink(addr, client_id=f"powerplane-check-{os.getpid()}")
+    link.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if link.connected.is_set():
+                return
+            if link.refused is not None:
+                raise PowerplaneError(
+                    f"the MQTT broker {addr.url()} refused the connection: {link.refused} (check the user "
+                    "in the URL and --mqtt-password-file or $POWERPLANE_MQTT_PASSWORD)")
+            await asyncio.sleep(0.05)
+        raise PowerplaneError(f"no MQTT broker answered at {addr.url()} within {timeout_s:g} s")
+    finally:
+        link.stop()
 
 
 async def _start_mosquitto(exe: str) -> Broker:

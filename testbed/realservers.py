@@ -143,16 +143,26 @@ class Mosquitto(Server):
 
     name = "mosquitto"
 
-    def __init__(self, workdir: Path, persistent: bool = True) -> None:
+    def __init__(self, workdir: Path, persistent: bool = True, users: dict[str, str] | None = None) -> None:
         super().__init__(workdir)
         self.exe = require("mosquitto")
         self.port = free_port()
         self.persistent = persistent
+        self.users = users  # name -> password: no anonymous client, a password file (mosquitto_passwd)
 
     def prepare(self) -> None:
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
-        lines = [f"listener {self.port} 127.0.0.1", "allow_anonymous true",
+        auth = ["allow_anonymous true"]
+        if self.users is not None:
+            pw = self.workdir / "passwd"
+            pw.write_text("")
+            for user, password in self.users.items():
+                subprocess.run([require("mosquitto_passwd"), "-b", str(pw), user, password], check=True,
+                               capture_output=True)
+            pw.chmod(0o600)
+            auth = ["allow_anonymous false", f"password_file {pw}"]
+        lines = [f"listener {self.port} 127.0.0.1", *auth,
                  # A slow QoS 1 subscriber must not lose messages to the default 1000 cap.
                  "max_queued_messages 1000000", "max_inflight_messages 0",
                  f"persistence {'true' if self.persistent else 'false'}",

@@ -171,7 +171,7 @@ class Twin:
             site = self.site.site.name
             for model, topic in (("grid-json", f"grid/{site}/#"), ("bms-json", "BMS/v1/PUB/Value/#")):
                 out.append(Endpoint(f"mqtt-{model}", "mqtt", model, "site", site, self.mqtt.host,
-                                    self.mqtt.port, topic=topic))
+                                    self.mqtt.port, topic=topic, username=self._mqtt_addr.username))
         return out
 
     def write_endpoints(self, path: str | Path) -> None:

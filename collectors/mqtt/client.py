@@ -52,8 +52,8 @@ class MqttIntake:
         o = options_of(device)
         assert isinstance(o, MqttOptions)
         self.options = o
-        # With a user name the client id is the user name (brokers run use_username_as_clientid).
-        self.client_id = o.username or o.client_id or f"powerplane-{device.name}"
+        # Our own id per device; a broker with use_username_as_clientid replaces it with the user.
+        self.client_id = o.client_id or f"powerplane-{device.name}"
         self.qos = o.qos if o.qos is not None else profile.qos
         self.keepalive_s = o.keepalive_s
         self.stale_s = o.stale_s

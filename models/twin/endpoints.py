@@ -21,6 +21,7 @@ class Endpoint:
     unit: int | None = None  # Modbus device id
     community: str | None = None  # SNMP v2c community / v3 context
     topic: str | None = None  # MQTT topic filter
+    username: str | None = None  # MQTT account (its password never goes in a file like this one)
 
     def url(self) -> str:
         """A URL an operator can paste into a client."""

@@ -9,6 +9,8 @@ import pytest
 from dashboards.analytics import (
     Spans,
     align,
+    counter_energy_kwh,
+    counter_trace,
     coverage,
     downsample,
     dr_compliance,
@@ -19,6 +21,7 @@ from dashboards.analytics import (
     least_headroom,
     level_summary,
     min_headroom_w,
+    peak_demand_kw,
     pue,
     trace,
 )
@@ -264,3 +267,20 @@ def test_downsample_per_tag() -> None:
     assert d[d["id"] == "a"]["value"].tolist() == [25.0, 85.0]
     assert d[d["id"] == "b"]["value"].tolist() == [50.0, 170.0]
     assert downsample(frame[frame["id"] == "a"], "1min", "max")["value"].tolist() == [50.0, 110.0]
+
+
+def test_an_energy_register_covers_its_own_gaps_but_not_past_its_last_reading() -> None:
+    """A 1 MW meter's register (Wh) read every 2 s, silent for 60 s in the middle, reset once,
+    and last read 5 s before the window ends (within the 3 intervals
+    a power series would hold): the silence is covered exactly by the register's
+    difference, the reset is missing, and so are the 5 s after the last reading — holding the
+    register there would count them as covered at zero power (a takeover demo read -4 %)."""
+    t = np.concatenate([np.arange(0, 101, 2.0), np.arange(160, 301, 2.0), np.arange(302, 391, 2.0)])
+    wh = t * 1e6 / 3600
+    wh[t >= 302] -= wh[t == 302][0]  # the meter reset between 300 s and 302 s
+    reg = counter_trace(series(t, wh), *win(0, 395))
+    assert reg.known.start.tolist() == [0.0, 302.0] and reg.known.end.tolist() == [300.0, 390.0]
+    assert counter_energy_kwh(reg, reg.known) == pytest.approx(1e3 * (300 + 88) / 3600, rel=1e-9)
+    assert coverage(reg).missing_s == pytest.approx(7.0)  # the reset's 2 s and the last 5 s
+    kw, at = peak_demand_kw(reg, 60.0)  # whole minutes the register covers: all read 1 MW
+    assert kw == pytest.approx(1e3, rel=1e-9) and at in (0.0, 60.0, 120.0, 180.0, 240.0)

@@ -172,3 +172,37 @@ def test_bad_mqtt_url_is_a_clear_error() -> None:
     r = pp("demo", "--duration", "5", "--mqtt", "http://nowhere", "--no-live")
     assert r.returncode == 2
     assert "--mqtt" in r.stderr and "mqtt://host:port" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_demo_authenticates_to_a_broker_with_a_password_file(tmp_path: Path) -> None:
+    """``demo --mqtt mqtt://user@host:port --mqtt-password-file F`` keeps the credentials: every
+    process of the plane connects with them to a broker that admits no anonymous client. The
+    password never travels on a command line (a URL carrying one is refused); a wrong one is a
+    clear error, not a traceback."""
+    from testbed.realservers import Mosquitto
+
+    srv = Mosquitto(tmp_path / "mqtt", persistent=False, users={"plane": "s3cret-pw"})
+    srv.start()
+    try:
+        pw = tmp_path / "pw"
+        pw.write_text("s3cret-pw\n")
+        pw.chmod(0o600)
+        url = f"mqtt://plane@127.0.0.1:{srv.port}"
+        out = tmp_path / "s.json"
+        r = pp("demo", "--mqtt", url, "--mqtt-password-file", str(pw), "--duration", "150", "--speed", "10",
+               "--no-live", "--outage", "off", "--data-dir", str(tmp_path / "data"), "--summary-json", str(out),
+               timeout=300)
+        s = json.loads(out.read_text())
+        assert r.returncode == 0, (s["reasons"], r.stderr[-2000:])
+        assert s["plans"] > 0 and s["statuses"] > 0 and s["devices_up"] == s["devices_total"]
+        assert "s3cret-pw" not in r.stdout + r.stderr
+        bad = tmp_path / "bad"
+        bad.write_text("wrong\n")
+        bad.chmod(0o600)
+        r = pp("demo", "--mqtt", url, "--mqtt-password-file", str(bad), "--duration", "10", "--no-live",
+               "--data-dir", str(tmp_path / "data2"), timeout=120)
+        assert r.returncode != 0 and "Traceback" not in r.stderr
+        assert "not authori" in (r.stdout + r.stderr).lower() or "refused" in (r.stdout + r.stderr).lower(), \
+            r.stderr[-1500:]
+    finally:
+        srv.stop()

@@ -66,7 +66,7 @@ def test_mqtt_address_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     pw.write_text("s3cret\n")
     a = MqttAddress.parse("mqtt://u@broker:1884", password_file=pw)
     assert (a.host, a.port, a.username, a.password) == ("broker", 1884, "u", "s3cret") and "s3cret" not in repr(a)
-    assert a.client_id("fallback") == "u" and a.url() == "mqtt://u@broker:1884"
+    assert a.url() == "mqtt://u@broker:1884"
     monkeypatch.setenv("POWERPLANE_MQTT_PASSWORD", "from-env")
     assert MqttAddress.parse("mqtt://u@broker").password == "from-env"
     with pytest.raises(ConfigError, match="process list"):  # never a password on a command line
