@@ -9,8 +9,11 @@ table itself is built on the feed's thread, ``controllers.jobs.feed``)
     verify   acknowledgements, enforcement and draw against what was sent -> worst-case pins
     solve    demand -> budget -> allocation -> safety gate -> plan
     publish  signed per-rack cap commands for the racks that need one
-    store    hand-off of the period's readings, plan aggregates and events to the store
-             thread and the hook dispatcher (bounded queues: never a blocking write here)
+    store    the plan's aggregates, events and move advice, and the hand-off of the period's
+             readings and events to the store thread and the hook dispatcher (bounded
+             queues: never a blocking write here)
+    report   device, store and actuation health (every ``health_period_s``) and the state
+             snapshot for live views
 
 and it records how late the period started and what each stage took (``controller.*``).
 A period that raises anything is counted, becomes a ``control_error`` event and the next
@@ -63,7 +66,7 @@ HookEvent = tuple[Event, Mapping[str, Any] | None]
 # Extra per-period advice on a plan (move recommendations): events, each with an optional
 # JSON-able detail for the scheduler hooks.
 Advisor = Callable[[CapPlan, SiteState, int], list[tuple[Event, dict[str, Any] | None]]]
-STAGES = ("ingest", "verify", "solve", "publish", "store")
+STAGES = ("ingest", "verify", "solve", "publish", "store", "report")
 BEHIND_WARN_PERIODS = 5
 MAX_SNAPSHOT_JOBS = 200  # the state topic carries the jobs that lose the most; the summary file all of them
 MAX_HOSTLIST_CHARS = 4096  # this many late periods in a row: say so, naming the slowest stage
@@ -469,7 +472,10 @@ class ControlPlane:
         finally:
             t4 = time.perf_counter()
             self._handoff(now_ns, batches, events)
-            ms["store"] = (time.perf_counter() - t4) * 1e3
+            t5 = time.perf_counter()
+            ms["store"] += (t5 - t4) * 1e3
+            self._report(now_ns)
+            ms["report"] = (time.perf_counter() - t5) * 1e3
             total = (time.perf_counter() - t0) * 1e3
             st.stage_ms = ms
             for k, v in ms.items():
@@ -531,7 +537,8 @@ class ControlPlane:
             if self.actuator is not None:
                 self.actuator.apply(applied)
             self._applied = caps
-        ms["publish"] = (time.perf_counter() - t3) * 1e3
+        t4 = time.perf_counter()
+        ms["publish"] = (t4 - t3) * 1e3
         if not granted:
             batches.append(plan.to_batch(self.site_id, self.registry))
             batches.append(self._node_caps(now_ns))
@@ -539,6 +546,7 @@ class ControlPlane:
             events.extend((e, None) for e in self.notices.events(plan, self.state, now_ns))
             for advise in self.advisors:
                 events.extend(advise(plan, self.state, now_ns))
+        ms["store"] = (time.perf_counter() - t4) * 1e3  # what goes to the store and hooks; step adds the hand-off
         return plan
 
     def _node_caps(self, now_ns: int) -> ReadingBatch:
@@ -601,16 +609,20 @@ class ControlPlane:
         return ReadingBatch.concat(batches)
 
     def _health(self, now_ns: int, late_ms: float, total_ms: float) -> None:
+        """The period's own ``controller.*`` readings (its stage times included) to the store."""
         reg, site = self.registry, self.site_id
         vals = self.health_values()
         vals["late_ms"] = late_ms
         vals["period_ms"] = total_ms
         sids = [reg.id(f"controller.{k}", site=site) for k in vals]
-        batch = ReadingBatch.of(now_ns, sids, list(vals.values()), 0, reg)
+        self._write(ReadingBatch.of(now_ns, sids, list(vals.values()), 0, reg))
+
+    def _report(self, now_ns: int) -> None:
+        """The ``report`` stage: collector, store and actuation health every ``health_period_s``, and
+        the state snapshot for live views."""
         if now_ns >= self._next_health_ns:
             self._next_health_ns = now_ns + int(self.health_period_s * NS_PER_S)
-            batch = ReadingBatch.concat([batch, self.health_batch(now_ns)])
-        self._write(batch)
+            self._write(self.health_batch(now_ns))
         if self.publish_state is not None and time.monotonic() - self._state_wall >= 0.2:
             self._state_wall = time.monotonic()
             try:

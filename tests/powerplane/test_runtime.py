@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from models.site import SiteConfig
 from models.topology import Topology
 from models.twin.feed import TwinFeed
 from models.twin.sim import TwinSim
-from powerplane.runtime import ControlPlane
+from powerplane.runtime import STAGES, ControlPlane
 from store.embedded import EmbeddedStore
 
 
@@ -126,3 +127,25 @@ def test_live_jobs_are_planned_from_the_next_period_and_stored(demo_site: SiteCo
     a, b = store.time_range()
     caps = store.query("caps.cap_w", a, b + 1, level="job", id="4242")
     assert len(caps) == 1  # planned in exactly the one period it was live
+
+
+def test_the_stages_account_for_the_state_snapshot(demo_site: SiteConfig, demo_topo: Topology,
+                                                   tmp_path: Path) -> None:
+    """Publishing the live state is a stage of its own (``report``), stored with the others."""
+    clock = ManualClock()
+    published: list[dict[str, object]] = []
+
+    def slow_view(doc: dict[str, object]) -> None:
+        time.sleep(0.05)  # a slow live view: its time must show in a stage, not between them
+        published.append(doc)
+
+    store = EmbeddedStore(tmp_path)
+    plane = ControlPlane(demo_site, demo_topo, clock, store, publish_state=slow_view)
+    clock.advance(1.0)
+    plane.step(clock.now_ns())
+    assert published and set(plane.stats.stage_ms) == set(STAGES) and "report" in STAGES
+    assert plane.stats.stage_ms["report"] >= 50.0
+    assert plane.writer is not None and plane.writer.flush(30.0)
+    a, b = store.time_range()
+    assert store.query("controller.report_ms", a, b + 1)["value"].iloc[-1] >= 50.0
+    plane.writer.close()
