@@ -249,6 +249,7 @@ class ControlPlane:
         self._server_rack: NDArray[np.intp] | None = None
         self._node_power_slot = -1
         self._stored_node_cap = np.full(n_nodes, np.nan)
+        self._stored_node_cap_ns = np.full(n_nodes, -1, np.int64)
         self._next_health_ns = 0
         self._state_wall = 0.0
         self._state_errors = 0
@@ -550,7 +551,8 @@ class ControlPlane:
         return plan
 
     def _node_caps(self, now_ns: int) -> ReadingBatch:
-        """``caps.gpu_cap_w`` per node (its GPUs' cap as sent), only where it changed."""
+        """``caps.gpu_cap_w`` per node (its GPUs' cap as sent), only where it changed, and for at most
+        one server in ``[controller].node_caps_every_s / period_s`` a period."""
         if self.actuator is not None:
             pub = self.actuator.publisher
             sent = np.minimum.reduceat(np.where(np.isnan(pub.sent_w), np.inf, pub.sent_w), pub.first)
@@ -561,7 +563,16 @@ class ControlPlane:
         changed = np.flatnonzero(np.isfinite(sent) & ~(np.abs(sent - self._stored_node_cap) < 0.5))
         if not changed.size:
             return ReadingBatch.empty(self.registry)
+        cfg = self.site.controller
+        if cfg.node_caps_every_s > 0:
+            # A site-wide swing changes every server's cap: store at most a share of the servers a
+            # period, those whose stored cap is oldest first, so each catches up within the interval.
+            budget = math.ceil(sent.size * cfg.period_s / cfg.node_caps_every_s)
+            if changed.size > budget:
+                oldest = np.argpartition(self._stored_node_cap_ns[changed], budget - 1)[:budget]
+                changed = np.sort(changed[oldest])
         self._stored_node_cap[changed] = sent[changed]
+        self._stored_node_cap_ns[changed] = now_ns
         missing = changed[self._node_cap_sids[changed] < 0]
         if missing.size:
             off = int(self.topo.level_offset[L_NODE])
