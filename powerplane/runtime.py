@@ -244,7 +244,7 @@ class ControlPlane:
         self._pending_events: list[Event] = []
         self._derived_it_ns = -1
         n_nodes = topo.count(L_NODE)
-        self._node_cap_sids = np.full(n_nodes, -1, np.int64)
+        self._node_cap_sids: NDArray[np.int32] | None = None
         self._rack_sids: NDArray[np.int32] | None = None
         self._server_rack: NDArray[np.intp] | None = None
         self._node_power_slot = -1
@@ -378,9 +378,8 @@ class ControlPlane:
         fresh = (st.node_power_ts_ns[sl] > 0) & ((now_ns - st.node_power_ts_ns[sl]) / NS_PER_S <= cfg.stale_after_s) \
             & np.isfinite(p)
         if self._rack_sids is None:
-            reg = self.registry
-            self._rack_sids = np.fromiter((reg.id("power.servers_w", site=self.site_id, level="rack", id=r)
-                                           for r in t.ids(L_RACK)), np.int32, t.count(L_RACK))
+            self._rack_sids = self.registry.ids("power.servers_w", "id", t.ids(L_RACK), site=self.site_id,
+                                                level="rack")
         if self._server_rack is None:
             self._server_rack = (t.gpu_member[L_RACK][t.node_first_gpu] - t.level_offset[L_RACK]).astype(np.intp)
         rack = self._server_rack
@@ -573,14 +572,10 @@ class ControlPlane:
                 changed = np.sort(changed[oldest])
         self._stored_node_cap[changed] = sent[changed]
         self._stored_node_cap_ns[changed] = now_ns
-        missing = changed[self._node_cap_sids[changed] < 0]
-        if missing.size:
-            off = int(self.topo.level_offset[L_NODE])
-            for k in missing.tolist():
-                self._node_cap_sids[k] = self.registry.id("caps.gpu_cap_w", site=self.site_id, level="node",
-                                                          id=self.topo.node_id(off + k))
-        return ReadingBatch.of(now_ns, self._node_cap_sids[changed].astype(np.int32), sent[changed], 0,
-                               self.registry)
+        if self._node_cap_sids is None:
+            self._node_cap_sids = self.registry.ids("caps.gpu_cap_w", "id", self.topo.ids(L_NODE), site=self.site_id,
+                                                    level="node")
+        return ReadingBatch.of(now_ns, self._node_cap_sids[changed], sent[changed], 0, self.registry)
 
     def _handoff(self, now_ns: int, batches: list[ReadingBatch], events: list[HookEvent]) -> None:
         """The period's readings and events to the store thread and the hooks; never blocks."""
