@@ -263,7 +263,7 @@ class MqttLink:
 
     def __init__(self, addr: MqttAddress, client_id: str, *, clean_session: bool = True,
                  will: tuple[str, bytes] | None = None, max_queued: int = 200_000,
-                 max_inflight: int = 2_000, keepalive_s: int = 15, receive_maximum: int | None = None,
+                 max_inflight: int = 0, keepalive_s: int = 15, receive_maximum: int | None = None,
                  session_expiry_s: int = 7 * 86_400) -> None:
         import paho.mqtt.client as mqtt
         from paho.mqtt.enums import CallbackAPIVersion
@@ -311,7 +311,10 @@ class MqttLink:
         c.reconnect_delay_set(1, 5)
         c.max_queued_messages_set(max_queued)
         # paho allows 20 unacknowledged QoS 1 messages by default: a busy interpreter that is
-        # late reading PUBACKs would then queue commands for seconds.
+        # late reading PUBACKs would then queue commands for seconds. Any window at all costs a
+        # scan of every unacknowledged message at every PUBACK (paho's _update_inflight): with
+        # a command per rack in flight, O(racks^2) a period. 0 is no window (max_queued bounds
+        # what waits; MQTT 3.1.1 has no receive maximum).
         c.max_inflight_messages_set(max_inflight)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect

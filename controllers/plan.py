@@ -9,7 +9,8 @@ lists every limit the plan would exceed.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from functools import cached_property
 from typing import Any, Literal
 
@@ -66,6 +67,34 @@ def planned_loop_heat_w(topo: Topology, node_load_w: F64) -> F64:
                        minlength=topo.n_loops).astype(np.float64)
 
 
+def _sum_by(group: NDArray[np.integer], weights: F64, n: int) -> F64:
+    """``weights`` summed per group (``n`` groups)."""
+    return np.bincount(group, weights, minlength=n).astype(np.float64, copy=False)
+
+
+def _fields(sums: dict[str, F64]) -> dict[str, F64]:
+    """``cap_w``, ``demand_w``, ``cut_w`` and ``gpus_capped`` of groups from their sums."""
+    return {"cap_w": sums["cap_w"], "demand_w": sums["demand_w"],
+            "cut_w": np.maximum(sums["demand_w"] - sums["cap_w"], 0.0),
+            "gpus_capped": sums["gpus_capped"].astype(np.float64)}
+
+
+def _rack_groups(p: SiteProblem, topo: Topology) -> dict[str, NDArray[np.intp]]:
+    """Each consumer's rack (``rack``) and each rack's feed, UPS, hall and row (level-local); kept with
+    the problem for its own topology."""
+    hit = p._cache.get("rack-groups") if topo is p.topo else None
+    if isinstance(hit, dict):
+        return hit
+    off = topo.level_offset
+    rack_gpu = topo.rack_first_gpu.astype(np.intp)
+    out = {"rack": (topo.gpu_member[L_RACK][p.first_gpu] - off[L_RACK]).astype(np.intp)}
+    for lv in range(L_FEED, L_RACK):
+        out[LEVELS[lv]] = (topo.gpu_member[lv][rack_gpu] - off[lv]).astype(np.intp)
+    if topo is p.topo:
+        p._cache["rack-groups"] = out
+    return out
+
+
 @dataclass(frozen=True, eq=False)
 class CapPlan:
     """What to apply for one period (``caps_w`` per GPU) and everything needed to explain it."""
@@ -107,7 +136,8 @@ class CapPlan:
         gpu_w = self.accounted_w if of == "accounted" else self.caps_w
         if gpu_w.shape != (topo.n_gpus,):
             return [f"plan has {gpu_w.shape[0]} GPUs, topology {topo.n_gpus}"]
-        load = planned_node_load_w(topo, gpu_w)
+        load = self._accounted_load if of == "accounted" and topo is self.problem.topo else \
+            planned_node_load_w(topo, gpu_w)
         limit = topo.node_limit_w
         over = np.flatnonzero(load > limit * (1.0 + REL_TOL))
         for n in over:
@@ -161,12 +191,16 @@ class CapPlan:
 
     def _groups(self, group: NDArray[np.integer], n: int) -> dict[str, F64]:
         """Sums per group of servers (``group`` per consumer), weighted by their GPU counts."""
+        w = self._consumer_sums
+        return _fields({k: _sum_by(group, v, n) for k, v in w.items()})
+
+    @cached_property
+    def _consumer_sums(self) -> dict[str, F64]:
+        # Per consumer, what ``_groups`` sums: caps and demand of all its GPUs, GPUs capped.
         p = self.problem
         capped = (self.consumer_caps_w < self.consumer_demand_w * (1.0 - 1e-9)) * p.count
-        cap = np.bincount(group, self.consumer_caps_w * p.count, minlength=n)
-        demand = np.bincount(group, self.consumer_demand_w * p.count, minlength=n)
-        return {"cap_w": cap, "demand_w": demand, "cut_w": np.maximum(demand - cap, 0.0),
-                "gpus_capped": np.bincount(group, capped, minlength=n).astype(np.float64)}
+        return {"cap_w": self.consumer_caps_w * p.count, "demand_w": self.consumer_demand_w * p.count,
+                "gpus_capped": capped}
 
     def _entities(self, topo: Topology) -> list[tuple[str, list[str], dict[str, F64]]]:
         """``(level, ids, fields)`` for site, feed..rack, loops and jobs."""
@@ -177,8 +211,13 @@ class CapPlan:
         # The store batch and the live view both ask every period: derive once per plan.
         return self._entities_of(self.problem.topo)
 
+    @cached_property
+    def _accounted_load(self) -> F64:
+        # The accounted load at every node: checked (``violations``) and reported (``_entities``).
+        return planned_node_load_w(self.problem.topo, self.accounted_w)
+
     def _entities_of(self, topo: Topology) -> list[tuple[str, list[str], dict[str, F64]]]:
-        load = planned_node_load_w(topo, self.accounted_w)
+        load = self._accounted_load if topo is self.problem.topo else planned_node_load_w(topo, self.accounted_w)
         bound_nodes = np.zeros(topo.n_nodes)
         bound_loops = np.zeros(topo.n_loops)
         site_bound = 0.0
@@ -193,8 +232,12 @@ class CapPlan:
                 site_bound = 1.0
         out: list[tuple[str, list[str], dict[str, F64]]] = []
         it_w = float(load[topo.level_slice(L_UPS)].sum())
-        first = p.first_gpu
-        site = self._groups(np.zeros(p.structure.n, np.intp), 1)
+        # Every server's sums go to its rack once; feeds, UPSes, halls, rows and loops add up their
+        # racks (a rack has one parent at every level and one loop), not a pass over every server.
+        grp = _rack_groups(p, topo)
+        n_r = topo.count(L_RACK)
+        rack = {k: _sum_by(grp["rack"], v, n_r) for k, v in self._consumer_sums.items()}
+        site = _fields({k: np.array([v.sum()]) for k, v in rack.items()})
         site.update(load_w=np.array([it_w]), limit_w=np.array([self.it_budget_w]),
                     headroom_w=np.array([self.it_budget_w - it_w]), binding=np.array([site_bound]),
                     solve_ms=np.array([self.solve_ms]))
@@ -202,12 +245,16 @@ class CapPlan:
         lim_in_force = topo.node_limit_w * (1.0 - self.margin)
         for lv in range(L_FEED, L_RACK + 1):
             sl = topo.level_slice(lv)
-            f = self._groups(topo.gpu_member[lv][first] - sl.start, topo.count(lv))
+            if lv == L_RACK:
+                f = _fields(dict(rack))
+            else:
+                up = grp[LEVELS[lv]]
+                f = _fields({k: _sum_by(up, v, topo.count(lv)) for k, v in rack.items()})
             lim = lim_in_force[sl]
             f.update(load_w=load[sl], limit_w=lim, headroom_w=lim - load[sl], binding=bound_nodes[sl])
             out.append((LEVELS[lv], list(topo.level_ids[lv]), f))
         heat = planned_loop_heat_w(topo, load)
-        f = self._groups(topo.gpu_loop[first], topo.n_loops)
+        f = _fields({k: _sum_by(topo.rack_loop, v, topo.n_loops) for k, v in rack.items()})
         f.update(load_w=heat, limit_w=self.loop_capacity_w, headroom_w=self.loop_capacity_w - heat,
                  binding=bound_loops)
         out.append(("loop", list(topo.loop_ids), f))
@@ -289,16 +336,19 @@ class CapPlan:
         if "job" in ents:
             j_ids, jf = ents["job"]
             gpus = np.bincount(np.where(topo.gpu_job >= 0, topo.gpu_job, len(j_ids)), minlength=len(j_ids) + 1)
-            for k, jid in enumerate(j_ids):
-                n = int(gpus[k])
-                jobs.append(JobCaps(jid, int(topo.job_priority[k]), n, float(jf["cap_w"][k]) / n if n else 0.0,
-                                    float(jf["demand_w"][k]), float(jf["cut_w"][k]), int(jf["gpus_capped"][k])))
+            for jid, pri, n, cap, dem, cut, capped in zip(
+                    j_ids, topo.job_priority.tolist(), gpus.tolist(), jf["cap_w"].tolist(), jf["demand_w"].tolist(),
+                    jf["cut_w"].tolist(), jf["gpus_capped"].tolist(), strict=False):
+                jobs.append(JobCaps(jid, int(pri), int(n), cap / n if n else 0.0, dem, cut, int(capped)))
         return PlanSummary(
             self.plan_id, self.ts_ns, self.budget_w, self.it_budget_w, self.budget_reason, self.gpus_capped,
             self.solve_ms,
-            [RackCaps(i, float(r["cap_w"][k]), float(r["demand_w"][k]), float(r["load_w"][k]), float(r["limit_w"][k]),
-                      float(r["headroom_w"][k])) for k, i in enumerate(r_ids)],
-            [LoopHeat(i, float(lp["load_w"][k]), float(lp["limit_w"][k])) for k, i in enumerate(l_ids)],
+            [RackCaps(*row) for row in zip(r_ids, *(np.asarray(r[f], np.float64).tolist() for f in
+                                                   ("cap_w", "demand_w", "load_w", "limit_w", "headroom_w")),
+                                           strict=True)],
+            [LoopHeat(i, ld, lim) for i, ld, lim in zip(l_ids, np.asarray(lp["load_w"], np.float64).tolist(),
+                                                         np.asarray(lp["limit_w"], np.float64).tolist(),
+                                                         strict=True)],
             jobs,
             {**{self.constraint_names[c]: n for c, n in self.binding_constraints().items()},
              **({RAMP: self.ramp_gpus} if self.ramp_gpus else {})},
@@ -367,8 +417,17 @@ class PlanSummary:
         if max_jobs is not None and len(jobs) > max_jobs:
             keep = {j.id for j in sorted(jobs, key=lambda j: -j.cut_w)[:max_jobs]}
             jobs = [j for j in jobs if j.id in keep]
-        d = asdict(self)
-        d["racks"] = [asdict(r) for r in racks]
-        d["jobs"] = [asdict(j) for j in jobs]
+        # Field by field (``asdict`` would deep-copy every rack before the cut: most of a period at 1M GPUs).
+        d: dict[str, Any] = {f.name: getattr(self, f.name) for f in dataclass_fields(self)}
+        d["racks"] = [_row(r) for r in racks]
+        d["loops"] = [_row(lp) for lp in self.loops]
+        d["jobs"] = [_row(j) for j in jobs]
+        d["binding"] = dict(self.binding)
+        d["infeasible"] = [{**x, "jobs": list(x["jobs"])} for x in self.infeasible]
         d["jobs_total"] = len(self.jobs)
         return d
+
+
+def _row(obj: Any) -> dict[str, Any]:
+    """A flat slotted dataclass row as a dict (what ``asdict`` gives, without its deep copies)."""
+    return {name: getattr(obj, name) for name in obj.__slots__}

@@ -207,7 +207,10 @@ for _m in (
     Metric("controller", "verify_ms", "ms", "gauge", 0.0, 1e9, None, "stage: verification"),
     Metric("controller", "solve_ms", "ms", "gauge", 0.0, 1e9, None, "stage: plan (demand, budget, solve)"),
     Metric("controller", "publish_ms", "ms", "gauge", 0.0, 1e9, None, "stage: cap commands signed and sent"),
-    Metric("controller", "store_ms", "ms", "gauge", 0.0, 1e9, None, "stage: hand-off to the store and hooks"),
+    Metric("controller", "store_ms", "ms", "gauge", 0.0, 1e9, None,
+           "stage: plan aggregates, events, move advice; hand-off to the store and hooks"),
+    Metric("controller", "report_ms", "ms", "gauge", 0.0, 1e9, None,
+           "stage: device, store and actuation health, the live state snapshot"),
     Metric("controller", "periods", "1", "counter", 0.0, 1e18, None, "periods since start"),
     Metric("controller", "epoch", "1", "gauge", 0.0, 2.0**22, None, "authority epoch the controller commands under"),
     Metric("controller", "plans", "1", "counter", 0.0, 1e18, None, "plans made"),
@@ -264,6 +267,34 @@ class SeriesRegistry:
                 self._hi.append(hi)
                 self._ids[key] = sid
         return sid
+
+    def ids(self, metric_name: str, tag: str, values: Sequence[str], ratings: Sequence[float] | None = None,
+            **tags: str) -> NDArray[np.int32]:
+        """Ids of the series ``metric_name`` + ``tags`` + ``tag=v`` for every ``v`` of ``values`` (with
+        ``ratings[k]`` for the k-th): ``id`` for a whole level of entities at once (250k servers)."""
+        if tag in tags:
+            raise ValueError(f"tag {tag!r} given twice")
+        m = metric(metric_name)
+        if ratings is not None and len(ratings) != len(values):
+            raise ValueError("one rating per value")
+        common = sorted((k, str(v)) for k, v in tags.items())
+        at = sum(1 for k, _ in common if k < tag)
+        head, tail = tuple(common[:at]), tuple(common[at:])
+        out = np.empty(len(values), np.int32)
+        ids = self._ids
+        with self._lock:
+            for k, v in enumerate(values):
+                key = SeriesKey(metric_name, (*head, (tag, str(v)), *tail))
+                sid = ids.get(key)
+                if sid is None:
+                    lo, hi = m.bounds(None if ratings is None else float(ratings[k]))
+                    sid = len(self._keys)
+                    self._keys.append(key)
+                    self._lo.append(lo)
+                    self._hi.append(hi)
+                    ids[key] = sid
+                out[k] = sid
+        return out
 
     def key(self, sid: int) -> SeriesKey:
         """The key of series ``sid``."""

@@ -305,6 +305,10 @@ class Controller(_Model):
     node_power_every_s: NonNegFloat = Field(
         default=10.0, description="each server's power (from its agent) is stored this often, spread over the "
                                   "periods; every rack's servers summed go every period (0: servers never)")
+    node_caps_every_s: NonNegFloat = Field(
+        default=10.0, description="each server's cap is stored when it changes, but when more servers' caps "
+                                  "change than a period's share of this interval, those stored longest ago "
+                                  "go first (0: every change at once)")
     totals_max_age_s: PosFloat = Field(
         default=75.0, description="site IT power and PUE are derived from UPS readings up to this old "
                                   "(UPSes are polled every 10-60 s); their age is stored with them")

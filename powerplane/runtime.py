@@ -9,8 +9,11 @@ table itself is built on the feed's thread, ``controllers.jobs.feed``)
     verify   acknowledgements, enforcement and draw against what was sent -> worst-case pins
     solve    demand -> budget -> allocation -> safety gate -> plan
     publish  signed per-rack cap commands for the racks that need one
-    store    hand-off of the period's readings, plan aggregates and events to the store
-             thread and the hook dispatcher (bounded queues: never a blocking write here)
+    store    the plan's aggregates, events and move advice, and the hand-off of the period's
+             readings and events to the store thread and the hook dispatcher (bounded
+             queues: never a blocking write here)
+    report   device, store and actuation health (every ``health_period_s``) and the state
+             snapshot for live views
 
 and it records how late the period started and what each stage took (``controller.*``).
 
@@ -74,7 +77,7 @@ HookEvent = tuple[Event, Mapping[str, Any] | None]
 # Extra per-period advice on a plan (move recommendations): events, each with an optional
 # JSON-able detail for the scheduler hooks.
 Advisor = Callable[[CapPlan, SiteState, int], list[tuple[Event, dict[str, Any] | None]]]
-STAGES = ("ingest", "verify", "solve", "publish", "store")
+STAGES = ("ingest", "verify", "solve", "publish", "store", "report")
 BEHIND_WARN_PERIODS = 5
 MAX_SNAPSHOT_JOBS = 200  # the state topic carries the jobs that lose the most; the summary file all of them
 MAX_HOSTLIST_CHARS = 4096  # this many late periods in a row: say so, naming the slowest stage
@@ -263,11 +266,12 @@ class ControlPlane:
         self._pending_events: list[Event] = []
         self._derived_it_ns = -1
         n_nodes = topo.count(L_NODE)
-        self._node_cap_sids = np.full(n_nodes, -1, np.int64)
+        self._node_cap_sids: NDArray[np.int32] | None = None
         self._rack_sids: NDArray[np.int32] | None = None
         self._server_rack: NDArray[np.intp] | None = None
         self._node_power_slot = -1
         self._stored_node_cap = np.full(n_nodes, np.nan)
+        self._stored_node_cap_ns = np.full(n_nodes, -1, np.int64)
         self._next_health_ns = 0
         self._state_wall = 0.0
         self._state_errors = 0
@@ -409,9 +413,8 @@ class ControlPlane:
         fresh = (st.node_power_ts_ns[sl] > 0) & ((now_ns - st.node_power_ts_ns[sl]) / NS_PER_S <= cfg.stale_after_s) \
             & np.isfinite(p)
         if self._rack_sids is None:
-            reg = self.registry
-            self._rack_sids = np.fromiter((reg.id("power.servers_w", site=self.site_id, level="rack", id=r)
-                                           for r in t.ids(L_RACK)), np.int32, t.count(L_RACK))
+            self._rack_sids = self.registry.ids("power.servers_w", "id", t.ids(L_RACK), site=self.site_id,
+                                                level="rack")
         if self._server_rack is None:
             self._server_rack = (t.gpu_member[L_RACK][t.node_first_gpu] - t.level_offset[L_RACK]).astype(np.intp)
         rack = self._server_rack
@@ -516,7 +519,10 @@ class ControlPlane:
             else:
                 for ev, _ in events:
                     self._noted(ev)
-            ms["store"] = (time.perf_counter() - t4) * 1e3
+            t5 = time.perf_counter()
+            ms["store"] += (t5 - t4) * 1e3
+            self._report(now_ns)
+            ms["report"] = (time.perf_counter() - t5) * 1e3
             total = (time.perf_counter() - t0) * 1e3
             st.stage_ms = ms
             for k, v in ms.items():
@@ -626,7 +632,8 @@ class ControlPlane:
             if self.actuator is not None:
                 self.actuator.apply(applied)
             self._applied = caps
-        ms["publish"] = (time.perf_counter() - t3) * 1e3
+        t4 = time.perf_counter()
+        ms["publish"] = (t4 - t3) * 1e3
         if not granted:
             batches.append(plan.to_batch(self.site_id, self.registry))
             batches.append(self._node_caps(now_ns))
@@ -634,10 +641,12 @@ class ControlPlane:
             events.extend((e, None) for e in self.notices.events(plan, self.state, now_ns))
             for advise in self.advisors:
                 events.extend(advise(plan, self.state, now_ns))
+        ms["store"] = (time.perf_counter() - t4) * 1e3  # what goes to the store and hooks; step adds the hand-off
         return plan
 
     def _node_caps(self, now_ns: int) -> ReadingBatch:
-        """``caps.gpu_cap_w`` per node (its GPUs' cap as sent), only where it changed."""
+        """``caps.gpu_cap_w`` per node (its GPUs' cap as sent), only where it changed, and for at most
+        one server in ``[controller].node_caps_every_s / period_s`` a period."""
         if self.actuator is not None:
             pub = self.actuator.publisher
             sent = np.minimum.reduceat(np.where(np.isnan(pub.sent_w), np.inf, pub.sent_w), pub.first)
@@ -648,15 +657,20 @@ class ControlPlane:
         changed = np.flatnonzero(np.isfinite(sent) & ~(np.abs(sent - self._stored_node_cap) < 0.5))
         if not changed.size:
             return ReadingBatch.empty(self.registry)
+        cfg = self.site.controller
+        if cfg.node_caps_every_s > 0:
+            # A site-wide swing changes every server's cap: store at most a share of the servers a
+            # period, those whose stored cap is oldest first, so each catches up within the interval.
+            budget = math.ceil(sent.size * cfg.period_s / cfg.node_caps_every_s)
+            if changed.size > budget:
+                oldest = np.argpartition(self._stored_node_cap_ns[changed], budget - 1)[:budget]
+                changed = np.sort(changed[oldest])
         self._stored_node_cap[changed] = sent[changed]
-        missing = changed[self._node_cap_sids[changed] < 0]
-        if missing.size:
-            off = int(self.topo.level_offset[L_NODE])
-            for k in missing.tolist():
-                self._node_cap_sids[k] = self.registry.id("caps.gpu_cap_w", site=self.site_id, level="node",
-                                                          id=self.topo.node_id(off + k))
-        return ReadingBatch.of(now_ns, self._node_cap_sids[changed].astype(np.int32), sent[changed], 0,
-                               self.registry)
+        self._stored_node_cap_ns[changed] = now_ns
+        if self._node_cap_sids is None:
+            self._node_cap_sids = self.registry.ids("caps.gpu_cap_w", "id", self.topo.ids(L_NODE), site=self.site_id,
+                                                    level="node")
+        return ReadingBatch.of(now_ns, self._node_cap_sids[changed], sent[changed], 0, self.registry)
 
     def _handoff(self, now_ns: int, batches: list[ReadingBatch], events: list[HookEvent]) -> None:
         """The period's readings and events to the store thread and the hooks; never blocks."""
@@ -697,17 +711,22 @@ class ControlPlane:
         return ReadingBatch.concat(batches)
 
     def _health(self, now_ns: int, late_ms: float, total_ms: float) -> None:
+        """The period's own ``controller.*`` readings (its stage times included) to the store."""
         reg, site = self.registry, self.site_id
         vals = self.health_values()
         vals["late_ms"] = late_ms
         vals["period_ms"] = total_ms
         sids = [reg.id(f"controller.{k}", site=site) for k in vals]
-        batch = ReadingBatch.of(now_ns, sids, list(vals.values()), 0, reg)
+        if self._stores:
+            self._write(ReadingBatch.of(now_ns, sids, list(vals.values()), 0, reg))
+
+    def _report(self, now_ns: int) -> None:
+        """The ``report`` stage: collector, store and actuation health every ``health_period_s``, and
+        the state snapshot for live views."""
         if now_ns >= self._next_health_ns:
             self._next_health_ns = now_ns + int(self.health_period_s * NS_PER_S)
-            batch = ReadingBatch.concat([batch, self.health_batch(now_ns)])
-        if self._stores:
-            self._write(batch)
+            if self._stores:
+                self._write(self.health_batch(now_ns))
         if self.publish_state is not None and time.monotonic() - self._state_wall >= 0.2 \
                 and (self.authority is None or self.stats.epoch):
             self._state_wall = time.monotonic()

@@ -167,7 +167,7 @@ class Twin:
             elif dev.protocol == "snmp" and self.snmp is not None:
                 out.append(Endpoint(dev.name, "snmp", dev.model, dev.level, dev.entity, self.host,
                                     self.snmp.port, community=dev.name))
-        if self.mqtt is not None:
+        if self.mqtt is not None and self._mqtt_addr is not None:
             site = self.site.site.name
             for model, topic in (("grid-json", f"grid/{site}/#"), ("bms-json", "BMS/v1/PUB/Value/#")):
                 out.append(Endpoint(f"mqtt-{model}", "mqtt", model, "site", site, self.mqtt.host,

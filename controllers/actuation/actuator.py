@@ -114,10 +114,8 @@ class Actuator:
         self.power_nodes = idx  # the server of each reading (the store keeps a rotating share)
         self._power_seen_ns[idx] = ts[idx]
         if self._node_sids is None:
-            nodes = t.ids(L_NODE)
-            self._node_sids = np.fromiter(
-                (self.registry.id("power.power_w", float(lim), site=self.site_id, level="node", id=n)
-                 for n, lim in zip(nodes, self._node_limit_w, strict=True)), np.int32, len(nodes))
+            self._node_sids = self.registry.ids("power.power_w", "id", t.ids(L_NODE), self._node_limit_w.tolist(),
+                                                site=self.site_id, level="node")
         vals = (gpu_w[idx] + t.node_base_w[idx]) / t.node_psu_efficiency[idx]
         return ReadingBatch(ts[idx].astype(np.int64), self._node_sids[idx], vals.astype(np.float64),
                             np.zeros(idx.size, np.uint8), self.registry)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -40,10 +41,15 @@ class RackLayout:
         """Nodes in the rack."""
         return len(self.nodes)
 
-    @property
+    @cached_property
     def n_gpus(self) -> int:
         """GPUs in the rack."""
         return int(self.node_gpus.sum())
+
+    @cached_property
+    def every_node(self) -> list[int]:
+        """Every rack-local node index, in rack order (what a rack agent's status lists)."""
+        return list(range(len(self.nodes)))
 
     def gpu_slice(self, k: int) -> slice:
         """The rack-local GPU range of node ``k`` (rack-local node index)."""

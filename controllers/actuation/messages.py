@@ -86,6 +86,9 @@ Int63 = Annotated[int, Meta(ge=0, le=2**63 - 1)]
 Seq = Annotated[int, Meta(ge=0, le=2**40 - 1)]
 Epoch = Annotated[int, Meta(ge=0, le=2**22 - 1)]
 B64 = Annotated[str, Meta(max_length=MAX_COMMAND_BYTES)]
+# Per-GPU arrays of a status, base64 on the wire: msgspec decodes (strictly: the standard
+# alphabet, padded) and bounds them in the same pass as the rest of the message.
+StatusArray = Annotated[bytes, Meta(max_length=MAX_STATUS_BYTES * 3 // 4)]
 
 
 # ---- topics -----------------------------------------------------------------------------
@@ -222,8 +225,8 @@ class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
     seq: Seq
     plan_id: Int63
     lease_expires_ns: Int63
-    enforced_mw: B64
-    power_mw: B64
+    enforced_mw: StatusArray
+    power_mw: StatusArray
     apply_ms: Annotated[float, Meta(ge=0, le=1e7)] = 0.0
     safe_cap_w: Annotated[float, Meta(ge=0, le=1e6)] = 0.0
     backend: Annotated[str, Meta(max_length=16)] = ""
@@ -233,6 +236,24 @@ class StatusBody(msgspec.Struct, forbid_unknown_fields=True):
     stale_streak: Annotated[int, Meta(ge=0, le=2**53)] = 0
     power_ts_ns: Int63 = 0  # when the power was measured (0: at ts_ns)
     held_epoch: Epoch = 0  # an older epoch whose live lease still bounds the caps (0: none)
+
+
+class _CommandText(msgspec.Struct):
+    """``CommandBody`` as the controller writes it: the same fields in the same order, the arrays as
+    bytes that msgspec writes as base64 (the same text, without a Python-level encode per array)."""
+
+    v: int
+    site: str
+    rack: str
+    layout: str
+    epoch: int
+    seq: int
+    plan_id: int
+    issued_ns: int
+    expires_ns: int
+    caps_mw: bytes
+    bind: bytes
+    why: list[str]
 
 
 _ENV_DEC = msgspec.json.Decoder(Envelope)
@@ -289,10 +310,10 @@ class CapCommand:
     def body(self) -> bytes:
         """The JSON text that is signed and sent (caps as whole milliwatts, rounded down)."""
         mw = np.floor(np.asarray(self.caps_w, np.float64) * 1000.0 + 1e-6).astype("<u4")
-        bind = b64(self.bind.astype("<i2")) if self.bind is not None else ""
-        return _ENC.encode(CommandBody(VERSION, self.site, self.rack, self.layout, self.epoch, self.seq,
-                                       self.plan_id, self.issued_ns, self.expires_ns, b64(mw), bind,
-                                       list(self.why)))
+        bind = self.bind.astype("<i2").tobytes() if self.bind is not None else b""
+        return _ENC.encode(_CommandText(VERSION, self.site, self.rack, self.layout, self.epoch, self.seq,
+                                        self.plan_id, self.issued_ns, self.expires_ns, mw.tobytes(), bind,
+                                        list(self.why)))
 
     def envelope(self, key: SiteKey) -> bytes:
         """The signed message as published."""
@@ -408,7 +429,7 @@ class AgentStatus:
         return _ENC.encode(StatusBody(
             VERSION, self.site, self.rack, list(self.nodes), self.ts_ns, self.mode,  # type: ignore[arg-type]
             self.since_ns, self.epoch, self.seq, self.plan_id, self.lease_expires_ns,
-            b64(_to_mw(self.enforced_w)), b64(_to_mw(self.power_w)), round(float(self.apply_ms), 3),
+            _to_mw(self.enforced_w).tobytes(), _to_mw(self.power_w).tobytes(), round(float(self.apply_ms), 3),
             float(self.safe_cap_w), self.backend, dict(self.rejected), short(self.last_reject),
             self.stale_streak, self.power_ts_ns, self.held_epoch))
 
@@ -458,14 +479,17 @@ def open_status(topic: str, payload: bytes, layouts: Layouts, *, site: str) -> A
     else:
         return StatusRejected("wrong_topic", short(f"topic {topic} may not speak for rack {d.rack} nodes "
                                                    f"{d.nodes[:4]}"))
-    nodes = np.asarray(d.nodes, np.int64)
-    if nodes.max() >= lay.n_nodes or np.unique(nodes).size != nodes.size:
-        return StatusRejected("unknown_node", f"node indices outside 0..{lay.n_nodes - 1} or repeated")
-    n_gpus = int(lay.node_gpus[nodes].sum())
-    enf = unb64(d.enforced_mw, "<u4", n_gpus)
-    pw = unb64(d.power_mw, "<u4", n_gpus)
-    if enf is None or pw is None:
+    if d.nodes == lay.every_node:
+        n_gpus = lay.n_gpus  # the rack agent's own status: every node, in rack order
+    else:
+        nodes = np.asarray(d.nodes, np.intp)
+        if nodes.max() >= lay.n_nodes or np.bincount(nodes).max() > 1:
+            return StatusRejected("unknown_node", f"node indices outside 0..{lay.n_nodes - 1} or repeated")
+        n_gpus = int(lay.node_gpus[nodes].sum())
+    if len(d.enforced_mw) != 4 * n_gpus or len(d.power_mw) != 4 * n_gpus:
         return StatusRejected("malformed", f"enforced_mw/power_mw are not {n_gpus} uint32 values")
+    enf = np.frombuffer(d.enforced_mw, "<u4")
+    pw = np.frombuffer(d.power_mw, "<u4")
     return AgentStatus(d.site, d.rack, d.nodes, d.ts_ns, d.mode, d.since_ns, d.epoch, d.seq, d.plan_id,
                        d.lease_expires_ns, _from_mw(enf), _from_mw(pw), d.apply_ms, d.safe_cap_w, d.backend,
                        d.rejected, d.last_reject, d.stale_streak,

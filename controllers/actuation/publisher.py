@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controllers.actuation.layout import Layouts
-from controllers.actuation.messages import CapCommand, SiteKey, caps_topic, order
+from controllers.actuation.messages import CapCommand, SiteKey, caps_topic
 from controllers.plan import BIND_RAMP, RAMP, CapPlan
 from models.clock import NS_PER_S
 from models.site import SiteConfig
@@ -72,6 +72,7 @@ class CapPublisher:
         self.rack_order = np.zeros(len(self.racks), np.int64)  # per rack: (epoch, seq) of its last command
         self.lowered_ns = np.full(n_nodes, -1, np.int64)  # per node: when a cap last went down
         self.lowered_order = np.zeros(n_nodes, np.int64)  # ... by which command
+        self.rack_first_node = np.concatenate([[0], np.cumsum(topo.rack_nodes)[:-1]]).astype(np.intp)
         self.stats = PublishStats()
         self.enabled = True
         # Asked before every command with its epoch: whether this controller still holds that
@@ -118,41 +119,78 @@ class CapPublisher:
             return []
         node_lower = np.maximum.reduceat(lower.astype(np.int8), self.first) > 0
         expires = now_ns + int(cfg.lease_s * NS_PER_S)
-        names = plan.constraint_names
         node_bind = plan.bind[self.first]
+        why, local = self._reasons(plan.constraint_names, node_bind, send)
+        seqs = self._seq + 1 + np.arange(send.size, dtype=np.int64)
+        self._seq += int(send.size)
+        orders = (np.int64(self.epoch) << np.int64(40)) | seqs
         out: list[tuple[int, CapCommand]] = []
-        for r in send.tolist():
-            lay = self.layouts[self.racks[r]]
-            g0, g1 = lay.gpu0, lay.gpu0 + lay.n_gpus
-            n0, n1 = lay.node0, lay.node0 + lay.n_nodes
-            self._seq += 1
-            b = node_bind[n0:n1]
-            uniq = np.unique(b[b >= 0])
-            why = tuple(names[int(c)] for c in uniq)
-            local = np.full(b.shape, -1, np.int16)
-            if uniq.size:
-                local[b >= 0] = np.searchsorted(uniq, b[b >= 0]).astype(np.int16)
-            if (b == BIND_RAMP).any():
-                local[b == BIND_RAMP] = len(why)
-                why = (*why, RAMP)
-            cmd = CapCommand(self.site_id, lay.rack, lay.digest, self.epoch, self._seq, plan.plan_id, now_ns,
-                             expires, caps[g0:g1], local, why)
-            out.append((r, cmd))
-            o = order(self.epoch, self._seq)
-            low = node_lower[n0:n1]
-            if low.any():
-                self.lowered_ns[n0:n1][low] = now_ns
-                self.lowered_order[n0:n1][low] = o
-                self.stats.lowered += 1
-            elif rack_raise[r]:
-                self.stats.raised += 1
-            else:
-                self.stats.renewed += 1
-            self.sent_w[g0:g1] = caps[g0:g1]
-            self.sent_ns[r] = now_ns
-            self.rack_order[r] = o
-            self.expires_ns[r] = expires
+        lays = self.layouts.racks
+        for r, seq in zip(send.tolist(), seqs.tolist(), strict=True):
+            lay = lays[self.racks[r]]
+            g0 = lay.gpu0
+            out.append((r, CapCommand(self.site_id, lay.rack, lay.digest, self.epoch, seq, plan.plan_id, now_ns,
+                                      expires, caps[g0:g0 + lay.n_gpus], local[r], why[r])))
+        # The send state, for every rack sent at once.
+        rack_sent = np.zeros(len(self.racks), bool)
+        rack_sent[send] = True
+        rack_o = np.zeros(len(self.racks), np.int64)
+        rack_o[send] = orders
+        low = np.flatnonzero(node_lower & rack_sent[self.node_rack])
+        self.lowered_ns[low] = now_ns
+        self.lowered_order[low] = rack_o[self.node_rack[low]]
+        lowered = rack_lower[send]
+        self.stats.lowered += int(lowered.sum())
+        self.stats.raised += int((~lowered & rack_raise[send]).sum())
+        self.stats.renewed += int((~lowered & ~rack_raise[send]).sum())
+        if send.size == len(self.racks):
+            self.sent_w[:] = caps
+        else:
+            gpu_sent = np.repeat(rack_sent, t.rack_gpus)
+            self.sent_w[gpu_sent] = caps[gpu_sent]
+        self.sent_ns[send] = now_ns
+        self.rack_order[send] = orders
+        self.expires_ns[send] = expires
         return out
+
+    def _reasons(self, names: tuple[str, ...], node_bind: NDArray[np.int32],
+                 send: NDArray[np.intp]) -> tuple[list[tuple[str, ...]], list[NDArray[np.int16]]]:
+        """Per rack (of ``send``): the names of what binds its nodes (by constraint index, then ``ramp``)
+        and each node's index into them (-1 none), every rack at once.
+
+        Bindings come in runs of nodes, so the distinct (rack, constraint) pairs are found among
+        the runs, not by sorting every node.
+        """
+        n_r, n = len(self.racks), node_bind.shape[0]
+        edge = np.empty(n, bool)
+        edge[0] = True
+        np.not_equal(node_bind[1:], node_bind[:-1], out=edge[1:])
+        edge[self.rack_first_node] = True
+        start = np.flatnonzero(edge)
+        val, rack = node_bind[start], self.node_rack[start]
+        bound = val >= 0
+        key = rack[bound].astype(np.int64) * len(names) + val[bound]
+        pairs = np.unique(key)  # (rack, constraint), sorted
+        pair_rack = pairs // len(names)
+        pair_c = (pairs % len(names)).tolist()
+        first = np.searchsorted(pair_rack, np.arange(n_r + 1))
+        run_local = np.full(start.size, -1, np.int64)
+        run_local[bound] = np.searchsorted(pairs, key) - first[rack[bound]]
+        ramp = val == BIND_RAMP
+        run_local[ramp] = (first[1:] - first[:-1])[rack[ramp]]  # after the rack's constraints
+        has_ramp = np.zeros(n_r, bool)
+        has_ramp[rack[ramp]] = True
+        local = np.repeat(run_local, np.diff(start, append=n)).astype(np.int16)
+        local.flags.writeable = False
+        why: list[tuple[str, ...]] = [()] * n_r
+        locals_: list[NDArray[np.int16]] = [local[:0]] * n_r
+        fs, rf, ramps = first.tolist(), self.rack_first_node.tolist(), has_ramp.tolist()
+        nodes = self.topo.rack_nodes.tolist()
+        for r in send.tolist():
+            w = tuple(names[c] for c in pair_c[fs[r]:fs[r + 1]])
+            why[r] = (*w, RAMP) if ramps[r] else w
+            locals_[r] = local[rf[r]:rf[r] + nodes[r]]
+        return why, locals_
 
     def publish(self, plan: CapPlan, now_ns: int) -> int:
         """Send this period's commands; return how many."""

@@ -40,6 +40,17 @@ ENFORCE_TOL_W = 1.0
 UNKNOWN = 255
 M_STARTING, M_CONTROLLED, M_FALLBACK = (MODES.index(m) for m in ("starting", "controlled", "fallback"))
 HookEvent = tuple[Event, dict[str, Any]]
+Index = slice | NDArray[np.intp]
+
+
+def _put(a: NDArray[Any], ix: Index, mask: NDArray[np.bool_], value: Any) -> None:
+    """``a[ix][mask] = value``, through a view when ``ix`` is a slice."""
+    if mask.all():
+        a[ix] = value
+    elif isinstance(ix, slice):
+        a[ix][mask] = value
+    elif mask.any():
+        a[ix[mask]] = value
 
 
 @dataclass
@@ -83,15 +94,22 @@ class Verifier:
         self.stats = VerifyStats()
         self._new_fallback = np.zeros(n, bool)
         self._fallback_cap = np.zeros(n)
-        self._gpu_ix: dict[tuple[str, tuple[int, ...]], tuple[NDArray[np.intp], NDArray[np.intp]]] = {}
+        self._gpu_ix: dict[tuple[str, tuple[int, ...]], tuple[Index, Index]] = {}
 
-    def _indices(self, st: AgentStatus) -> tuple[NDArray[np.intp], NDArray[np.intp]]:
-        """Global node and GPU indices of a status's nodes (cached per rack and node list)."""
+    def _indices(self, st: AgentStatus) -> tuple[Index, Index]:
+        """Global node and GPU indices of a status's nodes: slices when they are contiguous (a rack
+        agent's whole rack, a node agent's node), else index arrays (cached per rack and node list)."""
+        lay = self.layouts[st.rack]
+        if len(st.nodes) == lay.n_nodes and list(st.nodes) == lay.every_node:
+            return slice(lay.node0, lay.node0 + lay.n_nodes), slice(lay.gpu0, lay.gpu0 + lay.n_gpus)
+        if len(st.nodes) == 1:
+            k = int(st.nodes[0])
+            g0 = lay.gpu0 + int(lay.node_first[k])
+            return slice(lay.node0 + k, lay.node0 + k + 1), slice(g0, g0 + int(lay.node_gpus[k]))
         key = (st.rack, tuple(st.nodes))
         hit = self._gpu_ix.get(key)
         if hit is not None:
             return hit
-        lay = self.layouts[st.rack]
         local = np.asarray(st.nodes, np.intp)
         nodes = lay.node0 + local
         gpus = np.concatenate([np.arange(lay.gpu0 + lay.node_first[k], lay.gpu0 + lay.node_first[k]
@@ -112,23 +130,21 @@ class Verifier:
             self.power_w[gpus] = st.power_w
             self.power_ns[nodes] = st.power_ts_ns or st.ts_ns
         elif measured.any():
-            self.power_w[gpus[measured]] = st.power_w[measured]
+            _put(self.power_w, gpus, measured, st.power_w[measured])
         self.status_ns[nodes] = st.ts_ns
         o = st.order
         newer = o > self.ack_order[nodes]  # when each node first acknowledged its newest command
-        self.ack_order[nodes[newer]] = o
-        self.ack_ns[nodes[newer]] = st.ts_ns
+        _put(self.ack_order, nodes, newer, o)
+        _put(self.ack_ns, nodes, newer, st.ts_ns)
         m = MODES.index(st.mode)
-        was = self.mode[nodes]
+        changed = self.mode[nodes] != m  # before the assignment: a slice is a view
         self.mode[nodes] = m
-        since = st.since_ns or st.ts_ns
         if m == M_CONTROLLED:
-            self.controlled_ns[nodes[was != M_CONTROLLED]] = since
+            _put(self.controlled_ns, nodes, changed, st.since_ns or st.ts_ns)
         elif m == M_FALLBACK:
-            fell = nodes[was != M_FALLBACK]
-            self.fallback_ns[fell] = since
-            self._new_fallback[fell] = True
-            self._fallback_cap[fell] = st.safe_cap_w
+            _put(self.fallback_ns, nodes, changed, st.since_ns or st.ts_ns)
+            _put(self._new_fallback, nodes, changed, True)
+            _put(self._fallback_cap, nodes, changed, st.safe_cap_w)
 
     def fallback_events(self) -> list[HookEvent]:
         """One ``lease_fallback`` event per rack for the nodes that fell back since the last call."""

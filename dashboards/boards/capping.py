@@ -113,10 +113,11 @@ def build() -> Dashboard:
                          "period later than one period is skipped and counted as missed."))
          .with_panel(ts_panel("Stage times", [
              (f'SELECT max("{st}_ms") {_CTL} {BY_TIME} fill(null)', st)
-             for st in ("ingest", "verify", "solve", "publish", "store")
+             for st in ("ingest", "verify", "solve", "publish", "store", "report")
          ], "ms", interval=EVERY_FAST, minimum=0, span=12,
              description="Where the period goes: readings and statuses in, verification, the plan, signed "
-                         "commands out, the hand-off to the store and hooks (worst per bucket)."))
+                         "commands out, the hand-off to the store and hooks, the health readings and the "
+                         "live state snapshot (worst per bucket)."))
          .with_panel(ts_panel("Missed periods and errors", [
              (f'SELECT non_negative_difference(last("missed_periods")) {_CTL} {BY_TIME} fill(null)', "missed"),
              (f'SELECT non_negative_difference(last("errors")) {_CTL} {BY_TIME} fill(null)', "failed"),

@@ -326,7 +326,7 @@ def run_twin(site: SiteConfig, topo: Topology) -> tuple[str, int, int, list[byte
         chunks.append(encode(batch))
         # The loop's own health, as ControlPlane writes it every period (controller.*).
         stage = {"ingest_ms": (t_solve - t_in) * 1e3, "verify_ms": 0.0, "solve_ms": (t_out - t_solve) * 1e3,
-                 "publish_ms": 0.0, "store_ms": 0.0}
+                 "publish_ms": 0.0, "store_ms": 0.0, "report_ms": 0.0}
         health = {**stage, "late_ms": float(k % 7), "period_ms": sum(stage.values()), "periods": float(k + 1),
                   "plans": float(k + 1), "missed_periods": 0.0, "errors": 0.0}
         chunks.append(encode(ReadingBatch.of(now, [reg.id(f"controller.{f}", site=site_id) for f in health],

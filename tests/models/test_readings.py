@@ -36,6 +36,26 @@ def test_rack_power_range_is_relative_to_rating() -> None:
                        Reason.NOT_FINITE, Reason.BELOW_RANGE, Reason.OK, Reason.NOT_FINITE]
 
 
+def test_a_level_of_series_at_once_is_what_one_at_a_time_gives() -> None:
+    reg, one = SeriesRegistry(), SeriesRegistry()
+    racks = ["r01", "r02", "r03"]
+    pre = reg.id("power.power_w", rating=5e3, site="s", level="rack", id="r02")  # interned before: kept
+    ids = reg.ids("power.power_w", "id", racks, [1e3, 5e3, 9e3], site="s", level="rack")
+    assert ids.dtype == np.int32 and ids[1] == pre and len(reg) == 3
+    for a in ("aa", "level", "zz"):  # the varying tag sorts first, between or last
+        got = reg.ids("caps.cap_w", a, racks, **{k: "x" for k in ("b", "m") if k != a})
+        want = [reg.id("caps.cap_w", **{a: r, **{k: "x" for k in ("b", "m") if k != a}}) for r in racks]
+        assert got.tolist() == want
+    for r, lim in zip(racks, [1e3, 5e3, 9e3], strict=True):
+        one.id("power.power_w", rating=lim, site="s", level="rack", id=r)
+    _lo, hi = reg.bounds()
+    assert hi[ids].tolist() == one.bounds()[1][:3].tolist()
+    with pytest.raises(ValueError, match="twice"):
+        reg.ids("caps.cap_w", "id", racks, id="x")
+    with pytest.raises(KeyError, match="unknown metric"):
+        reg.ids("power.watts", "id", racks)
+
+
 def test_unknown_metric_is_refused() -> None:
     with pytest.raises(KeyError, match="unknown metric"):
         SeriesRegistry().id("power.watts", id="x")

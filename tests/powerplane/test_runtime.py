@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ from models.site import SiteConfig
 from models.topology import Topology
 from models.twin.feed import TwinFeed
 from models.twin.sim import TwinSim
-from powerplane.runtime import ControlPlane
+from powerplane.runtime import STAGES, ControlPlane
 from store.embedded import EmbeddedStore
 
 
@@ -126,3 +127,51 @@ def test_live_jobs_are_planned_from_the_next_period_and_stored(demo_site: SiteCo
     a, b = store.time_range()
     caps = store.query("caps.cap_w", a, b + 1, level="job", id="4242")
     assert len(caps) == 1  # planned in exactly the one period it was live
+
+
+def test_the_stages_account_for_the_state_snapshot(demo_site: SiteConfig, demo_topo: Topology,
+                                                   tmp_path: Path) -> None:
+    """Publishing the live state is a stage of its own (``report``), stored with the others."""
+    clock = ManualClock()
+    published: list[dict[str, object]] = []
+
+    def slow_view(doc: dict[str, object]) -> None:
+        time.sleep(0.05)  # a slow live view: its time must show in a stage, not between them
+        published.append(doc)
+
+    store = EmbeddedStore(tmp_path)
+    plane = ControlPlane(demo_site, demo_topo, clock, store, publish_state=slow_view)
+    clock.advance(1.0)
+    plane.step(clock.now_ns())
+    assert published and set(plane.stats.stage_ms) == set(STAGES) and "report" in STAGES
+    assert plane.stats.stage_ms["report"] >= 50.0
+    assert plane.writer is not None and plane.writer.flush(30.0)
+    a, b = store.time_range()
+    assert store.query("controller.report_ms", a, b + 1)["value"].iloc[-1] >= 50.0
+    plane.writer.close()
+
+
+def test_server_caps_are_stored_when_they_change_a_bounded_share_a_period(
+        demo_site: SiteConfig, demo_topo: Topology, tmp_path: Path) -> None:
+    site = demo_site.model_copy(update={"controller": demo_site.controller.model_copy(
+        update={"period_s": 1.0, "node_caps_every_s": 4.0})})
+    clock = ManualClock()
+    plane = ControlPlane(site, demo_topo, clock, EmbeddedStore(tmp_path), threaded_store=False)
+    n = demo_topo.node_first_gpu.size
+    stored: list[np.ndarray] = []
+    for k in range(8):  # every server's cap moves every period: a quarter of them are stored in each
+        plane._applied = np.full(demo_topo.n_gpus, 600.0 + 10 * k)
+        b = plane._node_caps(clock.now_ns() + k)
+        assert len(b) == -(-n // 4) == np.unique(b.series).size
+        stored.append(b.series)
+    # Those stored longest ago first: every server within the interval.
+    assert np.unique(np.concatenate(stored[:4])).size == np.unique(np.concatenate(stored[4:])).size == n
+    # Once caught up, a lone change is stored at once.
+    plane._applied = caps = np.full(demo_topo.n_gpus, 670.0)
+    while len(plane._node_caps(clock.now_ns() + 8)):
+        pass
+    caps = caps.copy()
+    caps[demo_topo.node_first_gpu[5]:demo_topo.node_first_gpu[6]] = 500.0
+    plane._applied = caps
+    b = plane._node_caps(clock.now_ns() + 9)
+    assert len(b) == 1 and b.value.tolist() == [500.0]

@@ -15,7 +15,7 @@ from controllers.actuation.layout import Layouts
 from controllers.actuation.messages import CapCommand, SiteKey, caps_topic, order, verify_command
 from controllers.actuation.publisher import CapPublisher
 from controllers.loop import ControlLoop
-from controllers.plan import CapPlan
+from controllers.plan import BIND_NONE, BIND_RAMP, RAMP, CapPlan
 from models.clock import NS_PER_S
 from models.readings import SeriesRegistry
 from models.site import SiteConfig
@@ -279,3 +279,46 @@ def test_at_most_one_command_per_rack_per_period_orders_rise_and_nothing_exceeds
     assert pub.stats.commands == 0  # commands() only decides; publish() counts what it sends
     assert int(pub.rack_order.max()) == last_order
     assert (pub.lowered_ns[: t.count(L_NODE)] >= T0).all()
+
+
+def reasons_reference(names: tuple[str, ...], node_bind: np.ndarray, lay: Any) -> tuple[tuple[str, ...], list[int]]:
+    """One rack's binding names and per-node indices, rack by rack (what the vectorised path must give)."""
+    b = node_bind[lay.node0:lay.node0 + lay.n_nodes]
+    uniq = sorted(set(int(c) for c in b if c >= 0))
+    why = tuple(names[c] for c in uniq)
+    local = [uniq.index(int(c)) if c >= 0 else -1 for c in b]
+    if (b == BIND_RAMP).any():
+        local = [len(why) if c == BIND_RAMP else x for c, x in zip(b.tolist(), local, strict=True)]
+        why = (*why, RAMP)
+    return why, local
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), runs=st.booleans(), n_sent=st.integers(1, 8))
+def test_every_rack_names_what_binds_each_of_its_nodes(demo_site: SiteConfig, demo_topo: Topology,
+                                                       layouts: Layouts, base_plan: CapPlan, seed: int,
+                                                       runs: bool, n_sent: int) -> None:
+    rng = np.random.default_rng(seed)
+    t = demo_topo
+    names = base_plan.constraint_names
+    n_nodes = t.count(L_NODE)
+    # Runs of equal bindings (as plans make them) or every node its own; none, ramp and constraints.
+    values = rng.choice(np.array([BIND_NONE, BIND_RAMP, 0, 1, len(names) - 1, len(names) // 2]), n_nodes)
+    if runs:
+        values = np.repeat(values[: n_nodes // 7 + 1], 7)[:n_nodes]
+    bind = np.repeat(values.astype(np.int32), t.node_gpus)
+    pub = CapPublisher(demo_site, demo_topo, KEY, lambda t_, p: None)
+    sent = np.sort(rng.choice(t.count(L_RACK), n_sent, replace=False))
+    caps = np.full(t.n_gpus, 700.0)
+    pub.sent_ns[:] = T0  # only the racks given a cut send
+    pub.sent_w[:] = 800.0
+    for r in range(t.count(L_RACK)):
+        if r not in sent:
+            g = slice(int(t.rack_first_gpu[r]), int(t.rack_first_gpu[r] + t.rack_gpus[r]))
+            caps[g] = 800.0
+    cmds = pub.commands(plan(base_plan, caps, T0 + 1, bind=bind), T0 + 1)
+    assert racks_of(cmds) == sent.tolist()
+    for _r, cmd in cmds:
+        why, local = reasons_reference(names, values, layouts[cmd.rack])
+        assert cmd.why == why
+        assert cmd.bind is not None and cmd.bind.tolist() == local
