@@ -4,7 +4,8 @@ The plan's own events (``CapPlan.events``) explain every period's decision for t
 these are the few a scheduler acts on, raised on *changes* only, so that a webhook is not
 called every period for a cap that did not move:
 
-* ``cap_changed``: a job's per-GPU cap moved by at least ``CAP_STEP_W`` (or was released);
+* ``cap_changed``: a job's per-GPU cap moved by at least ``CAP_STEP_W`` (or was released), and
+  where each job stands the first time a controller plans it (after a restart too);
 * ``headroom_low``: a limit's headroom fell below ``[hooks].headroom_low_share`` of it
   (once, until it recovers above twice that share);
 * ``dr_start`` / ``dr_end``: a demand-response event became active / ended.
@@ -57,9 +58,9 @@ class Notices:
                 continue
             prev = self.job_cap_w.get(job, np.nan)
             released = cap[k] >= ceiling[k] - 1e-6
-            moved = abs(cap[k] - prev) >= CAP_STEP_W or (released and prev < ceiling[k] - 1e-6)
-            if np.isnan(prev):
-                moved = not released
+            # A job seen for the first time is told where it stands, released too: after a
+            # controller restart the last thing it heard may be a cap the new plan has lifted.
+            moved = np.isnan(prev) or abs(cap[k] - prev) >= CAP_STEP_W or (released and prev < ceiling[k] - 1e-6)
             if not moved:
                 continue
             self.job_cap_w[job] = float(cap[k])

@@ -42,9 +42,13 @@ def build() -> Dashboard:
                                 span=4, mappings=value_map({"0": ("none", "green"), "1": ("DR event", "orange")})))
          .with_panel(_stat("PUE", f'SELECT last("pue") FROM "site" {WHERE_SITE}', "none", decimals=3, span=4,
                                 thresholds=steps((None, "green"), (1.3, "orange"), (1.5, "red"))))
-         .with_panel(_stat("Energy today", f'SELECT integral("facility_w", 1h) FROM "site" {WHERE_SITE}',
+         .with_panel(_stat("Energy today", f'SELECT spread("energy_wh") FROM "power" {WHERE_SITE} AND "level" = \'\' '
+                                f'AND "phase" = \'\'',
                                 "watth", time_from="now/d", span=4,
-                                description="Facility energy since midnight (integral of site power)."))
+                                description="Facility energy since midnight, from the site meter's energy register "
+                                            "(its total, not its phases: what it counted, gaps included; not the "
+                                            "integral of power readings, which alias a load that swings near the "
+                                            "polling rate)."))
          .with_panel(_stat("Price", f'SELECT last("price_per_mwh") FROM "grid" {WHERE_SITE}', "none",
                                 decimals=1, span=4, description="Energy price, currency per MWh."))
          .with_panel(_stat("Carbon", f'SELECT last("carbon_g_per_kwh") FROM "grid" {WHERE_SITE}', "none",

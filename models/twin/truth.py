@@ -16,9 +16,11 @@ During a DR event it also measures **stranded power**: target minus facility pow
 steps where the GPUs' demand alone would have drawn more than the target.
 
 It also keeps a **series**, one row per site second: the facility and IT energy since the
-start (Wh, the simulation's integrals at the end of the second) and the highest facility and
-IT power of the second's steps. A report over any window, with any gaps, is checked against
-the twin's energy over exactly the time the report covers (``energy_over``, ``peak_over``).
+start (Wh, the simulation's integrals at the end of the second), the highest facility and
+IT power of the second's steps, and at the end of the second each cooling loop's heat and
+return temperature and the DR target in force (NaN without one). A report over any window,
+with any gaps, is checked against the twin's energy over exactly the time the report covers
+(``energy_over``, ``peak_over``); dashboards' panels against the loop and DR columns.
 """
 
 from __future__ import annotations
@@ -65,8 +67,9 @@ class Truth:
         self._second = int(sim.now_ns // NS_PER_S)
         self._sec_fac_max = 0.0
         self._sec_it_max = 0.0
-        self.rows: list[tuple[int, float, float, float, float]] = [
-            (sim.now_ns, 0.0, 0.0, sim.facility_w, sim.it_w)]  # SERIES_COLUMNS, not yet taken
+        self.columns = series_columns(t.loop_ids)
+        self.rows: list[tuple[float, ...]] = [
+            (sim.now_ns, 0.0, 0.0, sim.facility_w, sim.it_w, *self._state(sim))]  # self.columns, not yet taken
         sim.observers.append(self.observe)
 
     def observe(self, sim: TwinSim) -> None:
@@ -79,7 +82,7 @@ class Truth:
         if second != self._second:
             self._second = second
             self.rows.append((sim.now_ns, sim.facility_energy_wh - self._e_fac0, sim.it_energy_wh - self._e_it0,
-                              self._sec_fac_max, self._sec_it_max))
+                              self._sec_fac_max, self._sec_it_max, *self._state(sim)))
             self._sec_fac_max = self._sec_it_max = 0.0
         self.peak_facility_w = max(self.peak_facility_w, sim.facility_w)
         self.peak_it_w = max(self.peak_it_w, sim.it_w)
@@ -111,6 +114,13 @@ class Truth:
                 self.dr_stranded_ws += stranded * dt
                 self.dr_stranded_max_w = max(self.dr_stranded_max_w, stranded)
 
+    @staticmethod
+    def _state(sim: TwinSim) -> list[float]:
+        """Each loop's heat and return temperature, and the DR target in force (NaN without one)."""
+        now = sim.now_ns
+        target = min((e.target_w for e in sim.dr_events if e.state(now) == "active"), default=float("nan"))
+        return [*sim.loop_heat_w.tolist(), *sim.loop_return_c.tolist(), target]
+
     # ---- results ----------------------------------------------------------------------------
     def exceeded(self) -> list[dict[str, Any]]:
         """Every limit exceeded: what, for how long, by how much at worst."""
@@ -127,7 +137,7 @@ class Truth:
                         "worst_over_w": float(self.loop_worst_w[k])})
         return sorted(out, key=lambda d: -d["seconds"])
 
-    def take_rows(self) -> list[tuple[int, float, float, float, float]]:
+    def take_rows(self) -> list[tuple[float, ...]]:
         """The series rows since the last call."""
         rows, self.rows = self.rows, []
         return rows
@@ -157,21 +167,32 @@ class Truth:
 SERIES_COLUMNS = ("t_ns", "facility_wh", "it_wh", "facility_max_w", "it_max_w")
 
 
-def append_series(path: str | Path, rows: list[tuple[int, float, float, float, float]]) -> None:
-    """Append ``rows`` (``Truth.rows``) to a CSV file, with the header if the file is new."""
+def series_columns(loop_ids: Iterable[str]) -> tuple[str, ...]:
+    """The series' columns for a site's loops: ``SERIES_COLUMNS``, ``heat_w LOOP`` and
+    ``return_c LOOP`` per loop, ``dr_target_w``."""
+    loops = list(loop_ids)
+    return (*SERIES_COLUMNS, *(f"heat_w {k}" for k in loops), *(f"return_c {k}" for k in loops), "dr_target_w")
+
+
+def append_series(path: str | Path, rows: list[tuple[float, ...]], columns: tuple[str, ...]) -> None:
+    """Append ``rows`` (``Truth.take_rows``, in ``Truth.columns``) to a CSV file, with the header if the file is new."""
     p = Path(path)
     new = not p.exists()
     with p.open("a", encoding="ascii") as f:
         if new:
-            f.write(",".join(SERIES_COLUMNS) + "\n")
-        f.writelines(f"{t},{a!r},{b!r},{c!r},{d!r}\n" for t, a, b, c, d in rows)
+            f.write(",".join(columns) + "\n")
+        f.writelines(f"{int(r[0])}," + ",".join(repr(float(v)) for v in r[1:]) + "\n" for r in rows)
 
 
 def read_series(path: str | Path) -> np.ndarray:
-    """The series file as a structured array (columns ``SERIES_COLUMNS``)."""
-    data = np.genfromtxt(path, delimiter=",", names=True, dtype=[(c, "i8" if c == "t_ns" else "f8")
-                                                                 for c in SERIES_COLUMNS])
-    return np.atleast_1d(data)
+    """The series file as a structured array (columns as its header names them)."""
+    with Path(path).open(encoding="ascii") as f:
+        columns = f.readline().strip().split(",")
+        lines = [ln.split(",") for ln in f if ln.strip()]
+    out = np.zeros(len(lines), dtype=[(c, "i8" if c == "t_ns" else "f8") for c in columns])
+    for i, c in enumerate(columns):
+        out[c] = [int(ln[i]) if c == "t_ns" else float(ln[i]) for ln in lines]
+    return out
 
 
 def energy_over(series: np.ndarray, spans: Iterable[tuple[int, int]], column: str = "facility_wh") -> float:

@@ -74,7 +74,7 @@ async def _twin(args: argparse.Namespace, console: Console) -> int:
     def keep_truth(final: bool = False) -> None:
         if args.truth_out and (final or time.monotonic() - last_truth[0] >= TRUTH_EVERY_WALL_S):
             last_truth[0] = time.monotonic()
-            append_series(series_path(args.truth_out), twin.truth.take_rows())
+            append_series(series_path(args.truth_out), twin.truth.take_rows(), twin.truth.columns)
             write_json(args.truth_out, {**twin.truth.summary(), "series": series_path(args.truth_out).name,
                                         "final": final})
 

@@ -63,6 +63,7 @@ class Truth:
 
     t_s: dict[str, list[float]] = field(default_factory=dict)  # sample times per name below
     site_w: list[float] = field(default_factory=list)  # facility, at the meter's samples
+    site_wh: list[float] = field(default_factory=list)  # the meter's energy register there
     it_w: list[float] = field(default_factory=list)  # IT, at the period's samples
     limit_w: list[float] = field(default_factory=list)
     entity_w: dict[tuple[str, str], list[float]] = field(default_factory=dict)  # (level, id): totals written
@@ -288,7 +289,11 @@ def run_twin(site: SiteConfig, topo: Topology) -> tuple[str, int, int, list[byte
         sec = int(round(t_s))
         if whole and sec % METER_S == 0:
             synth.add(rows, "site.facility_w", sim.facility_w)
+            synth.add(rows, "power.energy_wh", sim.facility_energy_wh)  # the meter's register (site tag only)
+            for ph in ("L1", "L2", "L3"):  # and its phases', which the panel must leave out
+                synth.add(rows, "power.energy_wh", sim.facility_energy_wh / 3, phase=ph)
             truth.site_w.append(sim.facility_w)
+            truth.site_wh.append(sim.facility_energy_wh)
             truth.t_s.setdefault("site", []).append(t_s)
             _power(synth, rows, sim, METERED, truth, t_s)
         if whole and sec % SNMP_S == 0:
