@@ -435,11 +435,15 @@ class MqttLink:
             if self.on_state is not None:
                 self.on_state(False, str(reason_code))
             return
-        for topic, (qos, _box) in list(self._subs.items()):
-            client.subscribe(topic, qos=qos)
+        # Connected first, then the subscriptions: a subscribe() between the two would otherwise
+        # find the link not yet connected and its topic not yet in this list, and never be sent
+        # (a controller then heard no agent status for a whole run). Now it is sent at least
+        # once; twice is harmless.
         self.connects += 1
         self.refused = None
         self.connected.set()
+        for topic, (qos, _box) in list(self._subs.items()):
+            client.subscribe(topic, qos=qos)
         if self.on_state is not None:
             self.on_state(True, "connected")
 

@@ -16,6 +16,7 @@ newer one. Demand-response events are structured, not scalar, and arrive through
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass
 
@@ -28,7 +29,7 @@ from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
 from models.topology import L_NODE, L_PDU, L_UPS, LEVELS, Topology
 
 LOOP_FIELDS = ("supply_c", "return_c", "flow_lpm", "dp_kpa", "heat_w", "capacity_w", "pumps_running", "leak")
-SITE_FIELDS = ("facility_w", "it_w", "pue")
+SITE_FIELDS = ("facility_w", "it_w", "pue", "facility_wh")  # facility_wh: the site meter's energy register
 GRID_FIELDS = ("limit_w", "dr_target_w", "dr_active", "frequency_hz", "price_per_mwh", "carbon_g_per_kwh")
 
 _UNRESOLVED = -2
@@ -47,6 +48,65 @@ class SiteTotals:
     pue: float | None
     dr_active: bool
     dr_target_w: float  # the lowest target of the DR events in force, 0 when none
+
+
+class PueWindow:
+    """PUE over the last ``window_s``: the facility energy the site meter's register counted
+    over IT energy (the IT power of every period, integrated) over the same time.
+
+    The ratio of two instantaneous readings is not a PUE an operator can use: the meter is read
+    every 2 s, the servers every second, and GPUs that swing at 0.5 Hz make facility / IT jump
+    between 1.0 and 1.9 from one period to the next. Energies over a minute do not alias.
+    None until the register has covered half a window, and after a gap in IT power longer than
+    ``max_gap_s`` (the IT integral restarts).
+    """
+
+    def __init__(self, window_s: float = 60.0, max_gap_s: float = 10.0) -> None:
+        self.window_ns = int(window_s * 1e9)
+        self.max_gap_ns = int(max_gap_s * 1e9)
+        self._it: collections.deque[tuple[int, float]] = collections.deque()  # (t, IT Wh since start)
+        self._it_wh = 0.0
+        self._last_it: tuple[int, float] | None = None
+        self._reg: collections.deque[tuple[int, float]] = collections.deque()  # (t, register Wh)
+
+    def add_it(self, now_ns: int, it_w: float | None) -> None:
+        """IT power at a period (None when unknown: the integral restarts at the next known one)."""
+        if it_w is None or not math.isfinite(it_w):
+            self._last_it = None
+            return
+        if self._last_it is not None and now_ns > self._last_it[0]:
+            t0, w0 = self._last_it
+            if now_ns - t0 > self.max_gap_ns:
+                self._it.clear()
+                self._reg.clear()
+            else:
+                self._it_wh += 0.5 * (w0 + it_w) * (now_ns - t0) / 3.6e12
+        self._last_it = (now_ns, it_w)
+        self._it.append((now_ns, self._it_wh))
+        while len(self._it) > 2 and self._it[1][0] <= now_ns - 2 * self.window_ns:
+            self._it.popleft()
+
+    def add_register(self, ts_ns: int, wh: float) -> None:
+        """A reading of the site meter's energy register (Wh); a reset starts over."""
+        if not math.isfinite(wh) or (self._reg and ts_ns <= self._reg[-1][0]):
+            return
+        if self._reg and wh < self._reg[-1][1]:
+            self._reg.clear()
+        self._reg.append((ts_ns, wh))
+        while len(self._reg) > 2 and self._reg[1][0] <= ts_ns - self.window_ns:
+            self._reg.popleft()
+
+    def value(self) -> float | None:
+        """Facility Wh / IT Wh over the register's readings of the last window, or None."""
+        if len(self._reg) < 2 or len(self._it) < 2:
+            return None
+        (a, wa), (b, wb) = self._reg[0], self._reg[-1]
+        t0, t1 = self._it[0][0], self._it[-1][0]
+        if b - a < self.window_ns // 2 or a < t0 or b > t1:
+            return None
+        ts = np.fromiter((t for t, _ in self._it), np.float64, len(self._it))
+        wh = np.fromiter((e for _, e in self._it), np.float64, len(self._it))
+        return pue(wb - wa, float(np.interp(b, ts, wh) - np.interp(a, ts, wh)))
 
 
 class SiteState:
@@ -131,6 +191,8 @@ class SiteState:
             if k is None:
                 return _IGNORED
             return self._loop_off + LOOP_FIELDS.index(field) * self.topo.n_loops + k
+        if measurement == "power" and field == "energy_wh" and not extra and set(tags) <= {"site", "device"}:
+            return self._site_off + SITE_FIELDS.index("facility_wh")  # the site meter's total register
         if measurement == "site" and field in SITE_FIELDS:
             return self._site_off + SITE_FIELDS.index(field)
         if measurement == "grid" and field in GRID_FIELDS:

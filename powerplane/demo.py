@@ -171,6 +171,15 @@ class Plane:
             await p.start()
             self.agents.append(p)
 
+    def agents_listening(self) -> bool:
+        """Whether every agent has opened its GPUs and subscribed (its banner comes just before)."""
+        def banner(a: Proc) -> bool:
+            try:
+                return "powerplane agent ·" in a.log.read_text(errors="replace")
+            except OSError:
+                return False
+        return all(banner(a) for a in self.agents)
+
     def sample_rss(self, t_site_s: float) -> None:
         """Every child's resident memory now, appended to ``run/rss.jsonl``."""
         row: dict[str, Any] = {"wall_s": round(time.monotonic() - self.t_wall0, 1), "site_s": round(t_site_s, 1)}
@@ -744,6 +753,13 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
         if not await _wait(lambda: plane.eps.exists() or not plane.twin or not plane.twin.alive, 30.0) \
                 or not plane.eps.exists():
             raise RuntimeError(f"the twin did not start: {plane.twin.tail() if plane.twin else ''}")
+        if opts.control:
+            # The agents first, as on a real site where they run on every node: at x10 an agent
+            # that starts after the controller's first command takes 10+ site seconds to hear
+            # it, and every one of its nodes became a non-compliance episode and a 10 s settle.
+            await plane.start_agents(topo.ids(L_RACK))
+            if not await _wait(plane.agents_listening, START_TIMEOUT_WALL_S, dead=plane.dead):
+                raise RuntimeError("the agents did not start: " + "; ".join(a.tail(2) for a in plane.agents))
         # The controllers subscribe before the collector publishes (the first period's state is
         # the sign): no reading is published to nobody.
         for i in range(opts.controllers if ha else 1):
@@ -755,8 +771,6 @@ async def run_demo(opts: DemoOptions, console: Console) -> int:
 
         await _wait(controller_running, START_TIMEOUT_WALL_S, dead=plane.dead)
         await plane.start_collect()
-        if opts.control:
-            await plane.start_agents(topo.ids(L_RACK))
         console.print(f"[bold]powerplane demo[/bold] · site {site.site.name} ({opts.site}) · {topo.n_gpus:,} GPUs "
                       f"in {topo.count(L_RACK)} racks · x{opts.speed:g} · MQTT via {broker.describe()} · "
                       + ("processes: twin, collect, controller" if not ha else

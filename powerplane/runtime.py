@@ -65,7 +65,7 @@ from models.events import Event, EventKind
 from models.histogram import Histogram
 from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
 from models.site import SiteConfig
-from models.state import SiteState
+from models.state import PueWindow, SiteState
 from models.topology import L_NODE, L_RACK, Topology
 from store.base import Sink, StoreStats
 
@@ -277,6 +277,7 @@ class ControlPlane:
         self._state_errors = 0
         self._tree = TreeCheck(topo)
         self._suspect: set[int] = set()
+        self._pue = PueWindow()  # site.pue: energies over a minute, not two readings' ratio
 
     # ---- data paths ----------------------------------------------------------------------
     def _collected(self, batch: ReadingBatch) -> None:
@@ -470,12 +471,19 @@ class ControlPlane:
         reg, site = self.registry, self.site_id
         sids: list[int] = []
         vals: list[float] = []
+        self._pue.add_it(now_ns, t.it_w)
+        wh, wh_ts = self.state.site("facility_wh")
+        if wh_ts > 0:
+            self._pue.add_register(wh_ts, wh)
+        # PUE from the site meter's energy register over the last minute; a site whose meter has
+        # no register gets the ratio of the latest readings.
+        pue = self._pue.value() if wh_ts > 0 else t.pue
         if t.it_w is not None:
             sids += [reg.id("site.it_w", site=site), reg.id("site.it_age_s", site=site)]
             vals += [t.it_w, t.it_age_s]
-            if t.pue is not None:
-                sids.append(reg.id("site.pue", site=site))
-                vals.append(t.pue)
+        if pue is not None:
+            sids.append(reg.id("site.pue", site=site))
+            vals.append(pue)
         sids += [reg.id("grid.dr_active", site=site), reg.id("grid.dr_target_w", site=site)]
         vals += [float(t.dr_active), t.dr_target_w]
         st = self.stats

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from models.grid import DemandResponseEvent
 from models.readings import Quality, ReadingBatch, SeriesRegistry
@@ -53,3 +54,37 @@ def test_grid_signals_and_dr_events(demo_topo: Topology) -> None:
     assert g.limit_w == 5.2e6 and g.frequency_hz == 50.01
     assert g.facility_limit_w() == 3.9e6
     assert st.grid_signals(250).events == ()
+
+
+def test_pue_is_energy_over_a_minute_not_the_ratio_of_two_readings() -> None:
+    """Facility power swings with the GPUs at 0.5 Hz and its meter is read every 2 s on a
+    drifting phase; IT power is known every second. The ratio of the latest readings jumps
+    (here by more than 0.2); energy over a minute gives the true 1.12 — from the
+    register, which counts what the readings miss."""
+    from models.state import PueWindow
+
+    true_pue, s = 1.12, 10**9
+
+    def it_w(t: float) -> float:
+        return 3e6 * (1 + 0.25 * np.sin(np.pi * t))  # 0.5 Hz
+
+    def register_wh(t: float) -> float:  # ∫ true_pue * it_w dt, in Wh
+        return true_pue * 3e6 * (t + 0.25 * (1 - np.cos(np.pi * t)) / np.pi) / 3600
+
+    w = PueWindow(window_s=60.0)
+    ratios = []
+    assert w.value() is None
+    for k in range(181):  # one period a second for 3 minutes
+        w.add_it(k * s, it_w(k))
+        if k % 2 == 0:
+            t_meter = k - (k % 7) / 7  # read up to a second before the period, drifting
+            w.add_register(round(t_meter * s), register_wh(t_meter))
+            ratios.append(true_pue * it_w(t_meter) / it_w(k))
+        if k == 20:
+            assert w.value() is None  # not half a window yet
+    assert max(ratios) - min(ratios) > 0.2  # what the ratio of the latest readings shows
+    assert w.value() == pytest.approx(true_pue, abs=2e-3)
+    w.add_register(181 * s, 0.0)  # the meter reset: start over
+    assert w.value() is None
+    w.add_it(200 * s, it_w(200))  # 19 s without IT power: the integral restarts
+    assert w.value() is None

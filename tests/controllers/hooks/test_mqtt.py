@@ -75,3 +75,26 @@ def test_mqtt_address_parse(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> 
     assert MqttAddress.parse("mqtt://b").port == 1883
     with pytest.raises(ConfigError):
         MqttAddress.parse("http://b")
+
+
+def test_a_subscription_made_while_the_link_connects_is_sent() -> None:
+    """The paho thread's on_connect subscribes every topic it knows; a subscribe() from another
+    thread in the middle used to find the link not yet connected and its topic not yet in that
+    list, and was never sent (a controller heard no agent status for a whole demo run)."""
+    from types import SimpleNamespace
+
+    from bus.mqtt import MqttLink
+
+    link = MqttLink(MqttAddress("127.0.0.1", 1), "race")
+    sent: list[str] = []
+    link._client.subscribe = lambda topic, qos=0: (sent.append(topic), (0, 1))[1]  # type: ignore[method-assign]
+    link.subscribe("powerplane/s/readings/+")
+
+    def paho_subscribe(topic: str, qos: int = 0) -> tuple[int, int]:
+        sent.append(topic)
+        if topic == "powerplane/s/readings/+":  # another thread subscribes right now
+            link.subscribe("powerplane/s/status/+")
+        return 0, 1
+
+    link._on_connect(SimpleNamespace(subscribe=paho_subscribe), None, None, SimpleNamespace(is_failure=False), None)
+    assert "powerplane/s/status/+" in sent and link.connected.is_set()
