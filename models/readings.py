@@ -152,7 +152,7 @@ for _m in (
     # site: facility totals (tags: site)
     Metric("site", "facility_w", "W", "gauge", 0.0, 5e9, None, "facility power at the interconnect"),
     Metric("site", "it_w", "W", "gauge", 0.0, 5e9, None, "IT power"),
-    Metric("site", "pue", "1", "gauge", 1.0, 5.0, None, "power usage effectiveness"),
+    Metric("site", "pue", "1", "gauge", 1.0, 5.0, None, "facility / IT energy over the last minute"),
     Metric("site", "it_age_s", "s", "gauge", 0.0, 1e6, None, "age of the oldest reading site.it_w was derived from"),
     # caps: what a cap plan grants, per entity (tags: site, level=<power level|loop|job|site>, id)
     Metric("caps", "cap_w", "W", "gauge", 0.0, 5e9, None, "sum of GPU caps under the entity"),
