@@ -230,6 +230,7 @@ class CapPublisher:
         self.lowered_ns = np.full(n, -1, np.int64)
         self.lowered_seq = np.zeros(n, np.int64)
         self._last_seq = 0
+        self.epoch = 0  # the per-node design had no authority epochs (ControlPlane reads one)
         self.stats = PublishStats()
         self.enabled = True
 
@@ -339,6 +340,11 @@ class Verifier:
         self.reason: dict[int, str] = {}
         self.settle_s = float(pub.cfg.settle_s)
         self.stats = VerifyStats()
+
+    @property
+    def ack_order(self) -> NDArray[np.int64]:
+        """(epoch, seq) acknowledged per node, as ControlPlane reads it: epoch 0, so the seq."""
+        return self.ack_seq
 
     def status(self, st: AgentStatus) -> list[Event]:
         """Take one agent status; return events it raises (a lease fallback)."""

@@ -546,7 +546,7 @@ class ControlPlane:
         one, the configured deadline (``[actuation].settle_s``) before; 0 without actuation."""
         if self.actuator is None:
             return 0.0
-        p95 = self.actuator.verifier.stats.settle.percentile(95)
+        p95 = self.actuator.verifier.stats.settle_percentiles()[1]
         return float(p95) if math.isfinite(p95) else self.site.actuation.settle_s
 
     def _authority(self, now_ns: int) -> bool:
