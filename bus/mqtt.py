@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote, urlparse
 
 from models.errors import ConfigError
@@ -133,38 +133,33 @@ def read_secret_file(path: str | Path, what: str, *, strict_mode: bool = False) 
 
 
 Message = tuple[str, bytes]
+T = TypeVar("T")
 
 
-class Inbox:
-    """A bounded, thread-safe queue of (topic, payload) filled by paho's thread (see module doc)."""
+class _WakeQueue(Generic[T]):
+    """A deque that paho's thread fills and an asyncio task drains; ``wait`` sleeps until it is not empty."""
 
-    def __init__(self, maxlen: int = 10_000, max_bytes: int = 1 << 20) -> None:
-        self.maxlen = maxlen
-        self.max_bytes = max_bytes
+    def __init__(self) -> None:
         self.received = 0
-        self.dropped_oversize = 0
-        self.dropped_overflow = 0
-        self._q: collections.deque[Message] = collections.deque()
+        self._q: collections.deque[T] = collections.deque()
         self._lock = threading.Lock()
         self._waiter: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def put(self, topic: str, payload: bytes) -> None:
-        """Called by paho's thread for every message of the subscription."""
-        if len(payload) > self.max_bytes:
-            self.dropped_oversize += 1
-            return
+    def _append(self, item: T, maxlen: int | None = None) -> bool:
+        """Queue ``item`` (dropping the oldest at ``maxlen``) and wake the waiter; True if one was dropped."""
         with self._lock:
             self.received += 1
-            if len(self._q) >= self.maxlen:
+            full = maxlen is not None and len(self._q) >= maxlen
+            if full:
                 self._q.popleft()
-                self.dropped_overflow += 1
             was_empty = not self._q
-            self._q.append((topic, payload))
+            self._q.append(item)
         if was_empty and self._waiter is not None and self._loop is not None:
             self._loop.call_soon_threadsafe(self._waiter.set)
+        return full
 
-    def drain(self, limit: int | None = None) -> list[Message]:
+    def drain(self, limit: int | None = None) -> list[T]:
         """Everything queued (at most ``limit``), oldest first; never blocks."""
         with self._lock:
             if limit is None or limit >= len(self._q):
@@ -176,8 +171,8 @@ class Inbox:
                 self._waiter.clear()
         return out
 
-    async def wait(self) -> None:
-        """Wait until something is queued (asyncio)."""
+    async def wait(self, timeout_s: float | None = None) -> None:
+        """Wait until something is queued (asyncio), at most ``timeout_s`` (None: for ever)."""
         if self._waiter is None:
             self._loop = asyncio.get_running_loop()
             self._waiter = asyncio.Event()
@@ -185,10 +180,33 @@ class Inbox:
             if self._q:
                 return
             self._waiter.clear()
-        await self._waiter.wait()
+        if timeout_s is None:
+            await self._waiter.wait()
+        else:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._waiter.wait(), timeout_s)
 
     def __len__(self) -> int:
         return len(self._q)
+
+
+class Inbox(_WakeQueue[Message]):
+    """A bounded, thread-safe queue of (topic, payload) filled by paho's thread (see module doc)."""
+
+    def __init__(self, maxlen: int = 10_000, max_bytes: int = 1 << 20) -> None:
+        super().__init__()
+        self.maxlen = maxlen
+        self.max_bytes = max_bytes
+        self.dropped_oversize = 0
+        self.dropped_overflow = 0
+
+    def put(self, topic: str, payload: bytes) -> None:
+        """Called by paho's thread for every message of the subscription."""
+        if len(payload) > self.max_bytes:
+            self.dropped_oversize += 1
+            return
+        if self._append((topic, payload), self.maxlen):
+            self.dropped_overflow += 1
 
     def dropped(self) -> int:
         """Messages dropped so far (oversize + overflow)."""
@@ -198,7 +216,7 @@ class Inbox:
 AckedMessage = tuple[str, bytes, int, int]  # topic, payload, mid, connection generation
 
 
-class AckInbox:
+class AckInbox(_WakeQueue[AckedMessage]):
     """Messages whose PUBACK the receiver sends itself, once it has made them safe (``MqttLink.ack``).
 
     Nothing is dropped for space here: the broker sends at most the link's ``receive_maximum``
@@ -210,46 +228,13 @@ class AckInbox:
     """
 
     def __init__(self, max_bytes: int = 1 << 20) -> None:
+        super().__init__()
         self.max_bytes = max_bytes
-        self.received = 0
         self.dropped_oversize = 0
-        self._q: collections.deque[AckedMessage] = collections.deque()
-        self._lock = threading.Lock()
-        self._waiter: asyncio.Event | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def put(self, message: AckedMessage) -> None:
         """Called by paho's thread for every message of the subscription."""
-        with self._lock:
-            self.received += 1
-            was_empty = not self._q
-            self._q.append(message)
-        if was_empty and self._waiter is not None and self._loop is not None:
-            self._loop.call_soon_threadsafe(self._waiter.set)
-
-    def drain(self, limit: int | None = None) -> list[AckedMessage]:
-        """What is queued (at most ``limit``), oldest first; never blocks."""
-        with self._lock:
-            n = len(self._q) if limit is None else min(limit, len(self._q))
-            out = [self._q.popleft() for _ in range(n)]
-            if self._waiter is not None and not self._q:
-                self._waiter.clear()
-        return out
-
-    async def wait(self, timeout_s: float | None = None) -> None:
-        """Wait until something is queued (asyncio), at most ``timeout_s``."""
-        if self._waiter is None:
-            self._loop = asyncio.get_running_loop()
-            self._waiter = asyncio.Event()
-        with self._lock:
-            if self._q:
-                return
-            self._waiter.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._waiter.wait(), timeout_s)
-
-    def __len__(self) -> int:
-        return len(self._q)
+        self._append(message)
 
 
 class MqttLink:
