@@ -42,6 +42,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import gc
 import json
 import math
 import os
@@ -405,7 +406,7 @@ def controller(args: argparse.Namespace) -> int:
     data = Path(args.tmp) / f"store-{args.design}"
     sink = EmbeddedStore(data)
     plane = ControlPlane(site, topo, clock, sink, actuator=act, hooks=hooks, readings=batches_in,
-                         advisors=[MoveAdvisor(topo, sid)], publish_state=publish_state)
+                         advisors=[MoveAdvisor(topo, sid)], publish_state=publish_state, realtime=True)
     asyncio.run(act.start())
     if hooks is not None:
         hooks.start()
@@ -418,6 +419,17 @@ def controller(args: argparse.Namespace) -> int:
         seen |= {t.rsplit("/", 1)[-1] for t, _ in ready_in.drain()}
         time.sleep(0.01)
     ready_s = time.monotonic() - t_start
+    gc_pauses: list[float] = []  # the cyclic collector's pauses in measured periods, every thread (ms)
+    gc_start = [0.0]
+
+    def gc_timer(phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            gc_start[0] = time.perf_counter()
+        elif measuring[0]:
+            gc_pauses.append((time.perf_counter() - gc_start[0]) * 1e3)
+
+    measuring = [False]
+    gc.callbacks.append(gc_timer)
 
     status_box = act.inbox
     total = WARMUP_PERIODS + args.periods
@@ -446,6 +458,7 @@ def controller(args: argparse.Namespace) -> int:
                                     "--output", f"{os.environ['BENCH_PYSPY']}-{args.design}.txt"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
+        measuring[0] = k >= WARMUP_PERIODS
         now = t0 + k * period_ns
         clock.advance((now - clock.now_ns()) / 1e9)
         w0 = time.perf_counter()
@@ -493,6 +506,7 @@ def controller(args: argparse.Namespace) -> int:
             completed, why = False, f"stopped after {k + 1} of {total} periods: over the {args.deadline:g} s budget"
             break
     periods_run = k + 1 if completed else k
+    measuring[0] = False
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -532,6 +546,7 @@ def controller(args: argparse.Namespace) -> int:
         "commands_enforced": fleet_commands, "commands_rejected": fleet_rejected,
         "statuses_ok": statuses_ok, "commands_ok": commands_ok, "control_errors": errors,
         "plans_with_violations": plane.stats.plans_with_violations,
+        "gc_pauses": len(gc_pauses), "gc_pause_max_ms": round(max(gc_pauses, default=0.0), 1),
         "store_backlog_max": backlog, "store_written": store.written_points, "store_dropped": store.dropped_points,
         "store_flushed": flushed,
         "store_flush_cpu_ms": round(flush_cpu * 1e3, 1), "periods_run": periods_run,
@@ -665,6 +680,7 @@ def main() -> int:
             line["stage_p50_ms"] = ours.get("stage_p50_ms")
             line["cycle_p50_ms"] = ours.get("cycle_p50_ms")
             line["store_backlog_max"] = ours.get("store_backlog_max")
+            line["gc_pause_max_ms"] = ours.get("gc_pause_max_ms")
             line["periods"] = ours.get("periods")
             line["ours_ok"] = bool(ours.get("completed") and ours.get("statuses_ok") and ours.get("commands_ok"))
             if peer.get("completed") and ours.get("completed"):

@@ -367,8 +367,8 @@ class ReadingBatch:
                             np.concatenate([b.value for b in bs]),
                             np.concatenate([b.quality for b in bs]), reg)
 
-    def select(self, mask: NDArray[np.bool_]) -> ReadingBatch:
-        """The readings where ``mask`` is true."""
+    def select(self, mask: NDArray[np.bool_] | slice) -> ReadingBatch:
+        """The readings where ``mask`` is true (or in a slice: views, no copy)."""
         return ReadingBatch(self.ts_ns[mask], self.series[mask], self.value[mask],
                             self.quality[mask], self.registry)
 

@@ -215,7 +215,7 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
                          advisors=[MoveAdvisor(topo, site.site.name)] if control else [], readings=readings,
                          control=control, publish_state=publish_state, jobs=feed, authority=authority,
                          holder=holder, store_readings=not args.no_store_readings,
-                         source_timeout_s=args.collector_timeout)
+                         source_timeout_s=args.collector_timeout, realtime=True)
     planes.append(plane)
     if authority is not None:
         # Never campaign for an epoch the agents would refuse: above what they report applying.
