@@ -7,7 +7,7 @@ controller  the real ``ControlPlane`` as ``powerplane controller`` wires it: one
             the real ``Actuator`` (signed per-rack commands, per-rack statuses, array
             verification), reading batches from MQTT (``models.wire``), MQTT hook events,
             move advice, the embedded SQLite store behind its writer thread, the state
-            snapshot. Pinned to one core.
+            snapshot. Pinned to one core; mosquitto and the parties below share the others.
 fleet       2 processes simulating every agent: they subscribe to the command topics,
             verify each command's signature and bounds (``verify_command``), enforce the
             caps on simulated GPUs and publish one status per rack (the real
@@ -581,6 +581,10 @@ def run(design: str, gpus: int, args: argparse.Namespace, tmp: Path, site_path: 
     if broker.kind != "mosquitto":
         aloop.run_until_complete(broker.stop())
         raise SystemExit("bench/period.py needs mosquitto on PATH (scripts/setup installs it)")
+    if broker.pid is not None:
+        # The broker is a process of its own on a site: on the other core(s), with the fleet.
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(broker.pid, {int(c) for c in cpus[1].split(",")})
     env = {**os.environ, KEY_ENV: SiteKey.generate().hex(), "PYTHONPATH": str(ROOT)}
     base = [sys.executable, __file__, "--site", str(site_path), "--port", str(broker.port), "--design", design,
             "--tmp", str(tmp)]

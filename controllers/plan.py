@@ -183,11 +183,14 @@ class CapPlan:
     def _binding(self) -> dict[int, int]:
         # Three callers a period (store batch, events, live view): counted once, over the
         # constraints, instead of np.unique sorting every GPU's index each time.
-        b = self.bind[self.bind >= 0]
-        if not b.size:
+        # A server's GPUs share their binding: one look per server, weighted by its GPUs.
+        p = self.problem
+        b = self.bind[p.first_gpu]
+        held = b >= 0
+        if not held.any():
             return {}
-        n = np.bincount(b, minlength=len(self.constraint_names))
-        return {int(i): int(n[i]) for i in np.flatnonzero(n)}
+        n = np.bincount(b[held], weights=p.count[held], minlength=len(self.constraint_names))
+        return {int(i): int(round(n[i])) for i in np.flatnonzero(n)}
 
     def _groups(self, group: NDArray[np.integer], n: int) -> dict[str, F64]:
         """Sums per group of servers (``group`` per consumer), weighted by their GPU counts."""
