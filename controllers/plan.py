@@ -329,11 +329,17 @@ class CapPlan:
                             lid))
         return ev
 
-    def summary(self) -> PlanSummary:
-        """What the plan decided, per rack, loop and job, and why (for views, ``plan --json``, operators)."""
+    def summary(self, max_racks: int | None = None) -> PlanSummary:
+        """What the plan decided, per rack, loop and job, and why (for views, ``plan --json``, operators);
+        ``max_racks``: only the racks with the least headroom (site order kept), as ``to_json`` cuts."""
         topo = self.problem.topo
         ents = {level: (ids, f) for level, ids, f in self._entities(topo)}
         r_ids, r = ents["rack"]
+        if max_racks is not None and len(r_ids) > max_racks:
+            head = np.asarray(r["headroom_w"], np.float64)
+            keep = np.sort(np.lexsort((np.arange(head.size), head))[:max_racks])
+            r_ids = [r_ids[i] for i in keep.tolist()]
+            r = {f: np.asarray(v)[keep] for f, v in r.items()}
         l_ids, lp = ents["loop"]
         jobs: list[JobCaps] = []
         if "job" in ents:

@@ -80,6 +80,7 @@ HookEvent = tuple[Event, Mapping[str, Any] | None]
 Advisor = Callable[[CapPlan, SiteState, int], list[tuple[Event, dict[str, Any] | None]]]
 STAGES = ("ingest", "verify", "solve", "publish", "store", "report")
 BEHIND_WARN_PERIODS = 5  # this many late periods in a row: say so, naming the slowest stage
+SNAPSHOT_RACKS = 64  # the state topic carries the racks with the least headroom
 MAX_SNAPSHOT_JOBS = 200  # the state topic carries the jobs that lose the most; the summary file all of them
 MAX_HOSTLIST_CHARS = 4096
 STORE_CHUNK = 8192  # readings per store write between two looks at the loop's gate
@@ -797,9 +798,9 @@ class ControlPlane:
         down = self.sources.down_devices()
         if down:
             out["devices_down"] = down[:64]
-        summary = self.last_plan.summary() if self.last_plan is not None else None
+        summary = self.last_plan.summary(max_racks=SNAPSHOT_RACKS) if self.last_plan is not None else None
         if summary is not None:
-            out["plan"] = summary.to_json(max_racks=64, max_jobs=64)
+            out["plan"] = summary.to_json(max_racks=SNAPSHOT_RACKS, max_jobs=64)
         if self.actuator is not None:
             out["actuation"] = self.actuator.health()
             out["modes"] = self.actuator.verifier.stats.modes
