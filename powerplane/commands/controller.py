@@ -133,6 +133,7 @@ def warm_up(site: Any, topo: Any) -> float:
     import numpy as np
 
     from controllers.actuation.rollup import node_rollup
+    from controllers.consistency import TreeCheck
     from controllers.loop import ControlLoop
     from models.state import SiteState
 
@@ -140,6 +141,7 @@ def warm_up(site: Any, topo: Any) -> float:
     ControlLoop(site, topo, SiteState(topo)).step(time.time_ns())
     one = np.ones(1)
     node_rollup(np.zeros(1, np.intp), np.ones(1, np.intp), one, one, one, 1.0)  # the verifier's pass
+    TreeCheck(topo).check(np.zeros(topo.n_nodes), np.zeros(topo.n_nodes, np.int64), 0, 1.0)  # the tree's
     return time.perf_counter() - t0
 
 
