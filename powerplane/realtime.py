@@ -8,8 +8,8 @@ beyond its CPU time (``bench/period.py``):
   the OS shared the core between the loop and the writer, and a period that should take
   0.4 s took up to 2 s. ``ControlPlane.between_periods`` is the gate the writer waits on
   before each chunk (``runtime.StoreWriter``): it writes in the time the loop leaves, and
-  its bounded queue says so when that time is not enough. (A lower OS priority for the
-  writer was not the answer: on a busy box it starved the store.)
+  its bounded queue says so when that time is not enough. (Not a lower OS priority for the
+  writer: on a box busy with other processes that would starve the store.)
 - **the cyclic garbage collector** walking every object of a large site (series keys, the
   registry, layouts) in a full collection: 12 collections of up to 224 ms in 50 periods at
   1M GPUs. ``freeze_heap`` moves everything alive once the plane is warm into the
