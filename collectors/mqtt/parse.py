@@ -37,6 +37,7 @@ from models.readings import Quality, Reason, SeriesRegistry, metrics
 
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 32  # beyond any timestamp in ns or counter; int() of 4,301+ digits raises ValueError
+_FAR_NS = 1e30  # a timestamp beyond any window (ns), to clamp float timestamps to before int()
 # Device options (name, default, upper bound) of the payload edge.
 EDGE_OPTIONS = ("timestamp_max_age_s", "timestamp_max_ahead_s", "max_payload_bytes", "max_series")
 
@@ -154,7 +155,9 @@ class MessageParser:
         if type(ts) is int:
             ts_ns = ts * UNIT_NS[unit]
         elif type(ts) is float and math.isfinite(ts):
-            ts_ns = int(ts * UNIT_NS[unit])
+            # int() of a product that overflows (1.8e302 ms) raised OverflowError, which cost the
+            # message as DECODE: clamped, it lands far outside the window and counts as TIMESTAMP.
+            ts_ns = int(min(max(ts * UNIT_NS[unit], -_FAR_NS), _FAR_NS))
         else:
             raise DecodeError(f"{where}: timestamp {str(ts)[:40]!r} is not a number")
         if now_ns - self.max_age_ns <= ts_ns <= now_ns + self.max_ahead_ns:

@@ -64,6 +64,14 @@ def test_malformed_json_raises_decode_error(payload: bytes) -> None:
         p.parse("BMS/v1/PUB/Value/Rack/LeakDetected/s1/row-a/r01", payload, 1)
 
 
+
+def test_a_float_timestamp_beyond_any_range_is_a_timestamp_rejection() -> None:
+    """1.8e302 ms overflowed int() (OverflowError, counted as DECODE); it is a timestamp outside the window."""
+    p, _ = parser("bms-json")
+    out = p.parse("BMS/v1/PUB/Value/Rack/LeakDetected/s1/row-a/r01", b'{"value": 1, "timestamp": 1.8e302}',
+                  1_780_000_000_000_000_000)
+    assert not out.values and out.rejected == {Reason.TIMESTAMP: 1} and "s ahead" in out.timestamp_note
+
 def test_grid_signals_and_dr_event() -> None:
     p, reg = parser("grid-json")
     out = p.parse("grid/s1/limit", b'{"ts": 1000, "limit_kw": 12000.5}', 1)
