@@ -227,11 +227,11 @@ class CollectorSet:
         bad_logged = [False]
         ts_logged = [False]
 
-        def on_messages(msgs: list[Message]) -> None:
+        def on_messages(msgs: list[Message], arrived_ns: int) -> None:
             t0 = time.perf_counter()
             out = Parsed()
             h = self.tracker.by_name[d.name]
-            for topic, payload, arrived_ns in msgs:
+            for topic, payload in msgs:
                 n = len(out.series)
                 try:
                     parser.parse_into(out, topic, payload, arrived_ns)
@@ -264,11 +264,11 @@ class CollectorSet:
             rejected = out.rejected
             batch = ReadingBatch(np.array(out.ts_ns, np.int64), np.array(out.series, np.int32),
                                  np.array(out.values, np.float64), np.array(out.quality, np.uint8), self.registry)
-            good, counts = self.validator.check(batch, msgs[-1][2])
+            good, counts = self.validator.check(batch, arrived_ns)
             counts.update(rejected)
-            tr = self.tracker.success(d.name, msgs[-1][2], time.perf_counter() - t0, len(good), counts)
+            tr = self.tracker.success(d.name, arrived_ns, time.perf_counter() - t0, len(good), counts)
             if tr is Transition.UP:
-                self._up(d, msgs[-1][2])
+                self._up(d, arrived_ns)
             self._deliver(good)
 
         def on_state(connected: bool, detail: str) -> None:
