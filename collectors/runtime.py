@@ -231,21 +231,16 @@ class CollectorSet:
             t0 = time.perf_counter()
             out = Parsed()
             h = self.tracker.by_name[d.name]
-            for topic, payload in msgs:
-                n = len(out.series)
-                try:
-                    parser.parse_into(out, topic, payload, arrived_ns)
-                except Exception as exc:  # DecodeError, or a parser bug: either way it costs this message only
-                    del out.series[n:], out.values[n:], out.ts_ns[n:], out.quality[n:]
-                    h.messages_bad += 1
-                    out.rejected[Reason.DECODE] += 1
-                    what = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
-                    if not bad_logged[0]:
-                        bad_logged[0] = True
-                        log.warning("%s: malformed message skipped (%s); further ones are logged at DEBUG",
-                                    d.name, what[:300])
-                    else:
-                        log.debug("%s: malformed message skipped: %s", d.name, what[:300])
+            for exc in parser.parse_burst(out, msgs, arrived_ns):  # each refusal cost its message only
+                h.messages_bad += 1
+                out.rejected[Reason.DECODE] += 1
+                what = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+                if not bad_logged[0]:
+                    bad_logged[0] = True
+                    log.warning("%s: malformed message skipped (%s); further ones are logged at DEBUG",
+                                d.name, what[:300])
+                else:
+                    log.debug("%s: malformed message skipped: %s", d.name, what[:300])
             if out.bad_items:
                 log.debug("%s: %d malformed line-protocol lines skipped", d.name, out.bad_items)
             if out.timestamp_note:

@@ -6,7 +6,8 @@ with ``call_soon_threadsafe``; connection changes are posted the same way. The d
 the whole list in one swap and stamps the burst with one arrival time. Parsing,
 validation and the consumer's callback all run in the event loop. Both threads share one
 GIL, so every microsecond spent per message in the loop is a microsecond paho's thread
-does not read the socket: the per-message path here is one append (bench/mqtt.py).
+does not read the socket: the per-message path is kept to an append here and a
+``parse_burst`` there (bench/mqtt.py).
 
 Intake must never stall silently after a reconnect (the classic failure: the session was
 lost, nobody resubscribed, the client is "connected" and receives nothing):
