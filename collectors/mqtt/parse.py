@@ -130,6 +130,7 @@ class _FastJson:
     bad: frozenset[str]
     scale: float
     offset: float
+    distinct: bool  # field, ts_key and q_key are different keys: an object of no other key needs no scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,31 +223,35 @@ class MessageParser:
                 except (msgspec.DecodeError, RecursionError):
                     doc = None
                 if type(doc) is dict:
-                    for v in doc.values():  # the integer bound of load_json; nesting takes the long way
-                        tv = type(v)
-                        if (tv is int and not -_INT_BOUND < v < _INT_BOUND) or tv is dict or tv is list:
-                            break
+                    raw: Any = doc.get(f.field)
+                    tr = type(raw)
+                    ts = doc.get(f.ts_key) if f.ts_key is not None else None
+                    tt = type(ts)
+                    q = doc.get(f.q_key) if f.q_key is not None else None
+                    # load_json's bounds: no nesting, no integer of more than MAX_INT_DIGITS digits.
+                    # An int timestamp inside the window is far inside the bound; the value is checked
+                    # here; other keys only when the object has any.
+                    flat = tr is float or (tr is int and -_INT_BOUND < raw < _INT_BOUND)
+                    if flat and (not f.distinct or len(doc) != 1 + (ts is not None) + (q is not None)):
+                        for v in doc.values():
+                            tv = type(v)
+                            if (tv is int and not -_INT_BOUND < v < _INT_BOUND) or tv is dict or tv is list:
+                                flat = False
+                                break
+                    if ts is None:
+                        ts_ns = now_ns
+                    elif tt is int:
+                        ts_ns = ts * f.unit_ns
+                    elif tt is float and lo_ns <= ts * f.unit_ns <= hi_ns:  # compared before int(): no overflow
+                        ts_ns = int(ts * f.unit_ns)
                     else:
-                        raw: Any = doc.get(f.field)
-                        tr = type(raw)
-                        ts = doc.get(f.ts_key) if f.ts_key is not None else None
-                        tt = type(ts)
-                        q = doc.get(f.q_key) if f.q_key is not None else None
-                        if ts is None:
-                            ts_ns = now_ns
-                        elif tt is int:
-                            ts_ns = ts * f.unit_ns
-                        elif tt is float and lo_ns <= ts * f.unit_ns <= hi_ns:  # compared before int(): no overflow
-                            ts_ns = int(ts * f.unit_ns)
-                        else:
-                            ts_ns = lo_ns - 1  # parse_into says why
-                        if (tr is float or tr is int) and lo_ns <= ts_ns <= hi_ns and \
-                                (q is None or (type(q) is str and q not in f.bad)):
-                            series.append(f.sid)
-                            values.append(float(raw) * f.scale + f.offset)
-                            ts_out.append(ts_ns)
-                            quality.append(0 if q is None or q in f.good else _UNCERTAIN)
-                            continue
+                        ts_ns = lo_ns - 1  # parse_into says why
+                    if flat and lo_ns <= ts_ns <= hi_ns and (q is None or (type(q) is str and q not in f.bad)):
+                        series.append(f.sid)
+                        values.append(float(raw) * f.scale + f.offset)
+                        ts_out.append(ts_ns)
+                        quality.append(0 if q is None or q in f.good else _UNCERTAIN)
+                        continue
             n = len(series)
             try:
                 self.parse_into(out, topic, payload, now_ns)
@@ -304,9 +309,10 @@ class MessageParser:
             if self.profile.format == "json" and point is not None and point.kind == "value" and sid >= 0:
                 t = point.target
                 assert t is not None
+                keys = [k for k in (point.field, spec.timestamp, spec.quality) if k]
                 fast = _FastJson(sid, point.field, spec.timestamp or None, UNIT_NS[sub.timestamp_unit],
                                  spec.quality or None, frozenset(spec.good), frozenset(spec.bad),
-                                 t.scale, t.offset)
+                                 t.scale, t.offset, len(set(keys)) == len(keys))
             return _Route(ix, sub, variables, point, sid, topic, fast)
         return _Route(-1, None, {}, None, -1, topic)
 
