@@ -71,7 +71,8 @@ class MqttIntake:
         self.last_message_ns = 0
         self._since_ns = 0  # when the current connection state began
         self._pending: list[Message] = []  # filled by paho's thread, swapped out whole by _drain
-        self._drain_scheduled = False
+        self._drain_scheduled = False  # a drain is due: paho's thread need not post one
+        self._drain_timer: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()
         self._lifecycle = threading.Lock()  # restart vs stop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -114,14 +115,20 @@ class MqttIntake:
     def _schedule_drain(self) -> None:
         # Gather a burst for a few ms: one wake-up, one batch, one validation per burst rather
         # than per message (per-message wake-ups cost more than parsing under load).
-        if self._loop is not None:
-            self._loop.call_later(self.batch_s, self._drain)
+        if self._loop is not None and not self._stopping:
+            self._drain_timer = self._loop.call_later(self.batch_s, self._drain)
 
     def _drain(self) -> None:
         with self._lock:
             batch, self._pending = self._pending, []
-            self._drain_scheduled = False
+            # While messages keep coming the loop drains every batch_s on its own timer and paho's
+            # thread posts nothing (a post is a write to the loop's self-pipe and a second wake-up
+            # per burst, both while paho's thread holds the GIL); an empty drain goes idle, and
+            # the next message posts again.
+            self._drain_scheduled = bool(batch) and not self._stopping
         if batch:
+            if self._drain_scheduled:
+                self._schedule_drain()  # before on_messages: a consumer that raises cannot stall intake
             now = self.clock.now_ns()
             self.received += len(batch)
             self.last_message_ns = now
@@ -222,6 +229,8 @@ class MqttIntake:
             # paho joins its thread here; a daemon thread keeps a wedged socket from holding
             # up interpreter/executor shutdown (asyncio.run waits for to_thread workers).
             await _in_daemon_thread(stop_loop, timeout_s=10.0)
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         self._drain()
         self._loop = None
 
