@@ -217,41 +217,42 @@ class MessageParser:
             route = routes.get(topic)
             f = route.fast if route is not None else None
             if f is not None and len(payload) <= max_bytes:
-                doc: Any
-                try:
-                    doc = _decode_fast(payload)
-                except (msgspec.DecodeError, RecursionError):
-                    doc = None
-                if type(doc) is dict:
-                    raw: Any = doc.get(f.field)
-                    tr = type(raw)
-                    ts = doc.get(f.ts_key) if f.ts_key is not None else None
-                    tt = type(ts)
-                    q = doc.get(f.q_key) if f.q_key is not None else None
-                    # load_json's bounds: no nesting, no integer of more than MAX_INT_DIGITS digits.
-                    # An int timestamp inside the window is far inside the bound; the value is checked
-                    # here; other keys only when the object has any.
-                    flat = tr is float or (tr is int and -_INT_BOUND < raw < _INT_BOUND)
-                    if flat and (not f.distinct or len(doc) != 1 + (ts is not None) + (q is not None)):
-                        for v in doc.values():
-                            tv = type(v)
-                            if (tv is int and not -_INT_BOUND < v < _INT_BOUND) or tv is dict or tv is list:
-                                flat = False
-                                break
-                    if ts is None:
-                        ts_ns = now_ns
-                    elif tt is int:
-                        ts_ns = ts * f.unit_ns
-                    elif tt is float and lo_ns <= ts * f.unit_ns <= hi_ns:  # compared before int(): no overflow
-                        ts_ns = int(ts * f.unit_ns)
-                    else:
-                        ts_ns = lo_ns - 1  # parse_into says why
-                    if flat and lo_ns <= ts_ns <= hi_ns and (q is None or (type(q) is str and q not in f.bad)):
-                        series.append(f.sid)
-                        values.append(float(raw) * f.scale + f.offset)
-                        ts_out.append(ts_ns)
-                        quality.append(0 if q is None or q in f.good else _UNCERTAIN)
-                        continue
+                try:  # msgspec's refusals, and anything unforeseen, take the long way below
+                    doc: Any = _decode_fast(payload)
+                    if type(doc) is dict:
+                        raw: Any = doc.get(f.field)
+                        tr = type(raw)
+                        ts = doc.get(f.ts_key) if f.ts_key is not None else None
+                        tt = type(ts)
+                        q = doc.get(f.q_key) if f.q_key is not None else None
+                        # load_json's bounds: no nesting, no integer of more than MAX_INT_DIGITS digits.
+                        # An int timestamp inside the window is far inside the bound; the value is
+                        # checked here; other keys only when the object has any.
+                        flat = tr is float or (tr is int and -_INT_BOUND < raw < _INT_BOUND)
+                        if flat and (not f.distinct or len(doc) != 1 + (ts is not None) + (q is not None)):
+                            for v in doc.values():
+                                tv = type(v)
+                                if (tv is int and not -_INT_BOUND < v < _INT_BOUND) or tv is dict or tv is list:
+                                    flat = False
+                                    break
+                        if ts is None:
+                            ts_ns = now_ns
+                        elif tt is int:
+                            ts_ns = ts * f.unit_ns
+                        elif tt is float and lo_ns <= ts * f.unit_ns <= hi_ns:  # compared before int()
+                            ts_ns = int(ts * f.unit_ns)
+                        else:
+                            ts_ns = lo_ns - 1  # parse_into says why
+                        if flat and lo_ns <= ts_ns <= hi_ns and (q is None or (type(q) is str and q not in f.bad)):
+                            value = float(raw) * f.scale + f.offset
+                            qual = 0 if q is None or q in f.good else _UNCERTAIN
+                            series.append(f.sid)
+                            values.append(value)
+                            ts_out.append(ts_ns)
+                            quality.append(qual)
+                            continue
+                except Exception:  # parse_into decides, counts and explains this message
+                    pass
             n = len(series)
             try:
                 self.parse_into(out, topic, payload, now_ns)

@@ -238,3 +238,17 @@ def test_parse_burst_reads_the_common_case_itself() -> None:
     assert out.ts_ns == [(NOW_MS - i) * 1_000_000 for i in range(4)]
     assert {reg.key(s).metric for s in out.series} == {"cooling.inlet_c"}
 
+
+
+def test_parse_burst_falls_back_to_parse_into_when_its_fast_way_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An exception in the fast way (a msgspec bug, a surprise) costs speed, never a reading."""
+    import collectors.mqtt.parse as parse_mod
+
+    def broken(payload: bytes) -> object:
+        raise SystemError("msgspec bug")
+
+    topic = BURST_TOPICS["bms-json"][0]
+    msgs = [(topic, json.dumps({"value": 20 + i, "timestamp": NOW_MS - i}).encode()) for i in range(3)]
+    fast, ref = _both("bms-json", msgs)
+    monkeypatch.setattr(parse_mod, "_decode_fast", broken)
+    assert _both("bms-json", msgs) == (fast, ref) and len(fast[1]) == 3  # type: ignore[arg-type]
