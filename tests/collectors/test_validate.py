@@ -80,7 +80,7 @@ def test_an_all_good_batch_passes_as_it_is_and_a_bad_one_takes_the_full_path(reg
     for bad, why in [(math.inf, Reason.NOT_FINITE), (-math.inf, Reason.NOT_FINITE), (math.nan, Reason.NOT_FINITE),
                      (100.5, Reason.ABOVE_RANGE), (-10.5, Reason.BELOW_RANGE)]:
         out, counts = v.check(ReadingBatch.of(1, [t, t], [20.0, bad], registry=reg), 1)
-        assert list(out.value) == [20.0] and counts == {why: 1}
+        assert list(out.value) == [20.0] and counts == {why: 1} and out.series.dtype == np.int32
     assert v.check(ReadingBatch.of(1, [t, t], [100.0, -10.0], registry=reg), 1)[1] == {}  # the bounds are inclusive
     v.check(ReadingBatch.of(1, [e], [50.0], registry=reg), 1)
     out, counts = v.check(ReadingBatch.of(2, [t, e], [20.0, 10.0], registry=reg), 2)  # a counter: in order
