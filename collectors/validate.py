@@ -45,6 +45,7 @@ class Validator:
         self._same = np.zeros(0, np.int64)
         self._seen = np.zeros(0, np.bool_)
         self._stateful = np.zeros(0, np.bool_)  # a counter or a stuck-checked gauge: checked in order
+        self._any_stateful = False
         self.totals: Counter[Reason] = Counter()
 
     def _grow(self) -> None:
@@ -60,6 +61,7 @@ class Validator:
         self._same = np.concatenate([self._same, np.zeros(n - n_old, np.int64)])
         self._seen = np.concatenate([self._seen, np.zeros(n - n_old, np.bool_)])
         self._stateful = (self._kind == MetricKind.COUNTER) | (self._stuck_n > 0)
+        self._any_stateful = bool(self._stateful.any())
 
     def check(self, batch: ReadingBatch, now_ns: int) -> tuple[ReadingBatch, Counter[Reason]]:
         """The readings of ``batch`` that pass (``batch`` itself when all do), and how many failed, by reason."""
@@ -75,8 +77,8 @@ class Validator:
         # times a batch (bench/mqtt.py). Cast once, here, where the GIL stays.
         s = batch.series.astype(np.intp)
         # Only counters and stuck-checked gauges carry state; everything else is a range check.
-        stateful = self._stateful[s]
-        if not stateful.any():
+        stateful = self._stateful[s] if self._any_stateful else None
+        if stateful is None or not stateful.any():
             # The usual batch: every value finite and in range. Each NumPy call costs a few us on
             # a batch of a hundred (more with paho's thread beside it, bench/mqtt.py), so this is
             # settled in a handful of calls and the batch passed on as it is; any bad value takes
@@ -88,7 +90,7 @@ class Validator:
         quality = batch.quality.copy()
         # Readings of one series within a batch are processed in order (rare, but an
         # MQTT batch may hold several readings of one series).
-        idx = np.flatnonzero(stateful)
+        idx = np.flatnonzero(stateful) if stateful is not None else np.zeros(0, np.intp)
         if idx.size:
             idx = idx[np.argsort(s[idx], kind="stable")]
         for i in idx.tolist():
