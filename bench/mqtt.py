@@ -14,7 +14,7 @@ Agreement is on values: after the clock stops, the peer's payloads are decoded a
 rack's (timestamp, value) pairs must equal the readings ours produced for that rack, and
 both must equal what was published. The bench exits 1 otherwise.
 
-    python bench/mqtt.py [--messages 40000] [--rounds 3] [--no-pin]
+    python bench/mqtt.py [--messages 40000] [--rounds 5] [--no-pin]
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def main() -> int:
     """Run the benchmark and print its JSON line last; 1 if ours and the peer saw different values."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=24_000, help="per round")
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each side keeps its best")
     ap.add_argument("--no-pin", action="store_true",
                     help="leave every thread unpinned (default: both subscribers on one core, the broker on the rest)")
     args = ap.parse_args()
