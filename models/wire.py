@@ -76,7 +76,11 @@ class BatchMsg(msgspec.Struct, forbid_unknown_fields=True):
 SeriesTable = Annotated[list[tuple[Name, Tags, Rating | None]], Meta(max_length=MAX_SERIES)]
 _DEC = msgspec.json.Decoder(BatchMsg)
 _SERIES_DEC = msgspec.json.Decoder(SeriesTable)
-MAX_TABLES = 100_000  # distinct series texts remembered (a collector sends the same few again and again)
+# Series texts remembered: a rack's collector sends the same text every poll, but a collector
+# that batches whatever it polled in 50 ms sends ever new combinations (a soak's controller
+# grew 8 MB a minute at 100,000 texts), so the memory is bounded in texts and bytes.
+MAX_TABLES = 4096
+MAX_TABLE_BYTES = 8 << 20
 _ENC = msgspec.json.Encoder()
 
 
@@ -142,6 +146,7 @@ class SeriesCache:
         self._known = frozenset(metrics())
         self._ids: dict[tuple[str, tuple[tuple[str, str], ...], float | None], int] = {}
         self._tables: dict[bytes, NDArray[np.int64]] = {}
+        self._table_bytes = 0
 
     def table(self, raw: msgspec.Raw | bytes) -> NDArray[np.int64] | None:
         """Registry ids (or -1/-2, see ``sid``) of a message's series, None if they are malformed.
@@ -159,9 +164,12 @@ class SeriesCache:
             return None
         sids = np.fromiter((self.sid(name, tags, rating) for name, tags, rating in series), np.int64, len(series))
         sids.flags.writeable = False
-        if len(self._tables) >= MAX_TABLES:
-            self._tables.clear()  # bounded: hostile variety costs checks again, never memory
+        size = len(key) + sids.nbytes
+        if len(self._tables) >= MAX_TABLES or self._table_bytes + size > MAX_TABLE_BYTES:
+            self._tables.clear()  # bounded: variety costs checks again, never memory
+            self._table_bytes = 0
         self._tables[key] = sids
+        self._table_bytes += size
         return sids
 
     def sid(self, metric_name: str, tags: dict[str, str], rating: float | None) -> int:

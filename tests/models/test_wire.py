@@ -49,10 +49,14 @@ def test_a_malformed_series_table_is_refused_every_time() -> None:
     assert wire.decode(message(sender, "r01", 1.0), cache, site=SITE, now_ns=NOW).refused is None
 
 
-def test_the_table_memory_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(wire, "MAX_TABLES", 3)
+@pytest.mark.parametrize(("tables", "nbytes"), [(3, 8 << 20), (4096, 2_000)])
+def test_the_table_memory_is_bounded_in_texts_and_bytes(monkeypatch: pytest.MonkeyPatch, tables: int,
+                                                         nbytes: int) -> None:
+    monkeypatch.setattr(wire, "MAX_TABLES", tables)
+    monkeypatch.setattr(wire, "MAX_TABLE_BYTES", nbytes)
     sender, reg = SeriesRegistry(), SeriesRegistry()
     cache = wire.SeriesCache(reg)
-    for i in range(10):
+    for i in range(50):  # ever new texts, as a collector batching whatever it polled sends
         assert wire.decode(message(sender, f"r{i:02d}", 1.0), cache, site=SITE, now_ns=NOW).refused is None
-        assert len(cache._tables) <= 3
+        assert len(cache._tables) <= tables
+        assert cache._table_bytes == sum(len(k) + v.nbytes for k, v in cache._tables.items()) <= nbytes
