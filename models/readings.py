@@ -407,7 +407,8 @@ def check_ranges(batch: ReadingBatch) -> NDArray[np.uint8]:
     reasons = np.zeros(len(batch), np.uint8)
     if not len(batch):
         return reasons
-    s_lo, s_hi = lo[batch.series], hi[batch.series]
+    s = batch.series.astype(np.intp)  # indexing with int32 casts inside, releasing the GIL (collectors/validate.py)
+    s_lo, s_hi = lo[s], hi[s]
     reasons[v > s_hi] = Reason.ABOVE_RANGE
     reasons[v < s_lo] = Reason.BELOW_RANGE
     reasons[~np.isfinite(v)] = Reason.NOT_FINITE
