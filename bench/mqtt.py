@@ -2,9 +2,7 @@
 
 Both subscribers get their own persistent QoS 1 session with the same N BMS messages
 queued by the broker (published beforehand by ``mosquitto_pub``), then connect and drain
-it; the clock runs from connect until the last message is in. Both run in this process,
-pinned to one core as a site runs its controller and collectors (``--no-pin``: unpinned),
-with mosquitto on the other cores.
+it; the clock runs from connect until the last message is in.
 
 ours: CollectorSet with one MQTT device (bms-json profile): paho thread -> asyncio drain ->
       JSON parse -> tags -> validation -> on_batch
@@ -14,7 +12,7 @@ Agreement is on values: after the clock stops, the peer's payloads are decoded a
 rack's (timestamp, value) pairs must equal the readings ours produced for that rack, and
 both must equal what was published. The bench exits 1 otherwise.
 
-    python bench/mqtt.py [--messages 40000] [--rounds 5] [--no-pin]
+    python bench/mqtt.py [--messages 40000]
 """
 
 from __future__ import annotations
@@ -22,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -153,23 +150,13 @@ def main() -> int:
     """Run the benchmark and print its JSON line last; 1 if ours and the peer saw different values."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--messages", type=int, default=24_000, help="per round")
-    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds; each side keeps its best")
-    ap.add_argument("--no-pin", action="store_true",
-                    help="leave every thread unpinned (default: both subscribers on one core, the broker on the rest)")
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     n = args.messages // len(RACKS) * len(RACKS)
-    avail = sorted(os.sched_getaffinity(0))
-    pinned = not args.no_pin and len(avail) > 1
     with tempfile.TemporaryDirectory() as tmp:
         broker = Mosquitto(Path(tmp), persistent=False)
         broker.start()
         try:
-            if pinned and broker.proc is not None:
-                # As a site runs its processes (the controller on a core of its own): both
-                # subscribers, ours and the peer, in this process on one core, the broker on the
-                # others. Unpinned, paho's thread and the loop hand every message across cores.
-                os.sched_setaffinity(0, {avail[0]})
-                os.sched_setaffinity(broker.proc.pid, set(avail[1:]))
             for cid in ("bench-peer", "bench-ours"):
                 make_session(broker.port, cid)
             # Interleaved rounds, best of each: the machine is shared and its load drifts.
@@ -198,7 +185,7 @@ def main() -> int:
     print(json.dumps({"bench": "mqtt", "ours": round(ours), "peer": round(peer), "ratio": round(ours / peer, 3),
                       "unit": "messages/s", "agree": agree, "messages_per_round": n, "rounds": args.rounds,
                       "readings_last_round": readings, "bad": bad,
-                      "peak_rss_mb": round(rss_mb), "pinned": pinned,
+                      "peak_rss_mb": round(rss_mb),
                       "note": "2 shared cores, other sessions running: absolute figures are under contention"}))
     return 0 if agree else 1
 

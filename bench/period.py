@@ -7,7 +7,7 @@ controller  the real ``ControlPlane`` as ``powerplane controller`` wires it: one
             the real ``Actuator`` (signed per-rack commands, per-rack statuses, array
             verification), reading batches from MQTT (``models.wire``), MQTT hook events,
             move advice, the embedded SQLite store behind its writer thread, the state
-            snapshot. Pinned to one core; mosquitto and the parties below share the others.
+            snapshot. Pinned to one core.
 fleet       2 processes simulating every agent: they subscribe to the command topics,
             verify each command's signature and bounds (``verify_command``), enforce the
             caps on simulated GPUs and publish one status per rack (the real
@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import collections
 import contextlib
-import gc
 import json
 import math
 import os
@@ -406,7 +405,7 @@ def controller(args: argparse.Namespace) -> int:
     data = Path(args.tmp) / f"store-{args.design}"
     sink = EmbeddedStore(data)
     plane = ControlPlane(site, topo, clock, sink, actuator=act, hooks=hooks, readings=batches_in,
-                         advisors=[MoveAdvisor(topo, sid)], publish_state=publish_state, realtime=True)
+                         advisors=[MoveAdvisor(topo, sid)], publish_state=publish_state)
     asyncio.run(act.start())
     if hooks is not None:
         hooks.start()
@@ -419,17 +418,6 @@ def controller(args: argparse.Namespace) -> int:
         seen |= {t.rsplit("/", 1)[-1] for t, _ in ready_in.drain()}
         time.sleep(0.01)
     ready_s = time.monotonic() - t_start
-    gc_pauses: list[float] = []  # the cyclic collector's pauses in measured periods, every thread (ms)
-    gc_start = [0.0]
-
-    def gc_timer(phase: str, info: dict[str, int]) -> None:
-        if phase == "start":
-            gc_start[0] = time.perf_counter()
-        elif measuring[0]:
-            gc_pauses.append((time.perf_counter() - gc_start[0]) * 1e3)
-
-    measuring = [False]
-    gc.callbacks.append(gc_timer)
 
     status_box = act.inbox
     total = WARMUP_PERIODS + args.periods
@@ -458,7 +446,6 @@ def controller(args: argparse.Namespace) -> int:
                                     "--output", f"{os.environ['BENCH_PYSPY']}-{args.design}.txt"],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(1.0)
-        measuring[0] = k >= WARMUP_PERIODS
         now = t0 + k * period_ns
         clock.advance((now - clock.now_ns()) / 1e9)
         w0 = time.perf_counter()
@@ -506,7 +493,6 @@ def controller(args: argparse.Namespace) -> int:
             completed, why = False, f"stopped after {k + 1} of {total} periods: over the {args.deadline:g} s budget"
             break
     periods_run = k + 1 if completed else k
-    measuring[0] = False
     if spy is not None:
         spy.send_signal(signal.SIGINT)
         spy.wait(60)
@@ -546,7 +532,6 @@ def controller(args: argparse.Namespace) -> int:
         "commands_enforced": fleet_commands, "commands_rejected": fleet_rejected,
         "statuses_ok": statuses_ok, "commands_ok": commands_ok, "control_errors": errors,
         "plans_with_violations": plane.stats.plans_with_violations,
-        "gc_pauses": len(gc_pauses), "gc_pause_max_ms": round(max(gc_pauses, default=0.0), 1),
         "store_backlog_max": backlog, "store_written": store.written_points, "store_dropped": store.dropped_points,
         "store_flushed": flushed,
         "store_flush_cpu_ms": round(flush_cpu * 1e3, 1), "periods_run": periods_run,
@@ -581,10 +566,6 @@ def run(design: str, gpus: int, args: argparse.Namespace, tmp: Path, site_path: 
     if broker.kind != "mosquitto":
         aloop.run_until_complete(broker.stop())
         raise SystemExit("bench/period.py needs mosquitto on PATH (scripts/setup installs it)")
-    if broker.pid is not None:
-        # The broker is a process of its own on a site: on the other core(s), with the fleet.
-        with contextlib.suppress(OSError):
-            os.sched_setaffinity(broker.pid, {int(c) for c in cpus[1].split(",")})
     env = {**os.environ, KEY_ENV: SiteKey.generate().hex(), "PYTHONPATH": str(ROOT)}
     base = [sys.executable, __file__, "--site", str(site_path), "--port", str(broker.port), "--design", design,
             "--tmp", str(tmp)]
@@ -684,7 +665,6 @@ def main() -> int:
             line["stage_p50_ms"] = ours.get("stage_p50_ms")
             line["cycle_p50_ms"] = ours.get("cycle_p50_ms")
             line["store_backlog_max"] = ours.get("store_backlog_max")
-            line["gc_pause_max_ms"] = ours.get("gc_pause_max_ms")
             line["periods"] = ours.get("periods")
             line["ours_ok"] = bool(ours.get("completed") and ours.get("statuses_ok") and ours.get("commands_ok"))
             if peer.get("completed") and ours.get("completed"):

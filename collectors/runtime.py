@@ -227,20 +227,25 @@ class CollectorSet:
         bad_logged = [False]
         ts_logged = [False]
 
-        def on_messages(msgs: list[Message], arrived_ns: int) -> None:
+        def on_messages(msgs: list[Message]) -> None:
             t0 = time.perf_counter()
             out = Parsed()
             h = self.tracker.by_name[d.name]
-            for exc in parser.parse_burst(out, msgs, arrived_ns):  # each refusal cost its message only
-                h.messages_bad += 1
-                out.rejected[Reason.DECODE] += 1
-                what = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
-                if not bad_logged[0]:
-                    bad_logged[0] = True
-                    log.warning("%s: malformed message skipped (%s); further ones are logged at DEBUG",
-                                d.name, what[:300])
-                else:
-                    log.debug("%s: malformed message skipped: %s", d.name, what[:300])
+            for topic, payload, arrived_ns in msgs:
+                n = len(out.series)
+                try:
+                    parser.parse_into(out, topic, payload, arrived_ns)
+                except Exception as exc:  # DecodeError, or a parser bug: either way it costs this message only
+                    del out.series[n:], out.values[n:], out.ts_ns[n:], out.quality[n:]
+                    h.messages_bad += 1
+                    out.rejected[Reason.DECODE] += 1
+                    what = str(exc) if isinstance(exc, DecodeError) else f"{type(exc).__name__}: {exc}"
+                    if not bad_logged[0]:
+                        bad_logged[0] = True
+                        log.warning("%s: malformed message skipped (%s); further ones are logged at DEBUG",
+                                    d.name, what[:300])
+                    else:
+                        log.debug("%s: malformed message skipped: %s", d.name, what[:300])
             if out.bad_items:
                 log.debug("%s: %d malformed line-protocol lines skipped", d.name, out.bad_items)
             if out.timestamp_note:
@@ -259,11 +264,11 @@ class CollectorSet:
             rejected = out.rejected
             batch = ReadingBatch(np.array(out.ts_ns, np.int64), np.array(out.series, np.int32),
                                  np.array(out.values, np.float64), np.array(out.quality, np.uint8), self.registry)
-            good, counts = self.validator.check(batch, arrived_ns)
+            good, counts = self.validator.check(batch, msgs[-1][2])
             counts.update(rejected)
-            tr = self.tracker.success(d.name, arrived_ns, time.perf_counter() - t0, len(good), counts)
+            tr = self.tracker.success(d.name, msgs[-1][2], time.perf_counter() - t0, len(good), counts)
             if tr is Transition.UP:
-                self._up(d, arrived_ns)
+                self._up(d, msgs[-1][2])
             self._deliver(good)
 
         def on_state(connected: bool, detail: str) -> None:

@@ -44,8 +44,6 @@ class Validator:
         self._last = np.zeros(0, np.float64)
         self._same = np.zeros(0, np.int64)
         self._seen = np.zeros(0, np.bool_)
-        self._stateful = np.zeros(0, np.bool_)  # a counter or a stuck-checked gauge: checked in order
-        self._any_stateful = False
         self.totals: Counter[Reason] = Counter()
 
     def _grow(self) -> None:
@@ -60,37 +58,24 @@ class Validator:
         self._last = np.concatenate([self._last, np.full(n - n_old, np.nan)])
         self._same = np.concatenate([self._same, np.zeros(n - n_old, np.int64)])
         self._seen = np.concatenate([self._seen, np.zeros(n - n_old, np.bool_)])
-        self._stateful = (self._kind == MetricKind.COUNTER) | (self._stuck_n > 0)
-        self._any_stateful = bool(self._stateful.any())
 
     def check(self, batch: ReadingBatch, now_ns: int) -> tuple[ReadingBatch, Counter[Reason]]:
-        """The readings of ``batch`` that pass (``batch`` itself when all do), and how many failed, by reason."""
+        """The readings of ``batch`` that pass, and how many failed, by reason."""
         del now_ns  # checks are per poll; kept for time-based rules without an API change
         if batch.registry is not self.registry:
             raise ValueError("batch belongs to another series registry")
         if not len(batch):
             return batch, Counter()
         self._grow()
-        v = batch.value
-        # Indexing with the batch's int32 ids casts them on the way, and that cast lets go of the
-        # GIL: in the MQTT intake, paho's thread takes it and the loop waits for it back, three
-        # times a batch (bench/mqtt.py). Cast once, here, where the GIL stays.
-        s = batch.series.astype(np.intp)
-        # Only counters and stuck-checked gauges carry state; everything else is a range check.
-        stateful = self._stateful[s] if self._any_stateful else None
-        if stateful is None or not stateful.any():
-            # The usual batch: every value finite and in range. Each NumPy call costs a few us on
-            # a batch of a hundred (more with paho's thread beside it, bench/mqtt.py), so this is
-            # settled in a handful of calls and the batch passed on as it is; any bad value takes
-            # the full path below, which says why.
-            lo, hi = batch.registry.bounds()
-            if ((v >= lo[s]) & (v <= hi[s]) & np.isfinite(v)).all():
-                return batch, Counter()
         reasons = check_ranges(batch)  # the one range check (the registry caches its bounds)
+        v = batch.value
         quality = batch.quality.copy()
         # Readings of one series within a batch are processed in order (rare, but an
         # MQTT batch may hold several readings of one series).
-        idx = np.flatnonzero(stateful) if stateful is not None else np.zeros(0, np.intp)
+        s = batch.series
+        # Only counters and stuck-checked gauges carry state; everything else is done above.
+        stateful = (self._kind[s] == MetricKind.COUNTER) | (self._stuck_n[s] > 0)
+        idx = np.flatnonzero(stateful)
         if idx.size:
             idx = idx[np.argsort(s[idx], kind="stable")]
         for i in idx.tolist():
@@ -118,7 +103,7 @@ class Validator:
             codes, n = np.unique(bad, return_counts=True)
             counts = Counter({Reason(int(c)): int(k) for c, k in zip(codes, n, strict=True)})
             self.totals.update(counts)
-        out = ReadingBatch(batch.ts_ns[keep], batch.series[keep], v[keep], quality[keep], batch.registry)
+        out = ReadingBatch(batch.ts_ns[keep], s[keep], v[keep], quality[keep], batch.registry)
         return out, counts
 
     @staticmethod

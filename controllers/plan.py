@@ -183,14 +183,11 @@ class CapPlan:
     def _binding(self) -> dict[int, int]:
         # Three callers a period (store batch, events, live view): counted once, over the
         # constraints, instead of np.unique sorting every GPU's index each time.
-        # A server's GPUs share their binding: one look per server, weighted by its GPUs.
-        p = self.problem
-        b = self.bind[p.first_gpu]
-        held = b >= 0
-        if not held.any():
+        b = self.bind[self.bind >= 0]
+        if not b.size:
             return {}
-        n = np.bincount(b[held], weights=p.count[held], minlength=len(self.constraint_names))
-        return {int(i): int(round(n[i])) for i in np.flatnonzero(n)}
+        n = np.bincount(b, minlength=len(self.constraint_names))
+        return {int(i): int(n[i]) for i in np.flatnonzero(n)}
 
     def _groups(self, group: NDArray[np.integer], n: int) -> dict[str, F64]:
         """Sums per group of servers (``group`` per consumer), weighted by their GPU counts."""
@@ -329,17 +326,11 @@ class CapPlan:
                             lid))
         return ev
 
-    def summary(self, max_racks: int | None = None) -> PlanSummary:
-        """What the plan decided, per rack, loop and job, and why (for views, ``plan --json``, operators);
-        ``max_racks``: only the racks with the least headroom (site order kept), as ``to_json`` cuts."""
+    def summary(self) -> PlanSummary:
+        """What the plan decided, per rack, loop and job, and why (for views, ``plan --json``, operators)."""
         topo = self.problem.topo
         ents = {level: (ids, f) for level, ids, f in self._entities(topo)}
         r_ids, r = ents["rack"]
-        if max_racks is not None and len(r_ids) > max_racks:
-            head = np.asarray(r["headroom_w"], np.float64)
-            keep = np.sort(np.lexsort((np.arange(head.size), head))[:max_racks])
-            r_ids = [r_ids[i] for i in keep.tolist()]
-            r = {f: np.asarray(v)[keep] for f, v in r.items()}
         l_ids, lp = ents["loop"]
         jobs: list[JobCaps] = []
         if "job" in ents:

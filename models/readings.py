@@ -367,8 +367,8 @@ class ReadingBatch:
                             np.concatenate([b.value for b in bs]),
                             np.concatenate([b.quality for b in bs]), reg)
 
-    def select(self, mask: NDArray[np.bool_] | slice) -> ReadingBatch:
-        """The readings where ``mask`` is true (or in a slice: views, no copy)."""
+    def select(self, mask: NDArray[np.bool_]) -> ReadingBatch:
+        """The readings where ``mask`` is true."""
         return ReadingBatch(self.ts_ns[mask], self.series[mask], self.value[mask],
                             self.quality[mask], self.registry)
 
@@ -407,8 +407,7 @@ def check_ranges(batch: ReadingBatch) -> NDArray[np.uint8]:
     reasons = np.zeros(len(batch), np.uint8)
     if not len(batch):
         return reasons
-    s = batch.series.astype(np.intp)  # indexing with int32 casts inside, releasing the GIL (collectors/validate.py)
-    s_lo, s_hi = lo[s], hi[s]
+    s_lo, s_hi = lo[batch.series], hi[batch.series]
     reasons[v > s_hi] = Reason.ABOVE_RANGE
     reasons[v < s_lo] = Reason.BELOW_RANGE
     reasons[~np.isfinite(v)] = Reason.NOT_FINITE

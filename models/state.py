@@ -201,10 +201,10 @@ class SiteState:
 
     def ingest(self, batch: ReadingBatch) -> int:
         """Apply a batch (newest reading per slot wins); return how many readings were used."""
-        if not len(batch):
-            return 0
         if batch.registry is not self.registry:
             raise ValueError("batch comes from another series registry")
+        if not len(batch):
+            return 0
         top = int(batch.series.max()) + 1
         if top > self._route.shape[0]:
             grown = np.full(max(top, 2 * self._route.shape[0]), _UNRESOLVED, np.int64)

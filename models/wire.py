@@ -29,7 +29,6 @@ from typing import Annotated, Literal
 import msgspec
 import numpy as np
 from msgspec import Meta
-from numpy.typing import NDArray
 
 from models.events import Event
 from models.readings import Quality, ReadingBatch, Reason, SeriesRegistry, check_ranges, metrics, rating_of
@@ -65,7 +64,7 @@ class BatchMsg(msgspec.Struct, forbid_unknown_fields=True):
     site: Name
     src: Name
     seq: Annotated[int, Meta(ge=0, le=2**53)]
-    series: msgspec.Raw  # SeriesTable: checked once per distinct text (``SeriesCache.table``)
+    series: Annotated[list[tuple[Name, Tags, Rating | None]], Meta(max_length=MAX_SERIES)]
     ts_ns: str
     sid: str
     value: str
@@ -73,14 +72,7 @@ class BatchMsg(msgspec.Struct, forbid_unknown_fields=True):
     events: Annotated[list[EventMsg], Meta(max_length=10_000)] = []
 
 
-SeriesTable = Annotated[list[tuple[Name, Tags, Rating | None]], Meta(max_length=MAX_SERIES)]
 _DEC = msgspec.json.Decoder(BatchMsg)
-_SERIES_DEC = msgspec.json.Decoder(SeriesTable)
-# Series texts remembered: a rack's collector sends the same text every poll, but a collector
-# that batches whatever it polled in 50 ms sends ever new combinations (a soak's controller
-# grew 8 MB a minute at 100,000 texts), so the memory is bounded in texts and bytes.
-MAX_TABLES = 4096
-MAX_TABLE_BYTES = 8 << 20
 _ENC = msgspec.json.Encoder()
 
 
@@ -104,7 +96,7 @@ def encode(batch: ReadingBatch, *, site: str, src: str, seq: int, events: Sequen
         series.append((key.metric, dict(key.tags), rating_of(key, float(hi[sid]))))
     evs = [EventMsg(e.ts_ns, e.kind, e.severity, e.source, e.message[:2000], e.entity,
                     {k: float(v) for k, v in list(e.fields.items())[:16] if np.isfinite(v)}) for e in events]
-    return _ENC.encode(BatchMsg(VERSION, site, src, seq, msgspec.Raw(_ENC.encode(series)), _b64(batch.ts_ns, "<i8"),
+    return _ENC.encode(BatchMsg(VERSION, site, src, seq, series, _b64(batch.ts_ns, "<i8"),
                                 _b64(inv.astype(np.uint32), "<u4"), _b64(batch.value, "<f8"),
                                 _b64(batch.quality, "u1"), evs))
 
@@ -145,32 +137,6 @@ class SeriesCache:
         self.max_series = max_series
         self._known = frozenset(metrics())
         self._ids: dict[tuple[str, tuple[tuple[str, str], ...], float | None], int] = {}
-        self._tables: dict[bytes, NDArray[np.int64]] = {}
-        self._table_bytes = 0
-
-    def table(self, raw: msgspec.Raw | bytes) -> NDArray[np.int64] | None:
-        """Registry ids (or -1/-2, see ``sid``) of a message's series, None if they are malformed.
-
-        A collector names the same series in every message: the text is checked and interned
-        once, later messages with the same text cost one dictionary lookup, not one per series.
-        """
-        key = bytes(raw)
-        hit = self._tables.get(key)
-        if hit is not None:
-            return hit
-        try:
-            series = _SERIES_DEC.decode(raw)
-        except msgspec.MsgspecError:
-            return None
-        sids = np.fromiter((self.sid(name, tags, rating) for name, tags, rating in series), np.int64, len(series))
-        sids.flags.writeable = False
-        size = len(key) + sids.nbytes
-        if len(self._tables) >= MAX_TABLES or self._table_bytes + size > MAX_TABLE_BYTES:
-            self._tables.clear()  # bounded: variety costs checks again, never memory
-            self._table_bytes = 0
-        self._tables[key] = sids
-        self._table_bytes += size
-        return sids
 
     def sid(self, metric_name: str, tags: dict[str, str], rating: float | None) -> int:
         """The registry id, or -1 for an unknown metric, -2 when the cache is full."""
@@ -206,11 +172,11 @@ def decode(payload: bytes, cache: SeriesCache, *, site: str, now_ns: int,
     idx = _unb64(m.sid, "<u4")
     val = _unb64(m.value, "<f8")
     q = _unb64(m.quality, "u1")
-    sids = cache.table(m.series)
-    if ts is None or idx is None or val is None or q is None or sids is None \
-            or not (ts.size == idx.size == val.size == q.size) \
-            or ts.size > MAX_READINGS or (idx.size and int(idx.max()) >= len(sids)):
+    if ts is None or idx is None or val is None or q is None or not (ts.size == idx.size == val.size == q.size) \
+            or ts.size > MAX_READINGS or (idx.size and int(idx.max()) >= len(m.series)):
         return Decoded(empty, [], m.src, m.seq, Refused.MALFORMED, Counter())
+    sids = np.fromiter((cache.sid(name, tags, rating) for name, tags, rating in m.series), np.int64,
+                       len(m.series))
     rejected: Counter[str] = Counter()
     per = sids[idx] if idx.size else np.zeros(0, np.int64)
     ok = per >= 0

@@ -72,11 +72,6 @@ class Broker:
         self._amqtt: Any = None
 
     @property
-    def pid(self) -> int | None:
-        """The process id of a mosquitto we started (None: external or in process)."""
-        return self._proc.pid if self._proc is not None else None
-
-    @property
     def url(self) -> str:
         """``mqtt[s]://[user@]host:port`` (never the password)."""
         return self.addr.url()

@@ -67,7 +67,6 @@ from models.readings import REGISTRY, Quality, ReadingBatch, SeriesRegistry
 from models.site import SiteConfig
 from models.state import PueWindow, SiteState
 from models.topology import L_NODE, L_RACK, Topology
-from powerplane.realtime import freeze_heap
 from store.base import Sink, StoreStats
 
 log = logging.getLogger("powerplane.runtime")
@@ -79,12 +78,9 @@ HookEvent = tuple[Event, Mapping[str, Any] | None]
 # JSON-able detail for the scheduler hooks.
 Advisor = Callable[[CapPlan, SiteState, int], list[tuple[Event, dict[str, Any] | None]]]
 STAGES = ("ingest", "verify", "solve", "publish", "store", "report")
-BEHIND_WARN_PERIODS = 5  # this many late periods in a row: say so, naming the slowest stage
-SNAPSHOT_RACKS = 64  # the state topic carries the racks with the least headroom
+BEHIND_WARN_PERIODS = 5
 MAX_SNAPSHOT_JOBS = 200  # the state topic carries the jobs that lose the most; the summary file all of them
-MAX_HOSTLIST_CHARS = 4096
-STORE_CHUNK = 8192  # readings per store write between two looks at the loop's gate
-FREEZE_HEAP_AT = 10  # realtime: the period after which the warm heap leaves the garbage collector's walks
+MAX_HOSTLIST_CHARS = 4096  # this many late periods in a row: say so, naming the slowest stage
 
 
 class HookSink(Protocol):
@@ -101,21 +97,11 @@ class StoreWriter:
     ``write``/``write_events`` never block the loop; when the queue is full the oldest
     write is dropped and counted (the sink's own spool covers a slow server; a full queue
     means the store cannot keep up and says so in ``dropped``).
-
-    With a ``gate`` (set while the loop is between periods) the writer writes in the time
-    the loop leaves: it waits for the gate before each chunk of ``chunk`` readings, at most
-    ``max_hold_s``, so a period in progress shares the core with at most one chunk. On a
-    pinned controller the SQLite writer (which releases the GIL) otherwise took half the
-    core from the loop and stretched a 1M-GPU period to 2-3x its CPU time.
     """
 
-    def __init__(self, sink: Sink, maxlen: int = 4096, *, gate: threading.Event | None = None,
-                 chunk: int = STORE_CHUNK, max_hold_s: float = 1.0) -> None:
+    def __init__(self, sink: Sink, maxlen: int = 4096) -> None:
         self.sink = sink
         self.maxlen = maxlen
-        self.gate = gate
-        self.chunk = max(1, chunk)
-        self.max_hold_s = max_hold_s
         self.dropped_writes = 0
         self.dropped_points = 0
         self.errors = 0
@@ -168,13 +154,8 @@ class StoreWriter:
             events = [e for k, x in items if k == "events" for e in x]
             try:
                 if batches:
-                    batch = ReadingBatch.concat(batches)
-                    for i in range(0, len(batch), self.chunk):
-                        self._wait_gate()
-                        self.sink.write(batch if len(batch) <= self.chunk else
-                                        batch.select(slice(i, i + self.chunk)))
+                    self.sink.write(ReadingBatch.concat(batches))
                 if events:
-                    self._wait_gate()
                     self.sink.write_events(events)
             except Exception as exc:  # a broken sink must not end the writer
                 self.errors += 1
@@ -182,10 +163,6 @@ class StoreWriter:
             with self._cond:
                 self._busy = False
                 self._cond.notify_all()
-
-    def _wait_gate(self) -> None:
-        if self.gate is not None:
-            self.gate.wait(self.max_hold_s)
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until everything queued is written."""
@@ -246,20 +223,13 @@ class ControlPlane:
                  advisors: Sequence[Advisor] = (), readings: Inbox | None = None,
                  threaded_store: bool = True, publish_state: Callable[[dict[str, Any]], None] | None = None,
                  jobs: JobFeed | None = None, authority: Authority | None = None, holder: str = "controller",
-                 store_readings: bool = True, source_timeout_s: float = 25.0, realtime: bool = False) -> None:
+                 store_readings: bool = True, source_timeout_s: float = 25.0) -> None:
         self.site = site
         self.site_id = site.site.name
         self.topo = topo
         self.clock = clock
         self.sink = sink
-        # Set while no period runs: the store writer writes then (``StoreWriter``).
-        self.between_periods = threading.Event()
-        self.between_periods.set()
-        self.writer = StoreWriter(sink, gate=self.between_periods) if threaded_store else None
-        # realtime (the controller process): freeze the warm heap after FREEZE_HEAP_AT periods
-        # (``powerplane.realtime``); a library user (tests, the twin loop) keeps the default GC.
-        self.realtime = realtime
-        self._steps = 0
+        self.writer = StoreWriter(sink) if threaded_store else None
         self.registry = registry
         self.state = SiteState(topo, registry)
         self.feeds = list(sources)
@@ -419,11 +389,9 @@ class ControlPlane:
             node_power = self.actuator.power_batch()
             batches.append(node_power)
             self.max_epoch_seen = max(self.max_epoch_seen, int(self.actuator.verifier.ack_order.max()) >> 40)
-        # One pass over everything that came in (newest per slot wins, later batches on ties):
-        # per batch, numpy's call overhead was most of it with a thousand batches a period.
-        everything = ReadingBatch.concat(batches)
-        self.state.ingest(everything)
-        self.stats.readings += len(everything)
+        for b in batches:
+            self.state.ingest(b)
+            self.stats.readings += len(b)
         if node_power is not None:  # the state takes every server's power; the store what operators read
             batches.remove(node_power)
             batches += self._node_power_stored(now_ns, node_power)
@@ -534,7 +502,6 @@ class ControlPlane:
         """One control period at ``now_ns`` (see the module docstring); returns the plan."""
         st = self.stats
         ms = dict.fromkeys(STAGES, 0.0)
-        self.between_periods.clear()
         t0 = time.perf_counter()
         events: list[HookEvent] = []
         self._take_jobs()
@@ -572,11 +539,6 @@ class ControlPlane:
             st.late_ms.add(np.array([late_ms]))
             st.last_period_wall = time.monotonic()
             self._health(now_ns, late_ms, total)
-            self.between_periods.set()
-            self._steps += 1
-            if self.realtime and self._steps == FREEZE_HEAP_AT:
-                log.info("heap frozen after %d periods: %d objects out of the collector's walks", self._steps,
-                         freeze_heap())
         return plan
 
     def actuation_lag_s(self) -> float:
@@ -798,9 +760,9 @@ class ControlPlane:
         down = self.sources.down_devices()
         if down:
             out["devices_down"] = down[:64]
-        summary = self.last_plan.summary(max_racks=SNAPSHOT_RACKS) if self.last_plan is not None else None
+        summary = self.last_plan.summary() if self.last_plan is not None else None
         if summary is not None:
-            out["plan"] = summary.to_json(max_racks=SNAPSHOT_RACKS, max_jobs=64)
+            out["plan"] = summary.to_json(max_racks=64, max_jobs=64)
         if self.actuator is not None:
             out["actuation"] = self.actuator.health()
             out["modes"] = self.actuator.verifier.stats.modes

@@ -1,13 +1,9 @@
 """The paho-mqtt edge: a persistent-session QoS 1 subscriber bridged into asyncio.
 
 paho runs its network loop in its own thread. Its callbacks never touch our state: a
-message is appended to a list and one drain per burst is scheduled on the event loop
-with ``call_soon_threadsafe``; connection changes are posted the same way. The drain takes
-the whole list in one swap and stamps the burst with one arrival time. Parsing,
-validation and the consumer's callback all run in the event loop. Both threads share one
-GIL, so every microsecond spent per message in the loop is a microsecond paho's thread
-does not read the socket: the per-message path is kept to an append here and a
-``parse_burst`` there (bench/mqtt.py).
+message is appended to a deque and one drain per burst is scheduled on the event loop
+with ``call_soon_threadsafe``; connection changes are posted the same way. Parsing,
+validation and the consumer's callback all run in the event loop.
 
 Intake must never stall silently after a reconnect (the classic failure: the session was
 lost, nobody resubscribed, the client is "connected" and receives nothing):
@@ -23,6 +19,7 @@ lost, nobody resubscribed, the client is "connected" and receives nothing):
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import os
@@ -38,14 +35,14 @@ from models.clock import NS_PER_S, Clock
 
 log = logging.getLogger("powerplane.collectors.mqtt")
 
-Message = tuple[str, bytes]  # topic, payload; a burst shares one arrival time (site ns)
+Message = tuple[str, bytes, int]  # topic, payload, arrival (site ns)
 
 
 class MqttIntake:
     """Subscribes one MQTT device (broker + profile); hands messages to ``on_messages`` in the loop."""
 
     def __init__(self, device: DeviceConfig, profile: MqttProfile, *, clock: Clock,
-                 on_messages: Callable[[list[Message], int], None],
+                 on_messages: Callable[[list[Message]], None],
                  on_state: Callable[[bool, str], None] | None = None) -> None:
         self.device = device
         self.profile = profile
@@ -70,9 +67,8 @@ class MqttIntake:
         self.restarts = 0
         self.last_message_ns = 0
         self._since_ns = 0  # when the current connection state began
-        self._pending: list[Message] = []  # filled by paho's thread, swapped out whole by _drain
-        self._drain_scheduled = False  # a drain is due: paho's thread need not post one
-        self._drain_timer: asyncio.TimerHandle | None = None
+        self._queue: collections.deque[Message] = collections.deque()
+        self._drain_scheduled = False
         self._lock = threading.Lock()
         self._lifecycle = threading.Lock()  # restart vs stop
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -97,9 +93,8 @@ class MqttIntake:
         self._post(self._state, False, f"disconnected: {reason_code}")
 
     def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
-        item = (msg.topic, msg.payload)
+        self._queue.append((msg.topic, msg.payload, 0))
         with self._lock:
-            self._pending.append(item)
             if self._drain_scheduled:
                 return
             self._drain_scheduled = True
@@ -115,24 +110,22 @@ class MqttIntake:
     def _schedule_drain(self) -> None:
         # Gather a burst for a few ms: one wake-up, one batch, one validation per burst rather
         # than per message (per-message wake-ups cost more than parsing under load).
-        if self._loop is not None and not self._stopping:
-            self._drain_timer = self._loop.call_later(self.batch_s, self._drain)
+        if self._loop is not None:
+            self._loop.call_later(self.batch_s, self._drain)
 
     def _drain(self) -> None:
         with self._lock:
-            batch, self._pending = self._pending, []
-            # While messages keep coming the loop drains every batch_s on its own timer and paho's
-            # thread posts nothing (a post is a write to the loop's self-pipe and a second wake-up
-            # per burst, both while paho's thread holds the GIL); an empty drain goes idle, and
-            # the next message posts again.
-            self._drain_scheduled = bool(batch) and not self._stopping
+            self._drain_scheduled = False
+        now = self.clock.now_ns()
+        batch: list[Message] = []
+        q = self._queue
+        while q:
+            topic, payload, _ = q.popleft()
+            batch.append((topic, payload, now))
         if batch:
-            if self._drain_scheduled:
-                self._schedule_drain()  # before on_messages: a consumer that raises cannot stall intake
-            now = self.clock.now_ns()
             self.received += len(batch)
             self.last_message_ns = now
-            self.on_messages(batch, now)
+            self.on_messages(batch)
 
     def _state(self, connected: bool, detail: str) -> None:
         if connected == self.connected and connected:
@@ -229,8 +222,6 @@ class MqttIntake:
             # paho joins its thread here; a daemon thread keeps a wedged socket from holding
             # up interpreter/executor shutdown (asyncio.run waits for to_thread workers).
             await _in_daemon_thread(stop_loop, timeout_s=10.0)
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
         self._drain()
         self._loop = None
 

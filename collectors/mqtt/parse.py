@@ -25,11 +25,8 @@ from __future__ import annotations
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
-
-import msgspec
 
 from collectors.base import DeviceConfig, PointTarget, series_id
 from collectors.mqtt.profile import UNIT_NS, MqttPoint, MqttProfile, Subscription, substitute
@@ -38,12 +35,8 @@ from models.errors import DecodeError
 from models.grid import DemandResponseEvent
 from models.readings import Quality, Reason, SeriesRegistry, metrics
 
-_UNCERTAIN = int(Quality.UNCERTAIN)
-
 MAX_JSON_DEPTH = 32
 MAX_INT_DIGITS = 32  # beyond any timestamp in ns or counter; int() of 4,301+ digits raises ValueError
-_INT_BOUND = 10**MAX_INT_DIGITS  # |i| < this  <=>  at most MAX_INT_DIGITS digits
-_FAR_NS = 1e30  # a timestamp beyond any window (ns), to clamp float timestamps to before int()
 # Device options (name, default, upper bound) of the payload edge.
 EDGE_OPTIONS = ("timestamp_max_age_s", "timestamp_max_ahead_s", "max_payload_bytes", "max_series")
 
@@ -114,23 +107,6 @@ def load_json(payload: bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
 
 
 _MAX_ROUTES = 100_000
-_decode_fast = msgspec.json.Decoder().decode
-
-
-@dataclass(frozen=True, slots=True)
-class _FastJson:
-    """A JSON value point's keys and conversion, resolved once per topic for ``parse_burst``."""
-
-    sid: int
-    field: str
-    ts_key: str | None
-    unit_ns: int
-    q_key: str | None
-    good: frozenset[str]
-    bad: frozenset[str]
-    scale: float
-    offset: float
-    distinct: bool  # field, ts_key and q_key are different keys: an object of no other key needs no scan
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +119,6 @@ class _Route:
     point: MqttPoint | None
     sid: int
     topic: str
-    fast: _FastJson | None = None  # set for JSON value points: the common case parse_burst takes on its own
 
 
 class MessageParser:
@@ -179,9 +154,7 @@ class MessageParser:
         if type(ts) is int:
             ts_ns = ts * UNIT_NS[unit]
         elif type(ts) is float and math.isfinite(ts):
-            # int() of a product that overflows (1.8e302 ms) raised OverflowError, which cost the
-            # message as DECODE: clamped, it lands far outside the window and counts as TIMESTAMP.
-            ts_ns = int(min(max(ts * UNIT_NS[unit], -_FAR_NS), _FAR_NS))
+            ts_ns = int(ts * UNIT_NS[unit])
         else:
             raise DecodeError(f"{where}: timestamp {str(ts)[:40]!r} is not a number")
         if now_ns - self.max_age_ns <= ts_ns <= now_ns + self.max_ahead_ns:
@@ -194,72 +167,6 @@ class MessageParser:
                                   f"accepted: {self.max_age_ns / NS_PER_S:g} s old to "
                                   f"{self.max_ahead_ns / NS_PER_S:g} s ahead (timestamp_unit wrong?)")
         return None
-
-    def parse_burst(self, out: Parsed, msgs: Sequence[tuple[str, bytes]], now_ns: int) -> list[Exception]:
-        """Append the readings of a burst to ``out``; return why each refused message was refused.
-
-        The same readings, counts and refusals as ``parse_into`` per message (the reference,
-        tests/collectors/mqtt/test_parse.py compares the two), at a fraction of the cost: a
-        JSON value message that is plainly well formed -- a flat object that msgspec decodes,
-        integers of at most ``MAX_INT_DIGITS`` digits, a number for the value, a timestamp in
-        the window, a string quality that is not bad -- is read here; every other message
-        (another format, a new topic, a DR event, anything unusual or hostile) goes through
-        ``parse_into``, which decides, counts and explains it. msgspec accepts a subset of what
-        ``json`` accepts (no NaN, no lone surrogates, no overflowing floats) and decodes that
-        subset to the same values, so a message it refuses only takes the longer way.
-        """
-        failed: list[Exception] = []
-        routes = self._routes
-        series, values, ts_out, quality = out.series, out.values, out.ts_ns, out.quality
-        lo_ns, hi_ns = now_ns - self.max_age_ns, now_ns + self.max_ahead_ns
-        max_bytes = self.max_payload_bytes
-        for topic, payload in msgs:
-            route = routes.get(topic)
-            f = route.fast if route is not None else None
-            if f is not None and len(payload) <= max_bytes:
-                try:  # msgspec's refusals, and anything unforeseen, take the long way below
-                    doc: Any = _decode_fast(payload)
-                    if type(doc) is dict:
-                        raw: Any = doc.get(f.field)
-                        tr = type(raw)
-                        ts = doc.get(f.ts_key) if f.ts_key is not None else None
-                        tt = type(ts)
-                        q = doc.get(f.q_key) if f.q_key is not None else None
-                        # load_json's bounds: no nesting, no integer of more than MAX_INT_DIGITS digits.
-                        # An int timestamp inside the window is far inside the bound; the value is
-                        # checked here; other keys only when the object has any.
-                        flat = tr is float or (tr is int and -_INT_BOUND < raw < _INT_BOUND)
-                        if flat and (not f.distinct or len(doc) != 1 + (ts is not None) + (q is not None)):
-                            for v in doc.values():
-                                tv = type(v)
-                                if (tv is int and not -_INT_BOUND < v < _INT_BOUND) or tv is dict or tv is list:
-                                    flat = False
-                                    break
-                        if ts is None:
-                            ts_ns = now_ns
-                        elif tt is int:
-                            ts_ns = ts * f.unit_ns
-                        elif tt is float and lo_ns <= ts * f.unit_ns <= hi_ns:  # compared before int()
-                            ts_ns = int(ts * f.unit_ns)
-                        else:
-                            ts_ns = lo_ns - 1  # parse_into says why
-                        if flat and lo_ns <= ts_ns <= hi_ns and (q is None or (type(q) is str and q not in f.bad)):
-                            value = float(raw) * f.scale + f.offset
-                            qual = 0 if q is None or q in f.good else _UNCERTAIN
-                            series.append(f.sid)
-                            values.append(value)
-                            ts_out.append(ts_ns)
-                            quality.append(qual)
-                            continue
-                except Exception:  # parse_into decides, counts and explains this message
-                    pass
-            n = len(series)
-            try:
-                self.parse_into(out, topic, payload, now_ns)
-            except Exception as exc:  # DecodeError, or a parser bug: either way it costs this message only
-                del series[n:], values[n:], ts_out[n:], quality[n:]
-                failed.append(exc)
-        return failed
 
     def parse(self, topic: str, payload: bytes, now_ns: int) -> Parsed:
         """Readings of one message; ``now_ns`` stamps values without their own timestamp."""
@@ -306,15 +213,7 @@ class MessageParser:
                         raise DecodeError(f"{self.device.name}: more than {self.max_series:,} series (max_series)")
                     tags = {k: substitute(v, variables) for k, v in spec.tags.items()}
                     sid = self._series[ck] = series_id(self.registry, self.device, point.target, tuple(tags.items()))
-            fast = None
-            if self.profile.format == "json" and point is not None and point.kind == "value" and sid >= 0:
-                t = point.target
-                assert t is not None
-                keys = [k for k in (point.field, spec.timestamp, spec.quality) if k]
-                fast = _FastJson(sid, point.field, spec.timestamp or None, UNIT_NS[sub.timestamp_unit],
-                                 spec.quality or None, frozenset(spec.good), frozenset(spec.bad),
-                                 t.scale, t.offset, len(set(keys)) == len(keys))
-            return _Route(ix, sub, variables, point, sid, topic, fast)
+            return _Route(ix, sub, variables, point, sid, topic)
         return _Route(-1, None, {}, None, -1, topic)
 
     def _json(self, route: _Route, payload: bytes, now_ns: int, out: Parsed) -> None:

@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import functools
 import hashlib
 import hmac
 import os
@@ -130,7 +129,7 @@ class SiteKey:
 
     secret: bytes = field(repr=False)
 
-    @functools.cached_property
+    @property
     def kid(self) -> str:
         """First 8 hex digits of the key's SHA-256: names the key without revealing it."""
         return hashlib.sha256(self.secret).hexdigest()[:8]
@@ -178,13 +177,7 @@ class SiteKey:
 
     def sign(self, body: bytes) -> str:
         """HMAC-SHA256 of ``body`` as hex."""
-        mac = self._mac.copy()  # the keyed state, computed once
-        mac.update(body)
-        return mac.hexdigest()
-
-    @functools.cached_property
-    def _mac(self) -> hmac.HMAC:
-        return hmac.new(self.secret, digestmod=hashlib.sha256)
+        return hmac.new(self.secret, body, hashlib.sha256).hexdigest()
 
     def verify(self, body: bytes, sig: str) -> bool:
         """Whether ``sig`` is this key's signature of ``body`` (constant time; ``sig`` is ASCII hex)."""
@@ -293,11 +286,6 @@ def short(text: str) -> str:
 
 
 # ---- commands -----------------------------------------------------------------------------
-def to_command_mw(caps_w: NDArray[np.float64]) -> NDArray[np.uint32]:
-    """Caps as a command carries them: whole milliwatts, rounded down."""
-    return np.floor(np.asarray(caps_w, np.float64) * 1000.0 + 1e-6).astype("<u4")
-
-
 @dataclass(frozen=True, slots=True, eq=False)
 class CapCommand:
     """Caps for every GPU of one rack, valid until ``expires_ns``."""
@@ -313,7 +301,6 @@ class CapCommand:
     caps_w: NDArray[np.float64]  # per GPU of the rack, layout order
     bind: NDArray[np.int16] | None = None  # per node: index into why, -1 none
     why: tuple[str, ...] = ()
-    caps_mw: NDArray[np.uint32] | None = None  # caps_w as sent, when the publisher made them for every rack at once
 
     @property
     def order(self) -> int:
@@ -322,7 +309,7 @@ class CapCommand:
 
     def body(self) -> bytes:
         """The JSON text that is signed and sent (caps as whole milliwatts, rounded down)."""
-        mw = to_command_mw(self.caps_w) if self.caps_mw is None else self.caps_mw
+        mw = np.floor(np.asarray(self.caps_w, np.float64) * 1000.0 + 1e-6).astype("<u4")
         bind = self.bind.astype("<i2").tobytes() if self.bind is not None else b""
         return _ENC.encode(_CommandText(VERSION, self.site, self.rack, self.layout, self.epoch, self.seq,
                                         self.plan_id, self.issued_ns, self.expires_ns, mw.tobytes(), bind,
@@ -454,12 +441,7 @@ def _to_mw(w: NDArray[np.float64]) -> NDArray[np.uint32]:
 
 
 def _from_mw(a: NDArray[np.generic]) -> NDArray[np.float64]:
-    w = a.astype(np.float64)
-    np.divide(w, 1000.0, out=w)
-    unknown = a == UNKNOWN_MW
-    if unknown.any():
-        w[unknown] = np.nan
-    return w
+    return np.where(a == UNKNOWN_MW, np.nan, a.astype(np.float64) / 1000.0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from controllers.actuation.layout import Layouts
-from controllers.actuation.messages import CapCommand, SiteKey, caps_topic, to_command_mw
+from controllers.actuation.messages import CapCommand, SiteKey, caps_topic
 from controllers.plan import BIND_RAMP, RAMP, CapPlan
 from models.clock import NS_PER_S
 from models.site import SiteConfig
@@ -126,12 +126,11 @@ class CapPublisher:
         orders = (np.int64(self.epoch) << np.int64(40)) | seqs
         out: list[tuple[int, CapCommand]] = []
         lays = self.layouts.racks
-        mw = to_command_mw(caps)  # every rack's at once: per rack, numpy's call overhead was most of it
         for r, seq in zip(send.tolist(), seqs.tolist(), strict=True):
             lay = lays[self.racks[r]]
-            g0, g1 = lay.gpu0, lay.gpu0 + lay.n_gpus
+            g0 = lay.gpu0
             out.append((r, CapCommand(self.site_id, lay.rack, lay.digest, self.epoch, seq, plan.plan_id, now_ns,
-                                      expires, caps[g0:g1], local[r], why[r], mw[g0:g1])))
+                                      expires, caps[g0:g0 + lay.n_gpus], local[r], why[r])))
         # The send state, for every rack sent at once.
         rack_sent = np.zeros(len(self.racks), bool)
         rack_sent[send] = True

@@ -30,7 +30,6 @@ from numpy.typing import NDArray
 
 from controllers.actuation.messages import MODES, AgentStatus
 from controllers.actuation.publisher import CapPublisher
-from controllers.actuation.rollup import node_rollup
 from controllers.safety import OVERDRAW_SHARE, OVERDRAW_W
 from models.clock import NS_PER_S
 from models.events import EV_LEASE_FALLBACK, EV_NON_COMPLIANT, Event
@@ -187,10 +186,13 @@ class Verifier:
         first = pub.first
         req = pub.sent_w
         enf = self.enforced_w
+        enf_ok_gpu = np.isfinite(enf) & (enf <= req + ENFORCE_TOL_W)
+        enf_ok = np.minimum.reduceat(enf_ok_gpu.astype(np.int8), first) > 0
+        req_node = np.minimum.reduceat(np.where(np.isnan(req), np.inf, req), first)
+        req_mean = np.add.reduceat(np.nan_to_num(req, nan=0.0), first) / pub.count
         # The draw that counts is the agents' own measurement taken after they applied the
         # command they acknowledge: an older one (before the cut) neither settles nor condemns.
-        enf_ok, req_node, req_mean, draw, enf_node = node_rollup(first, pub.count, enf, req, self.power_w,
-                                                                 ENFORCE_TOL_W)
+        draw = np.add.reduceat(self.power_w, first) / pub.count
         after = self.power_ns >= self.ack_ns
         over = draw > req_mean * (1 + OVERDRAW_SHARE) + OVERDRAW_W
         known = np.isfinite(draw)
@@ -244,6 +246,7 @@ class Verifier:
             self.stats.modes["unknown"] = int(counts[UNKNOWN])
         # Worst case of a non-compliant node: what it draws, or the limit it last reported
         # (its old, higher cap when it never acknowledged the cut).
+        enf_node = np.maximum.reduceat(np.where(np.isnan(enf), -np.inf, enf), first)
         worst = np.fmax(np.where(np.isfinite(draw_per_gpu_w), draw_per_gpu_w, -np.inf), enf_node)
         worst = np.where(np.isnan(worst) | np.isneginf(worst), np.inf, worst)  # unknown: its ceiling
         pinned = np.where(bad, worst, np.nan)

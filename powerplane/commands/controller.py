@@ -129,22 +129,12 @@ def _site_with_webhooks(site: Any, args: argparse.Namespace, state_dir: Path) ->
 
 def warm_up(site: Any, topo: Any) -> float:
     """Compile (or load from numba's cache) every kernel the period uses, with the site's own
-    shapes and dtypes, by planning once on a throwaway state, then collect the start-up garbage
-    while nothing is timed; return the seconds it took."""
-    import numpy as np
-
-    from controllers.actuation.rollup import node_rollup
-    from controllers.consistency import TreeCheck
+    shapes and dtypes, by planning once on a throwaway state; return the seconds it took."""
     from controllers.loop import ControlLoop
     from models.state import SiteState
-    from powerplane.realtime import collect_before_start
 
     t0 = time.perf_counter()
     ControlLoop(site, topo, SiteState(topo)).step(time.time_ns())
-    one = np.ones(1)
-    node_rollup(np.zeros(1, np.intp), np.ones(1, np.intp), one, one, one, 1.0)  # the verifier's pass
-    TreeCheck(topo).check(np.zeros(topo.n_nodes), np.zeros(topo.n_nodes, np.int64), 0, 1.0)  # the tree's
-    collect_before_start()
     return time.perf_counter() - t0
 
 
@@ -225,7 +215,7 @@ async def _controller(args: argparse.Namespace, console: Console) -> int:
                          advisors=[MoveAdvisor(topo, site.site.name)] if control else [], readings=readings,
                          control=control, publish_state=publish_state, jobs=feed, authority=authority,
                          holder=holder, store_readings=not args.no_store_readings,
-                         source_timeout_s=args.collector_timeout, realtime=True)
+                         source_timeout_s=args.collector_timeout)
     planes.append(plane)
     if authority is not None:
         # Never campaign for an epoch the agents would refuse: above what they report applying.

@@ -69,19 +69,3 @@ def test_series_repeated_within_one_batch_in_order(reg: SeriesRegistry) -> None:
 def test_foreign_registry_refused(reg: SeriesRegistry) -> None:
     with pytest.raises(ValueError, match="registry"):
         Validator(reg).check(ReadingBatch.of(1, [0], [1.0], registry=SeriesRegistry()), 1)
-
-
-def test_an_all_good_batch_passes_as_it_is_and_a_bad_one_takes_the_full_path(reg: SeriesRegistry) -> None:
-    t = reg.id("cooling.inlet_c", None, site="s", level="rack", id="r1")
-    e = reg.id("power.energy_wh", None, site="s", level="rack", id="r1")
-    v = Validator(reg)
-    good = ReadingBatch.of(1, [t, t], [20.0, 21.0], registry=reg)
-    assert v.check(good, 1) == (good, {})
-    for bad, why in [(math.inf, Reason.NOT_FINITE), (-math.inf, Reason.NOT_FINITE), (math.nan, Reason.NOT_FINITE),
-                     (100.5, Reason.ABOVE_RANGE), (-10.5, Reason.BELOW_RANGE)]:
-        out, counts = v.check(ReadingBatch.of(1, [t, t], [20.0, bad], registry=reg), 1)
-        assert list(out.value) == [20.0] and counts == {why: 1} and out.series.dtype == np.int32
-    assert v.check(ReadingBatch.of(1, [t, t], [100.0, -10.0], registry=reg), 1)[1] == {}  # the bounds are inclusive
-    v.check(ReadingBatch.of(1, [e], [50.0], registry=reg), 1)
-    out, counts = v.check(ReadingBatch.of(2, [t, e], [20.0, 10.0], registry=reg), 2)  # a counter: in order
-    assert counts == {Reason.COUNTER_DECREASE: 1} and out.quality[1] & Quality.COUNTER_RESET

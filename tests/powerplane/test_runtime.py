@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gc
-import threading
 import time
 from pathlib import Path
 
@@ -11,13 +9,11 @@ import numpy as np
 
 from controllers.plan import CapPlan
 from models.clock import NS_PER_S, ManualClock
-from models.readings import REGISTRY, ReadingBatch
 from models.site import SiteConfig
 from models.topology import Topology
 from models.twin.feed import TwinFeed
 from models.twin.sim import TwinSim
-from powerplane.realtime import GC_GEN0
-from powerplane.runtime import FREEZE_HEAP_AT, STAGES, ControlPlane, StoreWriter
+from powerplane.runtime import STAGES, ControlPlane
 from store.embedded import EmbeddedStore
 
 
@@ -179,55 +175,3 @@ def test_server_caps_are_stored_when_they_change_a_bounded_share_a_period(
     plane._applied = caps
     b = plane._node_caps(clock.now_ns() + 9)
     assert len(b) == 1 and b.value.tolist() == [500.0]
-
-
-class _CountingSink(EmbeddedStore):
-    """The embedded store, counting how each write arrives."""
-
-    def __init__(self, path: Path) -> None:
-        super().__init__(path)
-        self.sizes: list[int] = []
-
-    def write(self, batch: ReadingBatch) -> None:
-        self.sizes.append(len(batch))
-        super().write(batch)
-
-
-def test_the_store_writer_writes_between_periods_in_chunks(tmp_path: Path) -> None:
-    sink = _CountingSink(tmp_path)
-    gate = threading.Event()  # a period in progress
-    writer = StoreWriter(sink, gate=gate, chunk=1000, max_hold_s=30.0)
-    try:
-        n = 2500
-        writer.write(ReadingBatch.of(NS_PER_S, [REGISTRY.id("power.power_w", site="t", id=f"n{i}") for i in range(n)],
-                                     np.arange(n, dtype=float), 0, REGISTRY))
-        time.sleep(0.3)
-        assert sink.sizes == [] and writer.depth == 1  # nothing written while the period runs
-        gate.set()
-        assert writer.flush(30.0)
-        assert sink.sizes == [1000, 1000, 500]
-        assert sink.stats().written_points == n
-    finally:
-        gate.set()
-        writer.close(10.0)
-
-
-def test_a_realtime_plane_freezes_its_warm_heap_once(demo_site: SiteConfig, demo_topo: Topology,
-                                                      tmp_path: Path) -> None:
-    clock = ManualClock()
-    before, threshold = gc.get_freeze_count(), gc.get_threshold()
-    plane = ControlPlane(demo_site, demo_topo, clock, EmbeddedStore(tmp_path), realtime=True)
-    try:
-        for k in range(FREEZE_HEAP_AT + 2):
-            clock.advance(1.0)
-            plane.step(clock.now_ns())
-            if k + 1 < FREEZE_HEAP_AT:
-                assert gc.get_freeze_count() == before
-        assert gc.get_freeze_count() > before and gc.get_threshold()[0] == GC_GEN0
-        assert plane.between_periods.is_set()  # the store writer may write between periods
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*threshold)
-        assert plane.writer is not None
-        plane.writer.close(10.0)
-
